@@ -1,0 +1,292 @@
+//! `medret`: content-based medical image retrieval. A thin shell over the library crates:
+//! it parses arguments, sets up logging and progress bars, and prints results.
+
+mod demo;
+mod progress;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use medret_data::labels::NihLabelSet;
+use medret_data::phantom::{CxrConfig, FundusConfig, write_cxr, write_fundus};
+use medret_data::{Format, ReadOptions, open_dataset, summarise};
+
+#[derive(Parser)]
+#[command(name = "medret", version, about = "Content-based medical image retrieval: chest X-ray hashing and fundus metric learning", long_about = None)]
+struct Cli {
+    /// More log output (-v info, -vv debug). Logs go to stderr and never hold patient ids.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Worker threads for parallel work (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the main job on embedded defaults: generate both phantom sets, read them back,
+    /// summarise them, draw contact sheets and score a raw-pixel retrieval baseline.
+    Demo(demo::DemoArgs),
+    /// Generate synthetic phantoms in the real on-disk layouts.
+    #[command(subcommand)]
+    Synth(SynthCommand),
+    /// Inspect datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Args, Clone)]
+struct SynthArgs {
+    /// Number of images.
+    #[arg(long, default_value_t = 200)]
+    n: usize,
+    /// Image side in pixels (square).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Random seed; the same seed writes the same files.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Fraction of patients in the test split (patient-disjoint).
+    #[arg(long, default_value_t = 0.2)]
+    test_fraction: f32,
+    /// Output folder (created if absent).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print a JSON summary of what was written.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum SynthCommand {
+    /// Chest X-ray phantoms in the NIH ChestX-ray14 layout: Data_Entry_2017.csv,
+    /// train_val_list.txt, test_list.txt, BBox_List_2017.csv, images/*.png, masks/*.png
+    /// (mask pixel = 1 + index of the finding in the NIH order, 0 background).
+    Cxr(SynthArgs),
+    /// Fundus phantoms in the EyePACS layout: trainLabels.csv, retinopathy_solution.csv
+    /// (test patients), images/*.jpeg, masks/*.png (1 MA, 2 HE, 3 EX, 4 SE, 5 NV).
+    Fundus(SynthArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Nih,
+    Eyepacs,
+    Medmnist,
+    Manifest,
+    Dicom,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Nih => Format::Nih,
+            FormatArg::Eyepacs => Format::Eyepacs,
+            FormatArg::Medmnist => Format::Medmnist,
+            FormatArg::Manifest => Format::Manifest,
+            FormatArg::Dicom => Format::Dicom,
+        }
+    }
+}
+
+#[derive(Args)]
+struct OpenArgs {
+    /// Dataset folder or file (manifest.csv, Data_Entry_2017.csv, *.npz, *.dcm, folder).
+    path: PathBuf,
+    /// Format; detected from the files when omitted.
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// NIH label set: 8 (ChestX-ray8) or 14 (ChestX-ray14) findings.
+    #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u8).range(8..=14))]
+    labels: u8,
+    /// Skip bad rows and unreadable images with a warning instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+}
+
+impl OpenArgs {
+    fn open(&self) -> Result<medret_data::Dataset> {
+        let nih = NihLabelSet::from_count(self.labels as usize)
+            .with_context(|| format!("--labels must be 8 or 14, not {}", self.labels))?;
+        let opts = ReadOptions {
+            skip_bad: self.skip_bad,
+            nih_labels: Some(nih),
+            ..Default::default()
+        };
+        Ok(open_dataset(
+            &self.path,
+            self.format.map(Into::into),
+            &opts,
+        )?)
+    }
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Print counts (images, patients, per label or grade, per split) and problems.
+    Info {
+        #[command(flatten)]
+        open: OpenArgs,
+        /// Decode every image (in parallel) to find unreadable ones and count sizes.
+        #[arg(long)]
+        check_images: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw a contact sheet: a PNG grid of images with their labels.
+    Sheet {
+        #[command(flatten)]
+        open: OpenArgs,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of images (evenly spaced through the dataset).
+        #[arg(long, default_value_t = 36)]
+        n: usize,
+        /// Tiles per row.
+        #[arg(long, default_value_t = 6)]
+        cols: usize,
+        /// Tile side in pixels.
+        #[arg(long, default_value_t = 160)]
+        tile: usize,
+        /// Outline lesion masks in yellow.
+        #[arg(long)]
+        masks: bool,
+    },
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEDRET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    if let Some(t) = cli.threads
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+    {
+        eprintln!("error: --threads {t}: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+pub(crate) fn synth_cxr(a: &SynthArgs) -> Result<Vec<medret_data::phantom::CxrCase>> {
+    let cfg = CxrConfig {
+        n: a.n,
+        size: a.size,
+        seed: a.seed,
+        test_fraction: a.test_fraction,
+        ..Default::default()
+    };
+    let bar = progress::bar(a.n as u64, "chest phantoms");
+    let cases = write_cxr(&a.out, &cfg, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    Ok(cases)
+}
+
+pub(crate) fn synth_fundus(a: &SynthArgs) -> Result<Vec<medret_data::phantom::FundusCase>> {
+    let cfg = FundusConfig {
+        n: a.n,
+        size: a.size,
+        seed: a.seed,
+        test_fraction: a.test_fraction,
+        ..Default::default()
+    };
+    let bar = progress::bar(a.n as u64, "fundus phantoms");
+    let cases = write_fundus(&a.out, &cfg, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    Ok(cases)
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Demo(a) => demo::run(&a),
+        Command::Synth(s) => {
+            let (a, kind, n, secs) = match &s {
+                SynthCommand::Cxr(a) => {
+                    let t = std::time::Instant::now();
+                    let n = synth_cxr(a)?.len();
+                    (a, "cxr", n, t.elapsed().as_secs_f64())
+                }
+                SynthCommand::Fundus(a) => {
+                    let t = std::time::Instant::now();
+                    let n = synth_fundus(a)?.len();
+                    (a, "fundus", n, t.elapsed().as_secs_f64())
+                }
+            };
+            let rate = n as f64 / secs.max(1e-9);
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"kind": kind, "images": n, "out": a.out, "seconds": secs, "images_per_second": rate})
+                );
+            } else {
+                println!(
+                    "wrote {n} {kind} phantoms to {} in {secs:.2} s ({rate:.0} images/s)",
+                    a.out.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Data(DataCommand::Info {
+            open,
+            check_images,
+            json,
+        }) => {
+            let ds = open.open()?;
+            let summary = if check_images {
+                let _span = tracing::info_span!("decode").entered();
+                summarise(&ds, true)
+            } else {
+                summarise(&ds, false)
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{summary}");
+            }
+            Ok(())
+        }
+        Command::Data(DataCommand::Sheet {
+            open,
+            out,
+            n,
+            cols,
+            tile,
+            masks,
+        }) => {
+            let ds = open.open()?;
+            let picks = demo::evenly_spaced(ds.records.len(), n);
+            let sheet = medret_data::contact_sheet::contact_sheet(&ds, &picks, cols, tile, masks)?;
+            sheet
+                .save(&out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("wrote {} ({} images)", out.display(), picks.len());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The `medret` binary end to end.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn medret(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_medret"))
+        .args(args)
+        .output()
+        .expect("run medret")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = medret(args);
+    assert!(
+        o.status.success(),
+        "medret {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A failure must be an error message naming the problem, with a non-zero exit, never a panic.
+fn fails(args: &[&str], needles: &[&str]) {
+    let o = medret(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "medret {args:?} should fail");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for n in needles {
+        assert!(err.contains(n), "medret {args:?}: `{n}` not in: {err}");
+    }
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+#[test]
+fn synth_then_info_round_trips_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cxr");
+    let o = out.to_str().unwrap();
+    let w = json(&ok(&[
+        "synth", "cxr", "--n", "50", "--size", "48", "--seed", "3", "--out", o, "--json",
+    ]));
+    assert_eq!(w["images"], 50);
+    let s = json(&ok(&["data", "info", o, "--json", "--check-images"]));
+    assert_eq!(s["format"], "nih");
+    assert_eq!(s["images"], 50);
+    let train = s["splits"]["train"]["images"].as_u64().unwrap();
+    let test = s["splits"]["test"]["images"].as_u64().unwrap();
+    assert_eq!(train + test, 50);
+    assert_eq!(s["image_sizes"]["48x48 grey"], 50);
+    assert_eq!(s["problems"].as_array().unwrap().len(), 0);
+    // Label counts equal those in the CSV the generator wrote.
+    let csv = std::fs::read_to_string(out.join("Data_Entry_2017.csv")).unwrap();
+    let nodules = csv
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split(',')
+                .nth(1)
+                .unwrap()
+                .split('|')
+                .any(|x| x == "Nodule")
+        })
+        .count();
+    let got = s["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == "Nodule")
+        .unwrap()[1]
+        .as_u64()
+        .unwrap();
+    assert_eq!(got as usize, nodules);
+
+    let f = tmp.path().join("fundus");
+    let fo = f.to_str().unwrap();
+    ok(&["synth", "fundus", "--n", "20", "--size", "48", "--out", fo]);
+    let s = json(&ok(&["data", "info", fo, "--json"]));
+    assert_eq!(s["format"], "eyepacs");
+    assert_eq!(s["images"], 20);
+    assert_eq!(s["eyes"]["left"], 10);
+    let text = ok(&["data", "info", fo]);
+    assert!(
+        text.contains("grades:") && text.contains("problems: none"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_inputs_are_clear_errors_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    fails(
+        &["data", "info", d.join("nothing").to_str().unwrap()],
+        &["nothing", "no such file"],
+    );
+    fails(
+        &["data", "info", d.to_str().unwrap()],
+        &["cannot tell the format"],
+    );
+    std::fs::write(d.join("manifest.csv"), "path,labels,patient\nx.png,a,p\n").unwrap();
+    fails(
+        &["data", "info", d.to_str().unwrap()],
+        &["manifest.csv", "missing column `patient_id`"],
+    );
+    std::fs::write(
+        d.join("manifest.csv"),
+        "path,labels,patient_id,split\nx.png,a,p,train\n",
+    )
+    .unwrap();
+    fails(
+        &["data", "info", d.to_str().unwrap()],
+        &["manifest.csv, line 2", "x.png", "absent"],
+    );
+    // --skip-bad reads on and reports the row.
+    let s = json(&ok(&[
+        "data",
+        "info",
+        d.to_str().unwrap(),
+        "--skip-bad",
+        "--json",
+    ]));
+    assert_eq!(s["images"], 0);
+    assert_eq!(s["skipped"].as_array().unwrap().len(), 1);
+    std::fs::write(d.join("broken.npz"), b"PK\x03\x04 not really").unwrap();
+    fails(
+        &["data", "info", d.join("broken.npz").to_str().unwrap()],
+        &["broken.npz", "NPZ"],
+    );
+    fails(
+        &["data", "info", d.to_str().unwrap(), "--labels", "9"],
+        &["--labels"],
+    );
+}
+
+#[test]
+fn demo_runs_the_whole_job_and_writes_a_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let text = ok(&[
+        "demo",
+        "--out",
+        out.to_str().unwrap(),
+        "--n",
+        "60",
+        "--size",
+        "64",
+    ]);
+    assert!(
+        text.contains("== cxr phantoms") && text.contains("== fundus phantoms"),
+        "{text}"
+    );
+    for f in [
+        "report.json",
+        "cxr_contact_sheet.png",
+        "fundus_contact_sheet.png",
+        "cxr/Data_Entry_2017.csv",
+        "fundus/trainLabels.csv",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let r = json(&std::fs::read_to_string(out.join("report.json")).unwrap());
+    for set in r.as_array().unwrap() {
+        assert_eq!(set["generated"], 60);
+        let m = set["baseline_cosine"]["map"]["all"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&m) && m > 0.0, "{m}");
+        assert!(set["baseline_hamming_64"]["precision_hamming_radius_2"].is_number());
+        assert_eq!(set["summary"]["problems"].as_array().unwrap().len(), 0);
+    }
+    let sheet = image::open(out.join("cxr_contact_sheet.png"));
+    assert!(sheet.is_ok());
+}
+
+#[test]
+fn sheet_command_writes_a_png_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("f");
+    ok(&[
+        "synth",
+        "fundus",
+        "--n",
+        "8",
+        "--size",
+        "48",
+        "--out",
+        d.to_str().unwrap(),
+    ]);
+    let png = tmp.path().join("s.png");
+    ok(&[
+        "data",
+        "sheet",
+        d.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+        "--n",
+        "8",
+        "--cols",
+        "4",
+        "--tile",
+        "32",
+        "--masks",
+    ]);
+    let img = image::open(Path::new(&png)).unwrap();
+    // 4 columns of 32 px; 2 rows of 32 px plus a two-line caption (24 px).
+    assert_eq!((img.width(), img.height()), (128, 2 * (32 + 24)));
+}

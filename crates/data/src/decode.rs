@@ -1,0 +1,44 @@
+//! Decoding a record's pixels, whatever their source.
+
+use std::path::Path;
+
+use crate::error::{DataError, Result};
+use crate::image_buf::ImageF32;
+use crate::record::ImageSource;
+
+/// Decodes a PNG or JPEG file (format from content, not extension).
+pub fn decode_file(path: &Path) -> Result<ImageF32> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let img = image::load_from_memory(&bytes).map_err(|e| DataError::image(path, e))?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(DataError::image(path, "image has zero size"));
+    }
+    Ok(ImageF32::from_dynamic(&img))
+}
+
+/// Decodes an image source to `[0, 1]` floats.
+pub fn load_image(source: &ImageSource) -> Result<ImageF32> {
+    match source {
+        ImageSource::File(p) => decode_file(p),
+        ImageSource::Dicom(p) => crate::dicom::decode_dicom(p),
+        ImageSource::Array {
+            index,
+            height,
+            width,
+            channels,
+            pixels,
+            ..
+        } => {
+            let n = height * width * channels;
+            let px = &pixels[index * n..(index + 1) * n];
+            Ok(ImageF32::from_u8_hwc(*channels, *height, *width, px))
+        }
+    }
+}
+
+/// Decodes a label-map mask (8-bit grey PNG) to raw codes.
+pub fn load_mask(path: &Path) -> Result<image::GrayImage> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let img = image::load_from_memory(&bytes).map_err(|e| DataError::image(path, e))?;
+    Ok(img.to_luma8())
+}

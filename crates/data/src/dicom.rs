@@ -1,0 +1,228 @@
+//! Single-frame 2-D DICOM (CR/DX chest radiographs, ophthalmic photographs) through the
+//! `dicom` crates: modality rescale, VOI LUT or window, MONOCHROME1 inversion.
+//!
+//! PatientID is read only as the split key; no other identifying attribute is kept.
+
+use std::path::{Path, PathBuf};
+
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
+
+use crate::error::{DataError, Result};
+use crate::image_buf::ImageF32;
+use crate::record::{Dataset, Eye, Format, ImageSource, ReadOptions, Record};
+
+fn dicom_err(path: &Path, message: impl ToString) -> DataError {
+    DataError::Dicom {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    let e = obj.element_opt(tag).ok().flatten()?;
+    let s = e.to_str().ok()?.trim().trim_end_matches('\0').to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn open(path: &Path) -> Result<DefaultDicomObject> {
+    OpenFileOptions::new()
+        .open_file(path)
+        .map_err(|e| dicom_err(path, format!("not a readable DICOM file: {e}")))
+}
+
+/// Checks the properties a record needs without decoding pixels: pixel data present,
+/// one frame, one or three samples per pixel.
+fn check_image_attributes(path: &Path, obj: &DefaultDicomObject) -> Result<()> {
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err(dicom_err(path, "no pixel data (7FE0,0010)"));
+    }
+    let frames = text(obj, tags::NUMBER_OF_FRAMES)
+        .map(|s| s.parse::<u32>().unwrap_or(0))
+        .unwrap_or(1);
+    if frames != 1 {
+        return Err(dicom_err(
+            path,
+            format!("{frames} frames; only single-frame 2-D images are supported"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a DICOM file's record (no pixels decoded yet).
+pub fn read_dicom_record(path: &Path) -> Result<Record> {
+    let obj = open(path)?;
+    check_image_attributes(path, &obj)?;
+    let id = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let mut rec = Record::new(id, ImageSource::Dicom(path.to_path_buf()));
+    rec.patient_id = text(&obj, tags::PATIENT_ID).unwrap_or_default();
+    rec.view = text(&obj, tags::VIEW_POSITION);
+    rec.eye = text(&obj, tags::IMAGE_LATERALITY)
+        .or_else(|| text(&obj, tags::LATERALITY))
+        .and_then(|s| Eye::parse(&s));
+    if let Some(m) = text(&obj, tags::MODALITY) {
+        rec.meta.insert("modality".into(), m);
+    }
+    if let Some(p) = text(&obj, tags::PHOTOMETRIC_INTERPRETATION) {
+        rec.meta.insert("photometric".into(), p);
+    }
+    rec.meta.insert(
+        "transfer_syntax".into(),
+        obj.meta()
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_string(),
+    );
+    Ok(rec)
+}
+
+fn is_dicom_file(p: &Path) -> bool {
+    if crate::manifest::is_dicom_name(p) {
+        return true;
+    }
+    // Files without an extension are common in PACS exports: look for the `DICM` magic.
+    if p.extension().is_none()
+        && let Ok(mut f) = std::fs::File::open(p)
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut magic = [0u8; 4];
+        return f.seek(SeekFrom::Start(128)).is_ok()
+            && f.read_exact(&mut magic).is_ok()
+            && &magic == b"DICM";
+    }
+    false
+}
+
+/// Reads one DICOM file or every DICOM file under a folder (sorted by path).
+pub fn read_dicom(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    if path.is_dir() {
+        let mut stack = vec![path.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)
+                .map_err(|e| DataError::io(&d, e))?
+                .flatten()
+            {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if is_dicom_file(&p) {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        if files.is_empty() {
+            return Err(DataError::format(path, "no DICOM files in this folder"));
+        }
+    } else {
+        files.push(path.to_path_buf());
+    }
+    let mut records = Vec::new();
+    let mut skipped = Vec::new();
+    for f in files {
+        match read_dicom_record(&f) {
+            Ok(r) => records.push(r),
+            Err(e) if opts.skip_bad => {
+                tracing::warn!("skipping: {e}");
+                skipped.push(e.to_string());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Dataset {
+        format: Format::Dicom,
+        root: path.to_path_buf(),
+        label_names: Vec::new(),
+        records,
+        skipped,
+    })
+}
+
+/// Decodes a DICOM file's pixels to `[0, 1]`.
+///
+/// Monochrome: modality rescale, then the first VOI LUT or window in the file; without
+/// either, min-max over the rescaled values. MONOCHROME1 is inverted so that, as in
+/// MONOCHROME2, bright means dense. Colour (RGB) is scaled by the bit depth.
+pub fn decode_dicom(path: &Path) -> Result<ImageF32> {
+    let obj = open(path)?;
+    check_image_attributes(path, &obj)?;
+    let pixel = obj
+        .decode_pixel_data()
+        .map_err(|e| dicom_err(path, format!("cannot decode pixel data: {e}")))?;
+    let (h, w) = (pixel.rows() as usize, pixel.columns() as usize);
+    let spp = pixel.samples_per_pixel() as usize;
+    let photometric = pixel.photometric_interpretation().to_string();
+    let conv = |opts: &ConvertOptions| -> Result<Vec<f32>> {
+        pixel
+            .to_vec_frame_with_options::<f32>(0, opts)
+            .map_err(|e| dicom_err(path, format!("cannot convert pixel data: {e}")))
+    };
+    match spp {
+        1 => {
+            let has_voi = pixel.window().ok().flatten().is_some()
+                || pixel.voi_lut_sequence().ok().flatten().is_some();
+            let mut v = if has_voi {
+                // The crate scales VOI output to 0..2^n-1, n the power of two >= BitsStored.
+                let n = (pixel.bits_stored() as u32).next_power_of_two();
+                let y_max = ((1u64 << n) - 1) as f32;
+                let mut v = conv(&ConvertOptions::new().with_voi_lut(VoiLutOption::First))?;
+                v.iter_mut().for_each(|x| *x = (*x / y_max).clamp(0.0, 1.0));
+                v
+            } else {
+                let mut v = conv(
+                    &ConvertOptions::new()
+                        .with_modality_lut(ModalityLutOption::Default)
+                        .with_voi_lut(VoiLutOption::Identity),
+                )?;
+                let (lo, hi) = v
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                        (a.min(x), b.max(x))
+                    });
+                let range = (hi - lo).max(f32::EPSILON);
+                v.iter_mut().for_each(|x| *x = (*x - lo) / range);
+                v
+            };
+            if photometric.trim() == "MONOCHROME1" {
+                v.iter_mut().for_each(|x| *x = 1.0 - *x);
+            }
+            if v.len() != h * w {
+                return Err(dicom_err(
+                    path,
+                    format!("pixel data holds {} values, expected {}", v.len(), h * w),
+                ));
+            }
+            Ok(ImageF32::from_data(1, h, w, v))
+        }
+        3 => {
+            let v = conv(&ConvertOptions::new().with_voi_lut(VoiLutOption::Identity))?;
+            if v.len() != 3 * h * w {
+                return Err(dicom_err(
+                    path,
+                    format!(
+                        "pixel data holds {} values, expected {}",
+                        v.len(),
+                        3 * h * w
+                    ),
+                ));
+            }
+            let max = ((1u64 << pixel.bits_stored()) - 1) as f32;
+            let mut img = ImageF32::new(3, h, w);
+            for i in 0..h * w {
+                for c in 0..3 {
+                    img.data[c * h * w + i] = (v[i * 3 + c] / max).clamp(0.0, 1.0);
+                }
+            }
+            Ok(img)
+        }
+        n => Err(dicom_err(
+            path,
+            format!("{n} samples per pixel; expected 1 or 3"),
+        )),
+    }
+}

@@ -1,0 +1,195 @@
+//! The transform pipeline: each operation against a hand-worked case or a property, and
+//! determinism under a seed.
+
+use medret_data::ImageF32;
+use medret_data::loader::BatchLoader;
+use medret_data::transform::*;
+use medret_data::{ImageSource, Record};
+use proptest::prelude::*;
+use rand::SeedableRng;
+
+fn ramp(c: usize, h: usize, w: usize) -> ImageF32 {
+    let data = (0..c * h * w)
+        .map(|i| i as f32 / (c * h * w) as f32)
+        .collect();
+    ImageF32::from_data(c, h, w, data)
+}
+
+#[test]
+fn flips_by_hand_and_involutions() {
+    let img = ImageF32::from_data(1, 2, 3, vec![1., 2., 3., 4., 5., 6.]);
+    assert_eq!(hflip(&img).data, vec![3., 2., 1., 6., 5., 4.]);
+    assert_eq!(vflip(&img).data, vec![4., 5., 6., 1., 2., 3.]);
+    let r = ramp(3, 5, 4);
+    assert_eq!(hflip(&hflip(&r)), r);
+    assert_eq!(vflip(&vflip(&r)), r);
+}
+
+#[test]
+fn rotation_by_90_degrees_moves_pixels_where_expected() {
+    // 3x3, one bright pixel at (row 0, col 2): top right.
+    let mut img = ImageF32::new(1, 3, 3);
+    img.set(0, 0, 2, 1.0);
+    // Counter-clockwise on screen: top right goes to top left.
+    let r = rotate(&img, 90.0);
+    assert!((r.get(0, 0, 0) - 1.0).abs() < 1e-5, "{:?}", r.data);
+    assert!((r.data.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    assert_eq!(rotate(&img, 0.0), img);
+}
+
+#[test]
+fn resize_keeps_size_and_constants() {
+    let r = ramp(3, 7, 9);
+    assert_eq!(
+        resize(&r, 7, 9),
+        r,
+        "an image already at the size is not resized"
+    );
+    let c = ImageF32::from_data(1, 10, 10, vec![0.25; 100]);
+    let s = resize(&c, 4, 6);
+    assert_eq!((s.height, s.width), (4, 6));
+    assert!(s.data.iter().all(|v| (v - 0.25).abs() < 1e-6));
+}
+
+#[test]
+fn fundus_crop_finds_the_disc() {
+    // A bright 4x6 block at rows 3..7, cols 5..11 of a black 12x16 image.
+    let mut img = ImageF32::new(3, 12, 16);
+    for y in 3..7 {
+        for x in 5..11 {
+            for c in 0..3 {
+                img.set(c, y, x, 0.5);
+            }
+        }
+    }
+    let out = fundus_disc_crop(&img, 0.1);
+    // Cropped to 4x6 then padded to a 6x6 square, block centred vertically.
+    assert_eq!((out.height, out.width), (6, 6));
+    assert_eq!(out.get(0, 0, 0), 0.0);
+    assert_eq!(out.get(0, 1, 0), 0.5);
+    assert_eq!(out.get(0, 4, 5), 0.5);
+    assert_eq!(out.get(0, 5, 5), 0.0);
+    let black = ImageF32::new(1, 4, 4);
+    assert_eq!(fundus_disc_crop(&black, 0.1), black);
+}
+
+#[test]
+fn colour_jitter_identity_and_hand_case() {
+    let r = ramp(3, 4, 4);
+    let mut same = r.clone();
+    colour_jitter(&mut same, 1.0, 1.0, 1.0);
+    assert_eq!(same, r);
+    let mut g = ImageF32::from_data(1, 1, 2, vec![0.2, 0.6]);
+    // Brightness 0.5: [0.1, 0.3]; contrast 2 about the mean 0.2: [0.0, 0.4].
+    colour_jitter(&mut g, 0.5, 2.0, 1.0);
+    assert!(
+        (g.data[0] - 0.0).abs() < 1e-6 && (g.data[1] - 0.4).abs() < 1e-6,
+        "{:?}",
+        g.data
+    );
+}
+
+#[test]
+fn cutout_zeroes_an_exact_square_clipped_at_borders() {
+    let mut img = ImageF32::from_data(1, 10, 10, vec![1.0; 100]);
+    cutout(&mut img, 5, 5, 4);
+    assert_eq!(img.data.iter().filter(|&&v| v == 0.0).count(), 16);
+    let mut img = ImageF32::from_data(1, 10, 10, vec![1.0; 100]);
+    cutout(&mut img, 0, 0, 4);
+    assert_eq!(img.data.iter().filter(|&&v| v == 0.0).count(), 4);
+}
+
+proptest! {
+    #[test]
+    fn random_resized_crop_box_stays_inside(seed in 0u64..10_000, h in 8usize..300, w in 8usize..300, lo in 0.05f32..0.9) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (x, y, cw, ch) = random_resized_crop_box(&mut rng, h, w, (lo, 1.0));
+        prop_assert!(cw >= 1 && ch >= 1 && x + cw <= w && y + ch <= h);
+    }
+}
+
+fn array_record(i: usize, px: &std::sync::Arc<[u8]>) -> Record {
+    Record::new(
+        format!("r{i}"),
+        ImageSource::Array {
+            file: "mem.npz".into(),
+            key: "train_images".into(),
+            index: i,
+            height: 8,
+            width: 8,
+            channels: 1,
+            pixels: px.clone(),
+        },
+    )
+}
+
+#[test]
+fn pipeline_is_deterministic_per_epoch_and_index_and_normalises() {
+    let px: std::sync::Arc<[u8]> = (0..10 * 64)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let records: Vec<Record> = (0..10).map(|i| array_record(i, &px)).collect();
+    let cfg = TransformConfig {
+        size: 6,
+        channels: Channels::Rgb,
+        fundus_crop: false,
+        augment: Augment {
+            random_resized_crop: Some((0.3, 1.0)),
+            hflip: 0.5,
+            vflip: 0.5,
+            rotation_deg: 10.0,
+            brightness: 0.2,
+            contrast: 0.2,
+            saturation: 0.2,
+            cutout: Some((0.5, 0.3)),
+        },
+        normalize: Some(Normalize::imagenet()),
+    };
+    let p = Pipeline::new(cfg.clone(), 1);
+    let a = p.load(&records[3], 0, 3).unwrap();
+    assert_eq!((a.channels, a.height, a.width), (3, 6, 6));
+    assert_eq!(
+        a,
+        p.load(&records[3], 0, 3).unwrap(),
+        "same seed, epoch, index"
+    );
+    assert_ne!(
+        a,
+        p.load(&records[3], 1, 3).unwrap(),
+        "another epoch draws other augmentations"
+    );
+    assert_ne!(a, Pipeline::new(cfg, 2).load(&records[3], 0, 3).unwrap());
+
+    // No augmentation: normalisation is (x - mean) / std per channel.
+    let plain = Pipeline::new(
+        TransformConfig {
+            size: 8,
+            channels: Channels::Rgb,
+            normalize: Some(Normalize::imagenet()),
+            ..Default::default()
+        },
+        0,
+    );
+    let n = plain.load(&records[0], 0, 0).unwrap();
+    let raw = px[0] as f32 / 255.0;
+    assert!((n.get(0, 0, 0) - (raw - 0.485) / 0.229).abs() < 1e-5);
+    assert!((n.get(2, 0, 0) - (raw - 0.406) / 0.225).abs() < 1e-5);
+
+    // The loader visits every record once per epoch, in parallel, with the same images as
+    // loading one by one.
+    let seen: Vec<(usize, ImageF32)> = BatchLoader::new(&records, &p, 4, 2, true)
+        .flat_map(|b| {
+            let b = b.unwrap();
+            assert!(b.images.len() <= 4);
+            b.indices.into_iter().zip(b.images).collect::<Vec<_>>()
+        })
+        .collect();
+    let mut idx: Vec<usize> = seen.iter().map(|(i, _)| *i).collect();
+    assert_ne!(idx, (0..10).collect::<Vec<_>>(), "shuffled");
+    idx.sort();
+    assert_eq!(idx, (0..10).collect::<Vec<_>>());
+    for (i, img) in &seen {
+        assert_eq!(*img, p.load(&records[*i], 2, *i as u64).unwrap());
+    }
+}

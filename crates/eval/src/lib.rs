@@ -1,0 +1,15 @@
+//! # medret-eval
+//!
+//! Retrieval metrics, independent of any model: packed binary codes and Hamming distance
+//! ([`codes`]), ranking with a reproducible tie rule ([`ranking`]), relevance rules
+//! ([`relevance`]), per-query metrics ([`metrics`]) and whole-protocol reports
+//! ([`evaluate`]). Conventions are those of `docs/evaluation.md`.
+
+pub mod codes;
+pub mod evaluate;
+pub mod metrics;
+pub mod ranking;
+pub mod relevance;
+
+pub use evaluate::{HammingSet, Protocol, Report, evaluate_cosine, evaluate_hamming};
+pub use relevance::{Relevance, Truth};
