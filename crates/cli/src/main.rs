@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use medret_data::labels::NihLabelSet;
 use medret_data::phantom::{CxrConfig, FundusConfig, write_cxr, write_fundus};
-use medret_data::{Format, ReadOptions, open_dataset, summarise};
+use medret_data::{Format, ReadOptions, open_dataset, summarise_with_progress};
 
 #[derive(Parser)]
 #[command(name = "medret", version, about = "Content-based medical image retrieval: chest X-ray hashing and fundus metric learning", long_about = None)]
@@ -258,12 +258,16 @@ fn run(command: Command) -> Result<()> {
             json,
         }) => {
             let ds = open.open()?;
-            let summary = if check_images {
-                let _span = tracing::info_span!("decode").entered();
-                summarise(&ds, true)
-            } else {
-                summarise(&ds, false)
-            };
+            let bar = progress::bar(
+                if check_images {
+                    ds.records.len() as u64
+                } else {
+                    0
+                },
+                "decoding",
+            );
+            let summary = summarise_with_progress(&ds, check_images, &|| bar.inc(1));
+            bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {

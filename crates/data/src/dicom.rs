@@ -125,13 +125,8 @@ pub fn read_dicom(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
     let mut records = Vec::new();
     let mut skipped = Vec::new();
     for f in files {
-        match read_dicom_record(&f) {
-            Ok(r) => records.push(r),
-            Err(e) if opts.skip_bad => {
-                tracing::warn!("skipping: {e}");
-                skipped.push(e.to_string());
-            }
-            Err(e) => return Err(e),
+        if let Some(r) = opts.keep_or_skip(read_dicom_record(&f), &mut skipped)? {
+            records.push(r);
         }
     }
     Ok(Dataset {

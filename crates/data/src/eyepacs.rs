@@ -103,13 +103,8 @@ pub fn read_eyepacs(root: &Path, opts: &ReadOptions) -> Result<Dataset> {
                 }
                 Ok(rec)
             })();
-            match parsed {
-                Ok(r) => records.push(r),
-                Err(e) if opts.skip_bad => {
-                    tracing::warn!("skipping: {e}");
-                    skipped.push(e.to_string());
-                }
-                Err(e) => return Err(e),
+            if let Some(r) = opts.keep_or_skip(parsed, &mut skipped)? {
+                records.push(r);
             }
         }
     }

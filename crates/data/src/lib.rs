@@ -35,4 +35,4 @@ pub use error::{DataError, Result};
 pub use image_buf::ImageF32;
 pub use open::{detect_format, open_dataset};
 pub use record::{BBox, Dataset, Eye, Format, ImageSource, MaskRef, ReadOptions, Record, Split};
-pub use summary::{Summary, summarise};
+pub use summary::{Summary, summarise, summarise_with_progress};

@@ -136,16 +136,9 @@ pub fn read_manifest(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
             }
             Ok(rec)
         })();
-        match parsed {
-            Ok(rec) => {
-                vocabulary.extend(rec.labels.iter().cloned());
-                records.push(rec);
-            }
-            Err(e) if opts.skip_bad => {
-                tracing::warn!("skipping: {e}");
-                skipped.push(e.to_string());
-            }
-            Err(e) => return Err(e),
+        if let Some(rec) = opts.keep_or_skip(parsed, &mut skipped)? {
+            vocabulary.extend(rec.labels.iter().cloned());
+            records.push(rec);
         }
     }
     let label_names = match &opts.label_vocabulary {

@@ -176,24 +176,20 @@ pub fn read_nih(root: &Path, opts: &ReadOptions) -> Result<Dataset> {
             }
             Ok(Some(rec))
         })();
-        match parsed {
-            Ok(Some(rec)) => records.push(rec),
-            Ok(None) => skipped.push(format!(
+        match opts.keep_or_skip(parsed, &mut skipped)? {
+            Some(Some(rec)) => records.push(rec),
+            Some(None) => skipped.push(format!(
                 "{}, line {}: no finding in the {}-label set",
                 entry.display(),
                 row.line,
                 findings.len()
             )),
-            Err(e) if opts.skip_bad => {
-                tracing::warn!("skipping: {e}");
-                skipped.push(e.to_string());
-            }
-            Err(e) => return Err(e),
+            None => {}
         }
     }
 
     apply_split_lists(root, &mut records)?;
-    attach_boxes(root, &mut records, opts)?;
+    attach_boxes(root, &mut records, opts, &mut skipped)?;
 
     let mut label_names: Vec<String> = findings.iter().map(|s| s.to_string()).collect();
     label_names.push(NO_FINDING.to_string());
@@ -234,7 +230,12 @@ fn apply_split_lists(root: &Path, records: &mut [Record]) -> Result<()> {
     Ok(())
 }
 
-fn attach_boxes(root: &Path, records: &mut [Record], opts: &ReadOptions) -> Result<()> {
+fn attach_boxes(
+    root: &Path,
+    records: &mut [Record],
+    opts: &ReadOptions,
+    skipped: &mut Vec<String>,
+) -> Result<()> {
     let p = root.join("BBox_List_2017.csv");
     if !p.is_file() {
         return Ok(());
@@ -256,12 +257,12 @@ fn attach_boxes(root: &Path, records: &mut [Record], opts: &ReadOptions) -> Resu
     }
     for row in csv.rows()? {
         let name = row.get(0);
-        let Some(&i) = index.get(name) else {
-            let e = DataError::row(&p, row.line, format!("box for unknown image `{name}`"));
-            if opts.skip_bad {
-                continue;
-            }
-            return Err(e);
+        let found = index
+            .get(name)
+            .copied()
+            .ok_or_else(|| DataError::row(&p, row.line, format!("box for unknown image `{name}`")));
+        let Some(i) = opts.keep_or_skip(found, skipped)? else {
+            continue;
         };
         let mut v = [0f32; 4];
         for (k, slot) in v.iter_mut().enumerate() {

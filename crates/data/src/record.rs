@@ -235,3 +235,23 @@ pub struct ReadOptions {
     /// Without it, the vocabulary is every label seen, sorted.
     pub label_vocabulary: Option<Vec<String>>,
 }
+
+impl ReadOptions {
+    /// The one place a reader decides what a bad row does: with `skip_bad` it is warned
+    /// about, recorded in `skipped` and dropped (`Ok(None)`); otherwise it stops the read.
+    pub(crate) fn keep_or_skip<T>(
+        &self,
+        row: crate::error::Result<T>,
+        skipped: &mut Vec<String>,
+    ) -> crate::error::Result<Option<T>> {
+        match row {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if self.skip_bad => {
+                tracing::warn!("skipping: {e}");
+                skipped.push(e.to_string());
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

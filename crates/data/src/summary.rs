@@ -42,6 +42,11 @@ pub struct Summary {
 /// Summarises a dataset. With `decode`, every image is decoded in parallel: unreadable ones
 /// become problems, and sizes are counted.
 pub fn summarise(ds: &Dataset, decode: bool) -> Summary {
+    summarise_with_progress(ds, decode, &|| {})
+}
+
+/// [`summarise`], calling `tick` once per image decoded (for progress bars).
+pub fn summarise_with_progress(ds: &Dataset, decode: bool, tick: &(dyn Fn() + Sync)) -> Summary {
     let mut patients_by_split: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
     let mut splits: BTreeMap<String, SplitCounts> = BTreeMap::new();
     let mut grades = BTreeMap::new();
@@ -105,7 +110,7 @@ pub fn summarise(ds: &Dataset, decode: bool) -> Summary {
             .records
             .par_iter()
             .map(|r| {
-                load_image(&r.source)
+                let result = load_image(&r.source)
                     .map(|im| {
                         format!(
                             "{}x{} {}",
@@ -114,7 +119,9 @@ pub fn summarise(ds: &Dataset, decode: bool) -> Summary {
                             if im.channels == 1 { "grey" } else { "rgb" }
                         )
                     })
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string());
+                tick();
+                result
             })
             .collect();
         for r in results {

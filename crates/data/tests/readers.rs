@@ -170,6 +170,34 @@ fn nih_bad_inputs_name_file_line_and_problem() {
     assert!(ds.skipped[0].contains("absent"));
 
     png_grey(&d.join("images/00000002_000.png"), 4, 3, |_, _| 0);
+    let boxes = d.join("BBox_List_2017.csv");
+    let good_boxes = std::fs::read_to_string(&boxes).unwrap();
+    write(
+        &boxes,
+        &format!("{good_boxes}00009999_000.png,Mass,1,1,1,1\n"),
+    );
+    let e = err_of(d, &ReadOptions::default()).to_string();
+    assert!(
+        e.contains("BBox_List_2017.csv, line 4") && e.contains("unknown image `00009999_000.png`"),
+        "{e}"
+    );
+    let ds = open_dataset(
+        d,
+        None,
+        &ReadOptions {
+            skip_bad: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(ds.records.len(), 3);
+    assert_eq!(ds.records[0].boxes.len(), 2, "good boxes still attach");
+    assert!(
+        ds.skipped.iter().any(|s| s.contains("unknown image")),
+        "{:?}",
+        ds.skipped
+    );
+    write(&boxes, &good_boxes);
     write(
         &d.join("test_list.txt"),
         "00000002_000.png\n00000001_000.png\n",

@@ -496,7 +496,7 @@ fn plan(cfg: &FundusConfig) -> Vec<Plan> {
     let patients: Vec<u32> = (10..=patient).collect();
     let n_test = ((patients.len() as f32 * cfg.test_fraction).round() as usize)
         .min(patients.len().saturating_sub(1));
-    let mut order = patients.clone();
+    let mut order = patients;
     order.sort_by_key(|&p| mix_seed(cfg.seed, 13, p as u64));
     let test: std::collections::HashSet<u32> = order.into_iter().take(n_test).collect();
     for p in &mut out {
