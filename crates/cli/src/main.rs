@@ -2,6 +2,7 @@
 //! it parses arguments, sets up logging and progress bars, and prints results.
 
 mod demo;
+mod model;
 mod progress;
 
 use std::path::PathBuf;
@@ -36,6 +37,11 @@ enum Command {
     /// Inspect datasets.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Inspect network architectures.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Write each image's pooled backbone feature (1024-d for DenseNet-121) to a .npy file.
+    Features(model::FeaturesArgs),
 }
 
 #[derive(Args, Clone)]
@@ -225,6 +231,8 @@ pub(crate) fn synth_fundus(a: &SynthArgs) -> Result<Vec<medret_data::phantom::Fu
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Demo(a) => demo::run(&a),
+        Command::Model(m) => model::run_model(&m),
+        Command::Features(a) => model::run_features(&a),
         Command::Synth(s) => {
             let (a, kind, n, secs) = match &s {
                 SynthCommand::Cxr(a) => {

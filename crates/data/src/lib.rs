@@ -25,6 +25,7 @@ pub mod loader;
 pub mod manifest;
 pub mod medmnist;
 pub mod nih;
+pub mod npy;
 pub mod open;
 pub mod phantom;
 pub mod record;

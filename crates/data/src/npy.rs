@@ -1,0 +1,44 @@
+//! Writing `.npy` matrices (float32, C order) for features and codes.
+
+use std::path::Path;
+
+use npyz::WriterBuilder;
+
+use crate::error::{DataError, Result};
+
+/// Writes `rows` (all the same length) as a float32 `N x D` array, atomically.
+pub fn write_f32_matrix(path: &Path, rows: &[Vec<f32>]) -> Result<()> {
+    let d = rows.first().map_or(0, Vec::len);
+    if let Some(bad) = rows.iter().position(|r| r.len() != d) {
+        return Err(DataError::format(
+            path,
+            format!("row {bad} has {} values, expected {d}", rows[bad].len()),
+        ));
+    }
+    let tmp = path.with_extension("npy.tmp");
+    let file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[rows.len() as u64, d as u64])
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .map_err(|e| DataError::io(path, e))?;
+    for r in rows {
+        w.extend(r.iter().copied())
+            .map_err(|e| DataError::io(path, e))?;
+    }
+    w.finish().map_err(|e| DataError::io(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+/// Reads a float32 `N x D` `.npy` (for tests and later commands).
+pub fn read_f32_matrix(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let npy = npyz::NpyFile::new(&bytes[..])
+        .map_err(|e| DataError::format(path, format!("not a .npy file: {e}")))?;
+    let shape = npy.shape().iter().map(|&s| s as usize).collect();
+    let data = npy
+        .into_vec::<f32>()
+        .map_err(|e| DataError::format(path, format!("not float32: {e}")))?;
+    Ok((shape, data))
+}
