@@ -27,6 +27,7 @@ pub mod medmnist;
 pub mod nih;
 pub mod npy;
 pub mod open;
+pub mod overlay;
 pub mod phantom;
 pub mod record;
 pub mod summary;

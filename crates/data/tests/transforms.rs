@@ -193,3 +193,19 @@ fn pipeline_is_deterministic_per_epoch_and_index_and_normalises() {
         assert_eq!(*img, p.load(&records[*i], 2, *i as u64).unwrap());
     }
 }
+
+#[test]
+fn overlay_blends_the_jet_colour_map() {
+    use medret_data::overlay::{jet, overlay};
+    assert_eq!(jet(0.0), [0.0, 0.0, 0.5]);
+    assert_eq!(jet(1.0), [0.5, 0.0, 0.0]);
+    assert_eq!(jet(0.5), [0.5, 1.0, 0.5]);
+    let img = ImageF32::from_data(1, 1, 2, vec![0.2, 0.8]);
+    let sal = [0.0, 1.0];
+    let o = overlay(&img, &sal, 0.0).unwrap();
+    assert_eq!(o.get_pixel(0, 0).0, [51, 51, 51]);
+    let o = overlay(&img, &sal, 0.5).unwrap();
+    // Pixel 1: 0.5 * 0.8 + 0.5 * (0.5, 0, 0) = (0.65, 0.4, 0.4).
+    assert_eq!(o.get_pixel(1, 0).0, [166, 102, 102]);
+    assert!(overlay(&img, &[0.0], 0.5).is_err());
+}

@@ -8,6 +8,7 @@
 pub mod densenet;
 pub mod device;
 pub mod features;
+pub mod grad_cam;
 pub mod summary;
 pub mod weights;
 
