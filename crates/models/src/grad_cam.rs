@@ -12,6 +12,9 @@ use burn::tensor::activation::relu;
 use crate::densenet::DenseNet;
 
 /// A backbone Grad-CAM can explain: last feature maps, and the head from them to scores.
+///
+/// Pass a model in eval mode (`model.valid()`): on an autodiff device a training-mode
+/// BatchNorm would normalise with the batch's statistics instead of the running ones.
 pub trait CamModel {
     /// `[N, C, h, w]` feature maps (eval mode).
     fn cam_maps(&self, x: Tensor<4>) -> Tensor<4>;

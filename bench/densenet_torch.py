@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""PyTorch twin of crates/models/benches/densenet.rs: same model, sizes, batches, steps,
+threads and optimiser; one JSON line per run. torch is not a medret dependency; the
+script bench/densenet.sh installs it into a scratch venv."""
+import argparse
+import json
+import time
+
+import torch
+import torchvision
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--arch", default="densenet121")
+ap.add_argument("--size", type=int, default=224)
+ap.add_argument("--train-batch", type=int, default=16)
+ap.add_argument("--infer-batch", type=int, default=64)
+ap.add_argument("--steps", type=int, default=3)
+ap.add_argument("--threads", type=int, default=2)
+a = ap.parse_args()
+torch.set_num_threads(a.threads)
+if a.arch == "tiny":
+    make = lambda: torchvision.models.densenet.DenseNet(8, (2, 3, 2, 2), 16, 2, 0, 5)
+    classes = 5
+else:
+    make = lambda: torchvision.models.densenet121()
+    classes = 1000
+
+model = make().eval()
+x = torch.rand(a.infer_batch, 3, a.size, a.size)
+with torch.no_grad():
+    model(x)
+    t = time.perf_counter()
+    for _ in range(a.steps):
+        model(x)
+    infer = (time.perf_counter() - t) / a.steps
+
+model = make().train()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+x = torch.rand(a.train_batch, 3, a.size, a.size)
+y = torch.arange(a.train_batch) % classes
+loss_fn = torch.nn.CrossEntropyLoss()
+
+
+def step():
+    opt.zero_grad()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    loss.item()
+
+
+step()
+t = time.perf_counter()
+for _ in range(a.steps):
+    step()
+train = (time.perf_counter() - t) / a.steps
+print(json.dumps({"framework": f"pytorch {torch.__version__}", "arch": a.arch, "size": a.size,
+                  "threads": a.threads, "train_batch": a.train_batch,
+                  "train_step_ms": round(train * 1e3, 1), "infer_batch": a.infer_batch,
+                  "infer_img_per_s": round(a.infer_batch / infer, 2)}))

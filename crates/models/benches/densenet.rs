@@ -1,0 +1,94 @@
+//! DenseNet speed on burn-flex: one training step (forward, cross-entropy, backward, AdamW)
+//! and inference throughput. Prints one JSON line per configuration, comparable with
+//! `bench/densenet_torch.py`; `bench/densenet.sh` runs both and prints the ratios.
+//!
+//! `cargo bench -p medret-models --bench densenet -- [--arch densenet121|tiny]
+//!  [--size 224] [--train-batch 16] [--infer-batch 64] [--steps 3] [--threads 2]`
+
+use std::time::Instant;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use medret_models::DenseNetConfig;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn main() {
+    let arch = arg("--arch", "densenet121");
+    let size: usize = arg("--size", "224").parse().unwrap();
+    let train_batch: usize = arg("--train-batch", "16").parse().unwrap();
+    let infer_batch: usize = arg("--infer-batch", "64").parse().unwrap();
+    let steps: usize = arg("--steps", "3").parse().unwrap();
+    let threads: usize = arg("--threads", "2").parse().unwrap();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .unwrap();
+    let cfg = match arch.as_str() {
+        "tiny" => DenseNetConfig::tiny(),
+        _ => DenseNetConfig::densenet121(),
+    };
+    let classes = cfg.num_classes.unwrap_or(1000);
+    let device = Device::flex();
+
+    // Inference: eval mode, one warm-up batch, then `steps` timed batches.
+    let model = cfg.init(&device).valid();
+    let x = Tensor::<4>::random(
+        [infer_batch, 3, size, size],
+        Distribution::Uniform(0.0, 1.0),
+        &device,
+    );
+    let _ = model.forward(x.clone()).into_data();
+    let t = Instant::now();
+    for _ in 0..steps {
+        let _ = model.forward(x.clone()).into_data();
+    }
+    let infer_s = t.elapsed().as_secs_f64() / steps as f64;
+
+    // Training step: train-mode BatchNorm, cross-entropy, backward, AdamW.
+    let ad = device.autodiff();
+    let mut model = cfg.init(&ad);
+    let mut optim = AdamWConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let x = Tensor::<4>::random(
+        [train_batch, 3, size, size],
+        Distribution::Uniform(0.0, 1.0),
+        &ad,
+    );
+    let y = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            (0..train_batch as i64)
+                .map(|i| i % classes as i64)
+                .collect(),
+            [train_batch],
+        ),
+        &ad,
+    );
+    let mut step = |model: medret_models::DenseNet| {
+        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = optim.step(1e-4, model, grads);
+        let _ = loss.into_data();
+        model
+    };
+    model = step(model);
+    let t = Instant::now();
+    for _ in 0..steps {
+        model = step(model);
+    }
+    let train_s = t.elapsed().as_secs_f64() / steps as f64;
+    println!(
+        "{{\"framework\": \"burn-flex 0.22.1\", \"arch\": \"{arch}\", \"size\": {size}, \"threads\": {threads}, \
+         \"train_batch\": {train_batch}, \"train_step_ms\": {:.1}, \"infer_batch\": {infer_batch}, \"infer_img_per_s\": {:.2}}}",
+        train_s * 1e3,
+        infer_batch as f64 / infer_s
+    );
+}
