@@ -22,17 +22,8 @@ pub const NIH_FINDINGS: [&str; 14] = [
 /// (the evaluation protocol counts it as one), never as an entry of the finding vector.
 pub const NO_FINDING: &str = "No Finding";
 
-/// The eight findings that carry boxes in `BBox_List_2017.csv`.
-pub const NIH_BBOX_FINDINGS: [&str; 8] = [
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-];
+/// The eight findings that carry boxes in `BBox_List_2017.csv`: ChestX-ray8's set.
+pub const NIH_BBOX_FINDINGS: &[&str] = NIH_FINDINGS.split_at(8).0;
 
 /// Diabetic retinopathy grade names (EyePACS `level` 0-4) and the manifest labels `DR0`..`DR4`.
 pub const DR_GRADES: [&str; 5] = [
