@@ -4,6 +4,7 @@
 mod demo;
 mod model;
 mod progress;
+mod train;
 
 use std::path::PathBuf;
 
@@ -42,6 +43,9 @@ enum Command {
     Model(model::ModelCommand),
     /// Write each image's pooled backbone feature (1024-d for DenseNet-121) to a .npy file.
     Features(model::FeaturesArgs),
+    /// Train networks (checkpoints, resume, early stopping, logs).
+    #[command(subcommand)]
+    Train(train::TrainCommand),
 }
 
 #[derive(Args, Clone)]
@@ -78,7 +82,7 @@ enum SynthCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum FormatArg {
+pub(crate) enum FormatArg {
     Nih,
     Eyepacs,
     Medmnist,
@@ -99,7 +103,7 @@ impl From<FormatArg> for Format {
 }
 
 #[derive(Args)]
-struct OpenArgs {
+pub(crate) struct OpenArgs {
     /// Dataset folder or file (manifest.csv, Data_Entry_2017.csv, *.npz, *.dcm, folder).
     path: PathBuf,
     /// Format; detected from the files when omitted.
@@ -233,6 +237,7 @@ fn run(command: Command) -> Result<()> {
         Command::Demo(a) => demo::run(&a),
         Command::Model(m) => model::run_model(&m),
         Command::Features(a) => model::run_features(&a),
+        Command::Train(t) => train::run(&t),
         Command::Synth(s) => {
             let (a, kind, n, secs) = match &s {
                 SynthCommand::Cxr(a) => {

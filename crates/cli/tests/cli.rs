@@ -169,9 +169,19 @@ fn demo_runs_the_whole_job_and_writes_a_report() {
         assert!((0.0..=1.0).contains(&m) && m > 0.0, "{m}");
         assert!(set["baseline_hamming_64"]["precision_hamming_radius_2"].is_number());
         assert_eq!(set["summary"]["problems"].as_array().unwrap().len(), 0);
+        // The demo classifier trained and was scored on the test split.
+        let c = &set["classifier"];
+        assert_eq!(c["epochs"], 4);
+        let loss = c["test_metrics"]["loss"].as_f64().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "{c}");
+        let run = std::path::PathBuf::from(c["run_dir"].as_str().unwrap());
+        assert!(run.join("log/epochs.csv").is_file());
     }
     let sheet = image::open(out.join("cxr_contact_sheet.png"));
     assert!(sheet.is_ok());
+    // A Grad-CAM overlay of a chest test image with a finding, at display size.
+    let cam = image::open(out.join("cxr_grad_cam.png")).unwrap();
+    assert_eq!((cam.width(), cam.height()), (256, 256));
 }
 
 #[test]

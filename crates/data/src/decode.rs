@@ -22,15 +22,24 @@ pub fn load_image(source: &ImageSource) -> Result<ImageF32> {
         ImageSource::File(p) => decode_file(p),
         ImageSource::Dicom(p) => crate::dicom::decode_dicom(p),
         ImageSource::Array {
+            file,
+            key,
             index,
             height,
             width,
             channels,
             pixels,
-            ..
         } => {
             let n = height * width * channels;
-            let px = &pixels[index * n..(index + 1) * n];
+            let px = pixels.get(index * n..(index + 1) * n).ok_or_else(|| {
+                DataError::format(
+                    file,
+                    format!(
+                        "{key}[{index}] lies beyond the array ({} bytes for {height}x{width}x{channels} images)",
+                        pixels.len()
+                    ),
+                )
+            })?;
             Ok(ImageF32::from_u8_hwc(*channels, *height, *width, px))
         }
     }

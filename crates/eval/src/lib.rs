@@ -3,8 +3,10 @@
 //! Retrieval metrics, independent of any model: packed binary codes and Hamming distance
 //! ([`codes`]), ranking with a reproducible tie rule ([`ranking`]), relevance rules
 //! ([`relevance`]), per-query metrics ([`metrics`]) and whole-protocol reports
-//! ([`evaluate`]). Conventions are those of `docs/evaluation.md`.
+//! ([`evaluate`]); classification metrics for training ([`classification`]: ROC AUC,
+//! quadratic weighted kappa). Conventions are those of `docs/evaluation.md`.
 
+pub mod classification;
 pub mod codes;
 pub mod evaluate;
 pub mod metrics;

@@ -1,0 +1,25 @@
+//! # medret-train
+//!
+//! The training engine every method of medret shares ([`engine`]): a [`Task`] supplies the
+//! model, batches, loss and validation; the engine runs the optimiser ([`config`]: AdamW or
+//! SGD with momentum), the learning-rate schedule with warm-up ([`schedule`]), global-norm
+//! gradient clipping and data-parallel gradient merging ([`params`]), validation in eval
+//! mode, checkpoints with resume ([`checkpoint`]), early stopping and CSV/JSON logs
+//! ([`log`]).
+//!
+//! The first task is image classification ([`classify`]): multi-label findings on chest
+//! X-rays, DR grades on fundus photographs.
+
+pub mod checkpoint;
+pub mod classify;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod fingerprint;
+pub mod log;
+pub mod params;
+pub mod schedule;
+
+pub use config::{EarlyStopping, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig};
+pub use engine::{Event, Metrics, Outcome, RunOptions, Task, train};
+pub use error::{Result, TrainError};
