@@ -165,9 +165,30 @@ impl DenseLayer {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self.conv1.forward(relu(self.norm1.forward(x)));
+        let h = conv1x1_as_matmul(&self.conv1, relu(self.norm1.forward(x)));
         self.conv2.forward(relu(self.norm2.forward(h)))
     }
+}
+
+/// A 1x1 convolution (stride 1, no padding) as one batched matrix product,
+/// `[1, O, C] x [N, C, H*W]`, on the same weights. The result is the convolution's; the
+/// point is speed: burn-flex 0.22 computes a convolution's input gradient as a transposed
+/// convolution with a direct loop, while a matrix product's backward is two more matrix
+/// products (see `bench/densenet_ops.sh`).
+pub fn conv1x1_as_matmul(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    let weight = conv.weight.val();
+    let [o, wc, kh, kw] = weight.dims();
+    debug_assert!(
+        wc == c && kh == 1 && kw == 1,
+        "conv1x1_as_matmul needs a 1x1 convolution over {c} channels"
+    );
+    let y = weight.reshape([1, o, wc]).matmul(x.reshape([n, c, h * w]));
+    let y = match &conv.bias {
+        Some(b) => y + b.val().reshape([1, o, 1]),
+        None => y,
+    };
+    y.reshape([n, o, h, w])
 }
 
 /// Each layer sees the concatenation of the block input and every earlier layer's output.
@@ -198,7 +219,7 @@ pub struct Transition {
 impl Transition {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.pool
-            .forward(self.conv.forward(relu(self.norm.forward(x))))
+            .forward(conv1x1_as_matmul(&self.conv, relu(self.norm.forward(x))))
     }
 }
 

@@ -230,47 +230,70 @@ pub fn train<T: Task>(
         });
         let started = Instant::now();
         let (mut loss_sum, mut seen) = (0.0f64, 0usize);
-        for batch in task.batches(epoch, cfg.batch_size) {
-            let batch = batch?;
-            let n = task.batch_len(&batch);
-            let lr = learning_rate(cfg, steps_per_epoch, state.step);
-            let t0 = Instant::now();
-            let (loss, mut grads) = if devices.len() == 1 {
-                let loss = task.loss(&model, &batch, &main);
-                let value = scalar(&loss);
-                (value, GradientsParams::from_grads(loss.backward(), &model))
-            } else {
-                data_parallel_grads(task, &model, batch, &devices)
-            };
-            if !loss.is_finite() {
-                return Err(TrainError::Data(format!(
-                    "the loss became {loss} at epoch {epoch}, step {}; lower the learning rate or enable clipping (checkpoints up to the previous epoch are intact)",
-                    state.step
-                )));
+        // The next batch is decoded and augmented in another thread while this one
+        // trains (at most one waiting), so image loading overlaps the step.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T::Batch>>(1);
+        // The model moves into the scope and back out, as the optimiser step consumes it.
+        let (trained, epoch_result) = std::thread::scope(|scope| {
+            let mut model = model;
+            scope.spawn(move || {
+                for b in task.batches(epoch, cfg.batch_size) {
+                    if tx.send(b).is_err() {
+                        break; // the step loop stopped early
+                    }
+                }
+            });
+            for batch in rx {
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => return (model, Err(e)),
+                };
+                let n = task.batch_len(&batch);
+                let lr = learning_rate(cfg, steps_per_epoch, state.step);
+                let t0 = Instant::now();
+                let (loss, mut grads) = if devices.len() == 1 {
+                    let loss = task.loss(&model, &batch, &main);
+                    let value = scalar(&loss);
+                    (value, GradientsParams::from_grads(loss.backward(), &model))
+                } else {
+                    data_parallel_grads(task, &model, batch, &devices)
+                };
+                if !loss.is_finite() {
+                    let e = TrainError::Data(format!(
+                        "the loss became {loss} at epoch {epoch}, step {}; lower the learning rate or enable clipping (checkpoints up to the previous epoch are intact)",
+                        state.step
+                    ));
+                    return (model, Err(e));
+                }
+                let norm = match cfg.grad_clip_norm {
+                    Some(max) => clip_grad_norm(&model, &mut grads, max, &plain),
+                    None if state.step % cfg.log_every == 0 => grad_norm(&model, &grads, &plain),
+                    None => f32::NAN,
+                };
+                model = optim.step(lr, model, grads);
+                loss_sum += loss * n as f64;
+                seen += n;
+                let rec = StepRecord {
+                    epoch,
+                    step: state.step,
+                    lr,
+                    loss,
+                    grad_norm: norm as f64,
+                    samples: n,
+                    ms: t0.elapsed().as_secs_f64() * 1e3,
+                };
+                if state.step % cfg.log_every == 0
+                    && let Err(e) = log.step(&rec)
+                {
+                    return (model, Err(e));
+                }
+                on_event(Event::Step(&rec));
+                state.step += 1;
             }
-            let norm = match cfg.grad_clip_norm {
-                Some(max) => clip_grad_norm(&model, &mut grads, max, &plain),
-                None if state.step % cfg.log_every == 0 => grad_norm(&model, &grads, &plain),
-                None => f32::NAN,
-            };
-            model = optim.step(lr, model, grads);
-            loss_sum += loss * n as f64;
-            seen += n;
-            let rec = StepRecord {
-                epoch,
-                step: state.step,
-                lr,
-                loss,
-                grad_norm: norm as f64,
-                samples: n,
-                ms: t0.elapsed().as_secs_f64() * 1e3,
-            };
-            if state.step % cfg.log_every == 0 {
-                log.step(&rec)?;
-            }
-            on_event(Event::Step(&rec));
-            state.step += 1;
-        }
+            (model, Ok(()))
+        });
+        model = trained;
+        epoch_result?;
 
         let metrics = task.validate(&model.valid(), &plain)?;
         state.epoch += 1;
