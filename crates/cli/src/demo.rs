@@ -26,7 +26,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "medret-demo")]
     out: PathBuf,
     /// Images per phantom set.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 800)]
     n: usize,
     /// Image side in pixels.
     #[arg(long, default_value_t = 192)]
@@ -34,12 +34,15 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Training epochs of the demo classifiers (0 skips training).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 6)]
     epochs: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
+
+/// Input side of the demo classifiers: small enough to train in seconds on a CPU.
+const DEMO_INPUT: usize = 96;
 
 /// The demo classifier's outcome on one phantom set.
 #[derive(Serialize)]
@@ -246,7 +249,7 @@ fn one_set(args: &DemoArgs, name: &str, dir: &Path) -> Result<SetReport> {
     })
 }
 
-/// Trains the small DenseNet at 64 px with the engine's defaults, scores the test split
+/// Trains the small DenseNet at 96 px with the engine's defaults, scores the test split
 /// with the best weights and draws Grad-CAM over the first positive test image.
 fn train_classifier(args: &DemoArgs, name: &str, ds: &Dataset) -> Result<TrainReport> {
     use burn::prelude::*;
@@ -258,11 +261,11 @@ fn train_classifier(args: &DemoArgs, name: &str, ds: &Dataset) -> Result<TrainRe
         std::fs::remove_dir_all(&run_dir)
             .with_context(|| format!("cannot clear {}", run_dir.display()))?;
     }
-    let settings = ClassifySettings::for_dataset(ds, "tiny", 64)?;
+    let settings = ClassifySettings::for_dataset(ds, "tiny", DEMO_INPUT)?;
     let task = ClassifyTask::new(ds, settings, args.seed)?;
     let cfg = medret_train::TrainConfig {
         epochs: args.epochs,
-        batch_size: 16,
+        batch_size: 32,
         lr: 3e-3,
         warmup_epochs: 0.5,
         seed: args.seed,
@@ -327,7 +330,7 @@ fn train_classifier(args: &DemoArgs, name: &str, ds: &Dataset) -> Result<TrainRe
     });
     let grad_cam_overlay = match target {
         Some((r, classes)) => {
-            let pipeline = medret_models::features::torchvision_pipeline(64);
+            let pipeline = medret_models::features::torchvision_pipeline(DEMO_INPUT);
             let img = pipeline.load(r, 0, 0)?;
             let x = Tensor::<4>::from_data(
                 TensorData::new(img.data.clone(), [1, img.channels, img.height, img.width]),

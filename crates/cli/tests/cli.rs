@@ -171,7 +171,7 @@ fn demo_runs_the_whole_job_and_writes_a_report() {
         assert_eq!(set["summary"]["problems"].as_array().unwrap().len(), 0);
         // The demo classifier trained and was scored on the test split.
         let c = &set["classifier"];
-        assert_eq!(c["epochs"], 4);
+        assert_eq!(c["epochs"], 6);
         let loss = c["test_metrics"]["loss"].as_f64().unwrap();
         assert!(loss.is_finite() && loss > 0.0, "{c}");
         let run = std::path::PathBuf::from(c["run_dir"].as_str().unwrap());
