@@ -88,10 +88,11 @@ pub fn mode_for(dataset: &Dataset) -> ClassifyMode {
 pub fn arch_config(arch: &str, classes: usize) -> Result<DenseNetConfig> {
     let base = match arch {
         "densenet121" => DenseNetConfig::densenet121(),
-        "tiny" => DenseNetConfig::tiny(),
+        // `densenet-tiny` as `medret model summary` spells it.
+        "tiny" | "densenet-tiny" => DenseNetConfig::tiny(),
         other => {
             return Err(TrainError::Config(format!(
-                "unknown architecture `{other}`: expected densenet121 or tiny"
+                "unknown architecture `{other}`: expected densenet121 or tiny (densenet-tiny)"
             )));
         }
     };
