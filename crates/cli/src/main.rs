@@ -1,6 +1,7 @@
 //! `medret`: content-based medical image retrieval. A thin shell over the library crates:
 //! it parses arguments, sets up logging and progress bars, and prints results.
 
+mod bench;
 mod demo;
 mod model;
 mod progress;
@@ -46,6 +47,9 @@ enum Command {
     /// Train networks (checkpoints, resume, early stopping, logs).
     #[command(subcommand)]
     Train(train::TrainCommand),
+    /// Speed benchmarks that print comparable figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Args, Clone)]
@@ -238,6 +242,7 @@ fn run(command: Command) -> Result<()> {
         Command::Model(m) => model::run_model(&m),
         Command::Features(a) => model::run_features(&a),
         Command::Train(t) => train::run(&t),
+        Command::Bench(b) => bench::run(&b),
         Command::Synth(s) => {
             let (a, kind, n, secs) = match &s {
                 SynthCommand::Cxr(a) => {
