@@ -30,6 +30,9 @@ pub struct SearchArgs {
     /// Also time multi-index hashing (and check it returns the scan's results).
     #[arg(long)]
     mih: bool,
+    /// Substring length of multi-index hashing (default: about log2 N).
+    #[arg(long)]
+    substring_bits: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print `{"qps": ..., "ms_per_query": ...}` (and more fields) as JSON.
@@ -92,7 +95,9 @@ fn search(a: &SearchArgs) -> Result<()> {
     });
 
     if a.mih {
-        let sub = MultiIndex::substring_bits_for(a.bits, a.n);
+        let sub = a
+            .substring_bits
+            .unwrap_or_else(|| MultiIndex::substring_bits_for(a.bits, a.n, a.k));
         let mut mih = MultiIndex::new(a.bits, sub)?;
         let t = Instant::now();
         for (i, &id) in index.ids().iter().enumerate() {

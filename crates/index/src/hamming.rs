@@ -171,11 +171,23 @@ impl HammingIndex {
             .zip(self.codes.par_chunks(CHUNK * w))
             .map(|(d, c)| {
                 distances(self.kernel, query, c, d);
-                let mut h = vec![0u32; levels];
-                for &x in d.iter() {
-                    h[x as usize] += 1;
+                // Four interleaved histograms: random codes pile up around half the code
+                // length, and one histogram would stall on back-to-back increments of
+                // the same counter.
+                let mut h4 = vec![0u32; 4 * levels];
+                let mut quads = d.chunks_exact(4);
+                for q in &mut quads {
+                    h4[q[0] as usize] += 1;
+                    h4[levels + q[1] as usize] += 1;
+                    h4[2 * levels + q[2] as usize] += 1;
+                    h4[3 * levels + q[3] as usize] += 1;
                 }
-                h
+                for &x in quads.remainder() {
+                    h4[x as usize] += 1;
+                }
+                (0..levels)
+                    .map(|i| h4[i] + h4[levels + i] + h4[2 * levels + i] + h4[3 * levels + i])
+                    .collect::<Vec<u32>>()
             })
             .reduce(
                 || vec![0u32; levels],
@@ -196,14 +208,26 @@ impl HammingIndex {
         }
         // Items strictly closer than t all make it; at t only the smallest ids do.
         let t16 = t as u16;
-        let (mut hits, mut at_t): (Vec<Hit>, Vec<Hit>) = dist
-            .par_iter()
+        let picked: Vec<Vec<Hit>> = dist
+            .par_chunks(CHUNK)
             .enumerate()
-            .filter(|(_, d)| **d <= t16)
-            .map(|(i, &d)| Hit {
-                distance: d as u32,
-                id: self.ids[i],
+            .map(|(ci, d)| {
+                let ids = &self.ids[ci * CHUNK..ci * CHUNK + d.len()];
+                let mut v = Vec::new();
+                for (&x, &id) in d.iter().zip(ids) {
+                    if x <= t16 {
+                        v.push(Hit {
+                            distance: x as u32,
+                            id,
+                        });
+                    }
+                }
+                v
             })
+            .collect();
+        let (mut hits, mut at_t): (Vec<Hit>, Vec<Hit>) = picked
+            .into_iter()
+            .flatten()
             .partition(|h| h.distance < t as u32);
         let need = k - hits.len();
         if at_t.len() > need {

@@ -123,7 +123,7 @@ fn mih_is_exact_on_a_larger_random_set() {
     // 64-bit random codes, 20k of them: the regime MIH is for (16-bit substrings).
     let mut s = 42u64;
     let mut scan = HammingIndex::new(64).unwrap();
-    let mut mih = MultiIndex::new(64, MultiIndex::substring_bits_for(64, 20_000)).unwrap();
+    let mut mih = MultiIndex::new(64, MultiIndex::substring_bits_for(64, 20_000, 100)).unwrap();
     for id in 0..20_000u64 {
         let c = [lcg(&mut s)];
         scan.add(id, &c).unwrap();
