@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod index;
 mod model;
 mod progress;
 mod train;
@@ -50,6 +51,11 @@ enum Command {
     /// Speed benchmarks that print comparable figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The case archive: build, add to, delete from and describe a store.
+    #[command(subcommand)]
+    Index(index::IndexCommand),
+    /// The most similar cases of the archive to a code, a descriptor or a stored case.
+    Search(index::SearchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -243,6 +249,8 @@ fn run(command: Command) -> Result<()> {
         Command::Features(a) => model::run_features(&a),
         Command::Train(t) => train::run(&t),
         Command::Bench(b) => bench::run(&b),
+        Command::Index(i) => index::run_index(&i),
+        Command::Search(a) => index::run_search(&a),
         Command::Synth(s) => {
             let (a, kind, n, secs) = match &s {
                 SynthCommand::Cxr(a) => {

@@ -42,3 +42,44 @@ pub fn read_f32_matrix(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         .map_err(|e| DataError::format(path, format!("not float32: {e}")))?;
     Ok((shape, data))
 }
+
+/// Reads a 2-D uint8 `.npy` (packed binary codes, `N x bits/8`): the shape and the bytes.
+pub fn read_u8_matrix(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let npy = npyz::NpyFile::new(&bytes[..])
+        .map_err(|e| DataError::format(path, format!("not a .npy file: {e}")))?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
+    if shape.len() != 2 {
+        return Err(DataError::format(
+            path,
+            format!("expected a 2-D array (N x bytes), found shape {shape:?}"),
+        ));
+    }
+    let data = npy
+        .into_vec::<u8>()
+        .map_err(|e| DataError::format(path, format!("not uint8: {e}")))?;
+    Ok((shape, data))
+}
+
+/// Writes a 2-D uint8 `.npy`.
+pub fn write_u8_matrix(path: &Path, rows: usize, cols: usize, data: &[u8]) -> Result<()> {
+    if data.len() != rows * cols {
+        return Err(DataError::format(
+            path,
+            format!("{} bytes for a {rows} x {cols} array", data.len()),
+        ));
+    }
+    let mut out = Vec::new();
+    {
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[rows as u64, cols as u64])
+            .writer(&mut out)
+            .begin_nd()
+            .map_err(|e| DataError::io(path, e))?;
+        w.extend(data.iter().copied())
+            .map_err(|e| DataError::io(path, e))?;
+        w.finish().map_err(|e| DataError::io(path, e))?;
+    }
+    std::fs::write(path, out).map_err(|e| DataError::io(path, e))
+}

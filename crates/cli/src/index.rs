@@ -1,0 +1,440 @@
+//! `medret index build|add|delete|info` and `medret search`: the case archive and exact
+//! search over it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use medret_data::npy::{read_f32_matrix, read_u8_matrix};
+use medret_index::{FloatIndex, HammingIndex};
+use medret_store::{CaseStore, Metric, ModelInfo, ModelKind, NewCase, SqliteStore};
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Create a model in the store and ingest every case of the manifest with its code or
+    /// descriptor (one transaction: all or nothing).
+    Build(IngestArgs),
+    /// Ingest more cases into an existing model (one transaction).
+    Add(IngestArgs),
+    /// Delete cases (by case id) and their vectors for every model.
+    Delete {
+        #[arg(long)]
+        store: PathBuf,
+        /// Case ids as in the manifest (image ids).
+        #[arg(required = true)]
+        cases: Vec<String>,
+    },
+    /// Counts, models and size on disk.
+    Info {
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MetricArg {
+    Cosine,
+    L2,
+}
+
+#[derive(Args)]
+pub struct IngestArgs {
+    /// The SQLite store file (created if absent).
+    #[arg(long)]
+    store: PathBuf,
+    /// Model name.
+    #[arg(long)]
+    name: String,
+    /// Packed codes: uint8 .npy of shape N x bits/8, rows in manifest order. Bit i of a
+    /// code is bit i % 8 of byte i / 8.
+    #[arg(
+        long,
+        conflicts_with = "descriptors",
+        required_unless_present = "descriptors"
+    )]
+    codes: Option<PathBuf>,
+    /// Descriptors: float32 .npy of shape N x d, rows in manifest order.
+    #[arg(long)]
+    descriptors: Option<PathBuf>,
+    /// Descriptor comparison.
+    #[arg(long, value_enum, default_value = "cosine")]
+    metric: MetricArg,
+    /// The dataset the rows belong to (any format `medret data info` reads).
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Hash of the model's configuration and weights, stored with the model.
+    #[arg(long, default_value = "")]
+    config_hash: String,
+}
+
+#[derive(Args)]
+pub struct SearchArgs {
+    #[arg(long)]
+    store: PathBuf,
+    /// Model name.
+    #[arg(long)]
+    model: String,
+    /// Query code as hex (bits/8 bytes, byte 0 first).
+    #[arg(long, group = "query")]
+    code: Option<String>,
+    /// Query descriptor: a float32 .npy with d values.
+    #[arg(long, group = "query")]
+    descriptor_file: Option<PathBuf>,
+    /// Query with a stored case's vector (the case itself is left out of the results).
+    #[arg(long = "case", group = "query")]
+    case_key: Option<String>,
+    #[arg(short, long, default_value_t = 10)]
+    k: usize,
+    /// Codes only: every case within this Hamming distance instead of the top k.
+    #[arg(long)]
+    radius: Option<u32>,
+    /// Show patient ids (masked by default).
+    #[arg(long)]
+    show_ids: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn open_store(path: &Path) -> Result<SqliteStore> {
+    Ok(SqliteStore::open(path)?)
+}
+
+/// Reads the manifest and the vector file, and checks they agree, before anything is
+/// written.
+/// Cases with their stored vector bytes, in manifest order.
+type Items = Vec<(NewCase, Vec<u8>)>;
+
+fn read_items(a: &IngestArgs) -> Result<(ModelKind, Items)> {
+    let ds = medret_data::open_dataset(&a.manifest, None, &medret_data::ReadOptions::default())?;
+    let (kind, rows, bytes, data): (ModelKind, usize, usize, Vec<u8>) =
+        match (&a.codes, &a.descriptors) {
+            (Some(p), _) => {
+                let (shape, data) = read_u8_matrix(p)?;
+                let bits = shape[1] * 8;
+                if bits == 0 || bits > 1024 {
+                    bail!(
+                        "{}: {} bytes per code; codes are 1 to 128 bytes (8 to 1024 bits)",
+                        p.display(),
+                        shape[1]
+                    );
+                }
+                (ModelKind::Codes { bits }, shape[0], shape[1], data)
+            }
+            (None, Some(p)) => {
+                let (shape, data) = read_f32_matrix(p)?;
+                if shape.len() != 2 || shape[1] == 0 {
+                    bail!(
+                        "{}: expected a 2-D float32 array (N x d), found shape {shape:?}",
+                        p.display()
+                    );
+                }
+                if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+                    bail!(
+                        "{}: row {} holds a non-finite value",
+                        p.display(),
+                        i / shape[1]
+                    );
+                }
+                let metric = match a.metric {
+                    MetricArg::Cosine => Metric::Cosine,
+                    MetricArg::L2 => Metric::L2,
+                };
+                let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+                (
+                    ModelKind::Descriptors {
+                        dim: shape[1],
+                        metric,
+                    },
+                    shape[0],
+                    shape[1] * 4,
+                    bytes,
+                )
+            }
+            (None, None) => bail!("give --codes or --descriptors"),
+        };
+    let file = a
+        .codes
+        .as_ref()
+        .or(a.descriptors.as_ref())
+        .expect("one is set");
+    if rows != ds.records.len() {
+        bail!(
+            "{} has {rows} rows but {} lists {} cases; rows must follow the manifest's order one to one",
+            file.display(),
+            a.manifest.display(),
+            ds.records.len()
+        );
+    }
+    let items = ds
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let study = serde_json::json!({
+                "view": r.view,
+                "eye": r.eye.map(|e| e.name()),
+                "split": r.split.map(|s| s.name()),
+                "meta": r.meta,
+            });
+            (
+                NewCase {
+                    key: r.id.clone(),
+                    path: r.source.describe(),
+                    labels: r.labels.clone(),
+                    grade: r.grade,
+                    patient_id: r.patient_id.clone(),
+                    study,
+                },
+                data[i * bytes..(i + 1) * bytes].to_vec(),
+            )
+        })
+        .collect();
+    Ok((kind, items))
+}
+
+pub fn run_index(cmd: &IndexCommand) -> Result<()> {
+    match cmd {
+        IndexCommand::Build(a) | IndexCommand::Add(a) => {
+            let build = matches!(cmd, IndexCommand::Build(_));
+            let (kind, items) = read_items(a)?;
+            let mut store = open_store(&a.store)?;
+            let model = ModelInfo {
+                name: a.name.clone(),
+                kind,
+                config_hash: a.config_hash.clone(),
+            };
+            match store.model(&a.name) {
+                Ok(existing) if build => bail!(
+                    "model `{}` already exists in {} ({} ); use `medret index add`",
+                    a.name,
+                    a.store.display(),
+                    serde_json::to_string(&existing.kind)?
+                ),
+                Ok(existing) if existing.kind != kind => bail!(
+                    "model `{}` stores {}, but the file holds {}",
+                    a.name,
+                    serde_json::to_string(&existing.kind)?,
+                    serde_json::to_string(&kind)?
+                ),
+                Ok(_) => {}
+                Err(_) if !build => bail!(
+                    "no model `{}` in {}; use `medret index build`",
+                    a.name,
+                    a.store.display()
+                ),
+                Err(_) => store.add_model(&model)?,
+            }
+            let t = std::time::Instant::now();
+            let ids = store.ingest(&a.name, &items)?;
+            println!(
+                "{} {} cases into model `{}` of {} in {:.2} s",
+                if build { "indexed" } else { "added" },
+                ids.len(),
+                a.name,
+                a.store.display(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        IndexCommand::Delete { store, cases } => {
+            let mut s = open_store(store)?;
+            let mut missing = Vec::new();
+            for c in cases {
+                if !s.delete(c)? {
+                    missing.push(c.as_str());
+                }
+            }
+            println!("deleted {} cases", cases.len() - missing.len());
+            if !missing.is_empty() {
+                bail!("not in the store: {}", missing.join(", "));
+            }
+            Ok(())
+        }
+        IndexCommand::Info { store, json } => {
+            if !store.exists() {
+                bail!("{}: no such store", store.display());
+            }
+            let info = open_store(store)?.info()?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!(
+                    "{}: schema {}, {} cases, {:.1} MB on disk",
+                    store.display(),
+                    info.schema_version,
+                    info.cases,
+                    info.bytes_on_disk as f64 / 1e6
+                );
+                for (m, n) in &info.models {
+                    println!(
+                        "  model {}: {} vectors, {}",
+                        m.name,
+                        n,
+                        serde_json::to_string(&m.kind)?
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_hex(s: &str, bytes: usize) -> Result<Vec<u8>> {
+    let s = s.trim().trim_start_matches("0x");
+    if s.len() != bytes * 2 {
+        bail!(
+            "--code has {} hex digits; this model's codes need {}",
+            s.len(),
+            bytes * 2
+        );
+    }
+    (0..bytes)
+        .map(|i| {
+            u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+                .with_context(|| format!("--code: `{}` is not hex", &s[2 * i..2 * i + 2]))
+        })
+        .collect()
+}
+
+fn mask(id: &str) -> String {
+    if id.is_empty() {
+        String::new()
+    } else {
+        "****".into()
+    }
+}
+
+pub fn run_search(a: &SearchArgs) -> Result<()> {
+    if !a.store.exists() {
+        bail!("{}: no such store", a.store.display());
+    }
+    let store = open_store(&a.store)?;
+    let model = store.model(&a.model)?;
+    let bytes = model.kind.vector_bytes();
+    let mut exclude = None;
+    let query: Vec<u8> = match (&a.code, &a.descriptor_file, &a.case_key) {
+        (Some(h), _, _) => {
+            if !matches!(model.kind, ModelKind::Codes { .. }) {
+                bail!(
+                    "model `{}` stores descriptors; query with --descriptor-file or --case",
+                    a.model
+                );
+            }
+            parse_hex(h, bytes)?
+        }
+        (_, Some(f), _) => {
+            let (_, v) = read_f32_matrix(f)?;
+            if v.len() * 4 != bytes {
+                bail!(
+                    "{}: {} values; model `{}` has dimension {}",
+                    f.display(),
+                    v.len(),
+                    a.model,
+                    bytes / 4
+                );
+            }
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        }
+        (_, _, Some(key)) => {
+            let c = store
+                .case_by_key(key)?
+                .with_context(|| format!("no case `{key}` in {}", a.store.display()))?;
+            exclude = Some(c.id);
+            store
+                .vectors(&a.model)?
+                .into_iter()
+                .find(|(id, _)| *id == c.id)
+                .map(|(_, v)| v)
+                .with_context(|| format!("case `{key}` has no vector for model `{}`", a.model))?
+        }
+        _ => bail!("give a query: --code, --descriptor-file or --case"),
+    };
+    let vectors = store.vectors(&a.model)?;
+    let extra = usize::from(exclude.is_some());
+    let hits: Vec<(u64, f64)> = match model.kind {
+        ModelKind::Codes { bits } => {
+            let mut idx = HammingIndex::new(bits)?;
+            for (id, v) in &vectors {
+                idx.add(*id, &medret_eval::codes::pack_bytes(v))?;
+            }
+            let q = medret_eval::codes::pack_bytes(&query);
+            let found = match a.radius {
+                Some(r) => idx.radius(&q, r)?,
+                None => idx.search(&q, a.k + extra)?,
+            };
+            found
+                .into_iter()
+                .map(|h| (h.id, h.distance as f64))
+                .collect()
+        }
+        ModelKind::Descriptors { dim, metric } => {
+            if a.radius.is_some() {
+                bail!("--radius applies to binary codes only");
+            }
+            let m = match metric {
+                Metric::Cosine => medret_index::Metric::Cosine,
+                Metric::L2 => medret_index::Metric::L2,
+            };
+            let mut idx = FloatIndex::new(dim, m)?;
+            let f = |v: &[u8]| -> Vec<f32> {
+                v.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            };
+            for (id, v) in &vectors {
+                idx.add(*id, &f(v))?;
+            }
+            idx.search(&f(&query), a.k + extra)?
+                .into_iter()
+                .map(|h| (h.id, h.distance as f64))
+                .collect()
+        }
+    };
+    let mut results = Vec::new();
+    for (id, distance) in hits.into_iter().filter(|(id, _)| Some(*id) != exclude) {
+        if a.radius.is_none() && results.len() == a.k {
+            break;
+        }
+        let c = store
+            .case(id)?
+            .with_context(|| format!("case {id} vanished"))?;
+        let mut r = serde_json::json!({
+            "rank": results.len() + 1,
+            "case_id": c.key,
+            "path": c.path,
+            "distance": distance,
+            "labels": c.labels,
+            "grade": c.grade,
+            "patient_id": if a.show_ids { c.patient_id.clone() } else { mask(&c.patient_id) },
+        });
+        if c.grade.is_none() {
+            r.as_object_mut().expect("object").remove("grade");
+        }
+        results.push(r);
+    }
+    if a.json {
+        println!("{}", serde_json::json!({ "results": results }));
+    } else {
+        for r in &results {
+            println!(
+                "{:>3}  {:<24} distance {:<8} {}  patient {}  {}",
+                r["rank"],
+                r["case_id"].as_str().unwrap_or(""),
+                r["distance"],
+                r["labels"]
+                    .as_array()
+                    .map(|l| l
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join("|"))
+                    .unwrap_or_default(),
+                r["patient_id"].as_str().unwrap_or(""),
+                r["path"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}

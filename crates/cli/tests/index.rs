@@ -1,0 +1,306 @@
+//! `medret index` and `medret search` end to end, bad input, and crash safety: ingests
+//! killed with SIGKILL at random moments leave a store holding exactly the committed
+//! ingests.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use medret_data::npy::write_u8_matrix;
+use medret_store::{CaseStore, SqliteStore};
+
+fn medret(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_medret"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = medret(args);
+    assert!(
+        o.status.success(),
+        "medret {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn err(args: &[&str]) -> String {
+    let o = medret(args);
+    assert!(!o.status.success(), "medret {args:?} should have failed");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn lcg(s: &mut u64) -> u64 {
+    *s = s
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *s
+}
+
+/// `n` random codes of `bytes` bytes.
+fn codes(path: &Path, n: usize, bytes: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    let data: Vec<u8> = (0..n * bytes).map(|_| (lcg(&mut s) >> 56) as u8).collect();
+    write_u8_matrix(path, n, bytes, &data).unwrap();
+    data
+}
+
+fn synth(dir: &Path, n: usize) {
+    ok(&[
+        "synth",
+        "fundus",
+        "--n",
+        &n.to_string(),
+        "--size",
+        "32",
+        "--seed",
+        "4",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+}
+
+fn cases(store: &Path) -> u64 {
+    SqliteStore::open(store).unwrap().info().unwrap().cases
+}
+
+#[test]
+fn build_search_delete_and_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("f");
+    synth(&data, 30);
+    let ds = medret_data::open_dataset(&data, None, &Default::default()).unwrap();
+    let c = tmp.path().join("c.npy");
+    let code_bytes = codes(&c, 30, 8, 1);
+    let store = tmp.path().join("s.db");
+    let (d, cs, st) = (
+        data.to_str().unwrap(),
+        c.to_str().unwrap(),
+        store.to_str().unwrap(),
+    );
+    ok(&[
+        "index",
+        "build",
+        "--store",
+        st,
+        "--name",
+        "h64",
+        "--codes",
+        cs,
+        "--manifest",
+        d,
+    ]);
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["index", "info", "--store", st, "--json"])).unwrap();
+    assert_eq!(info["cases"], 30);
+    assert_eq!(info["models"][0][1], 30);
+
+    // Search by a stored case: the case itself is left out; the rest ranks by (distance,
+    // manifest order), checked against distances computed here.
+    let q = 7usize;
+    let key = ds.records[q].id.clone();
+    let out: serde_json::Value = serde_json::from_str(&ok(&[
+        "search", "--store", st, "--model", "h64", "--case", &key, "-k", "5", "--json",
+    ]))
+    .unwrap();
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    let dist = |i: usize| -> u32 {
+        (0..8)
+            .map(|b| (code_bytes[q * 8 + b] ^ code_bytes[i * 8 + b]).count_ones())
+            .sum()
+    };
+    let mut want: Vec<(u32, usize)> = (0..30).filter(|&i| i != q).map(|i| (dist(i), i)).collect();
+    want.sort();
+    for (r, (dw, iw)) in results.iter().zip(&want) {
+        assert_eq!(r["case_id"], ds.records[*iw].id.as_str());
+        assert_eq!(r["distance"].as_f64().unwrap() as u32, *dw);
+        assert_eq!(r["patient_id"], "****", "patient ids are masked by default");
+        assert!(r["labels"].is_array() && r["path"].is_string() && r["rank"].is_number());
+    }
+    // By hex code: the case whose code it is comes first at distance 0.
+    let hex: String = code_bytes[3 * 8..4 * 8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out: serde_json::Value = serde_json::from_str(&ok(&[
+        "search",
+        "--store",
+        st,
+        "--model",
+        "h64",
+        "--code",
+        &hex,
+        "-k",
+        "1",
+        "--json",
+        "--show-ids",
+    ]))
+    .unwrap();
+    assert_eq!(out["results"][0]["case_id"], ds.records[3].id.as_str());
+    assert_eq!(out["results"][0]["distance"], 0.0);
+    assert_eq!(
+        out["results"][0]["patient_id"],
+        ds.records[3].patient_id.as_str()
+    );
+
+    // Bad input: nothing is written.
+    let short = tmp.path().join("short.npy");
+    codes(&short, 29, 8, 2);
+    let e = err(&[
+        "index",
+        "add",
+        "--store",
+        st,
+        "--name",
+        "h64",
+        "--codes",
+        short.to_str().unwrap(),
+        "--manifest",
+        d,
+    ]);
+    assert!(e.contains("29 rows") && e.contains("30 cases"), "{e}");
+    let wide = tmp.path().join("wide.npy");
+    codes(&wide, 30, 16, 3);
+    let e = err(&[
+        "index",
+        "add",
+        "--store",
+        st,
+        "--name",
+        "h64",
+        "--codes",
+        wide.to_str().unwrap(),
+        "--manifest",
+        d,
+    ]);
+    assert!(e.contains("128"), "{e}");
+    let e = err(&[
+        "index",
+        "add",
+        "--store",
+        st,
+        "--name",
+        "h64",
+        "--codes",
+        cs,
+        "--manifest",
+        d,
+    ]);
+    assert!(e.contains("already has a vector"), "{e}");
+    let e = err(&[
+        "index",
+        "build",
+        "--store",
+        st,
+        "--name",
+        "h64",
+        "--codes",
+        cs,
+        "--manifest",
+        d,
+    ]);
+    assert!(e.contains("already exists"), "{e}");
+    assert_eq!(cases(&store), 30);
+    let foreign = tmp.path().join("notes.txt");
+    std::fs::write(&foreign, "x".repeat(200)).unwrap();
+    let e = err(&["index", "info", "--store", foreign.to_str().unwrap()]);
+    assert!(
+        e.contains("notes.txt") && e.contains("not a medret store"),
+        "{e}"
+    );
+    let e = err(&[
+        "search", "--store", st, "--model", "h64", "--code", "zz", "-k", "1",
+    ]);
+    assert!(e.contains("hex digits"), "{e}");
+
+    // Delete removes the case from the store and from search results.
+    ok(&["index", "delete", "--store", st, &key]);
+    assert_eq!(cases(&store), 29);
+    let out = ok(&[
+        "search", "--store", st, "--model", "h64", "--code", &hex, "-k", "29", "--json",
+    ]);
+    assert!(!out.contains(&format!("\"{key}\"")));
+    let e = err(&["index", "delete", "--store", st, &key]);
+    assert!(e.contains("not in the store"), "{e}");
+}
+
+#[test]
+fn killed_ingests_leave_exactly_the_committed_cases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("f");
+    let n = 3000;
+    synth(&data, n);
+    let store = tmp.path().join("s.db");
+    let st = store.to_str().unwrap();
+    let d = data.to_str().unwrap();
+    // Time one complete ingest to aim the kills inside the next ones.
+    let c0 = tmp.path().join("c0.npy");
+    codes(&c0, n, 8, 10);
+    let t = Instant::now();
+    ok(&[
+        "index",
+        "build",
+        "--store",
+        st,
+        "--name",
+        "m0",
+        "--codes",
+        c0.to_str().unwrap(),
+        "--manifest",
+        d,
+    ]);
+    let full = t.elapsed();
+    let mut s = 99u64;
+    let mut killed = 0;
+    for i in 1..=8 {
+        let c = tmp.path().join(format!("c{i}.npy"));
+        codes(&c, n, 8, 10 + i as u64);
+        let name = format!("m{i}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_medret"))
+            .args([
+                "index",
+                "build",
+                "--store",
+                st,
+                "--name",
+                &name,
+                "--codes",
+                c.to_str().unwrap(),
+                "--manifest",
+                d,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let frac = 0.3 + (lcg(&mut s) >> 11) as f64 / (1u64 << 53) as f64 * 0.9;
+        std::thread::sleep(Duration::from_secs_f64(full.as_secs_f64() * frac));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        child.wait().unwrap();
+        // The store opens, and each model holds all of its cases or none.
+        let st_open = SqliteStore::open(&store).unwrap();
+        let info = st_open.info().unwrap();
+        assert_eq!(
+            info.cases, n as u64,
+            "cases are shared: the first build's {n}"
+        );
+        for (m, count) in &info.models {
+            assert!(
+                *count == 0 || *count == n as u64,
+                "model {} holds {count} of {n} vectors after a kill",
+                m.name
+            );
+        }
+        assert_eq!(st_open.vectors("m0").unwrap().len(), n);
+    }
+    assert!(
+        killed > 0,
+        "no ingest was interrupted; the test did not test anything"
+    );
+}

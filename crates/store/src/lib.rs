@@ -1,0 +1,115 @@
+//! # medret-store
+//!
+//! The case archive: cases (image reference, labels or grade, patient id, study metadata),
+//! models (name, kind, code bits or descriptor dimension, config hash) and each case's
+//! code or descriptor per model. [`CaseStore`] is the interface; [`sqlite::SqliteStore`]
+//! is the embedded default (one database file).
+//!
+//! Guarantees:
+//! - an ingest of N cases is one transaction: all of them or none;
+//! - a crash (even `kill -9`) at any point leaves a store that opens and holds exactly
+//!   the committed ingests (write-ahead log, `synchronous = FULL`);
+//! - deleting a case deletes its vectors for every model;
+//! - the schema is versioned and migrated forward on open; a store written by a newer
+//!   medret, or a database of another application, is refused.
+//!
+//! Patient ids are stored (the archive needs them) but never logged.
+
+pub mod error;
+pub mod sqlite;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{Result, StoreError};
+pub use sqlite::SqliteStore;
+
+/// What a model stores per case.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Packed binary codes of `bits` bits (`bits / 8` bytes, little-endian bit order:
+    /// bit `i` is bit `i % 8` of byte `i / 8`).
+    Codes { bits: usize },
+    /// float32 descriptors of dimension `dim`, compared by `metric` (`cosine` or `l2`).
+    Descriptors { dim: usize, metric: Metric },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    Cosine,
+    L2,
+}
+
+impl ModelKind {
+    /// Bytes of one stored vector.
+    pub fn vector_bytes(&self) -> usize {
+        match *self {
+            ModelKind::Codes { bits } => bits / 8,
+            ModelKind::Descriptors { dim, .. } => dim * 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub kind: ModelKind,
+    /// Hash of the model's configuration and weights, to tell retrained models apart.
+    pub config_hash: String,
+}
+
+/// A case to ingest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewCase {
+    /// The archive's own case identifier (accession or image id); unique.
+    pub key: String,
+    /// Image reference (path or URI).
+    pub path: String,
+    pub labels: Vec<String>,
+    pub grade: Option<u8>,
+    pub patient_id: String,
+    /// Study metadata (view, eye, age, ...), never DICOM headers wholesale.
+    pub study: serde_json::Value,
+}
+
+/// A stored case, with the numeric id the indexes use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    pub id: u64,
+    pub key: String,
+    pub path: String,
+    pub labels: Vec<String>,
+    pub grade: Option<u8>,
+    pub patient_id: String,
+    pub study: serde_json::Value,
+}
+
+/// Counts and sizes for `medret index info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreInfo {
+    pub schema_version: u32,
+    pub cases: u64,
+    pub models: Vec<(ModelInfo, u64)>,
+    pub bytes_on_disk: u64,
+}
+
+/// The archive interface, for SQLite today and PostgreSQL next.
+pub trait CaseStore {
+    /// Registers a model; registering the same model again is a no-op, a different
+    /// definition under the same name is an error.
+    fn add_model(&mut self, model: &ModelInfo) -> Result<()>;
+    fn model(&self, name: &str) -> Result<ModelInfo>;
+    /// Adds cases with their vectors for `model`, all or nothing. A case whose key exists
+    /// already is reused (its metadata is kept); a vector that exists already for that
+    /// model is an error that rolls the whole ingest back. Returns the case ids in input
+    /// order.
+    fn ingest(&mut self, model: &str, items: &[(NewCase, Vec<u8>)]) -> Result<Vec<u64>>;
+    /// Deletes a case and its vectors for every model; false if absent.
+    fn delete(&mut self, key: &str) -> Result<bool>;
+    fn case(&self, id: u64) -> Result<Option<Case>>;
+    fn case_by_key(&self, key: &str) -> Result<Option<Case>>;
+    /// Every vector of `model`, by case id (ascending).
+    fn vectors(&self, model: &str) -> Result<Vec<(u64, Vec<u8>)>>;
+    fn info(&self) -> Result<StoreInfo>;
+}

@@ -1,0 +1,401 @@
+//! The embedded store: one SQLite database file (bundled SQLite, nothing to install).
+//!
+//! Durability: write-ahead log with `synchronous = FULL`, so a committed ingest survives a
+//! crash or power loss and an interrupted one leaves no trace. Identity:
+//! `PRAGMA application_id` marks the file as medret's, and `PRAGMA user_version` holds the
+//! schema version that [`MIGRATIONS`] bring forward.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Result, StoreError};
+use crate::{Case, CaseStore, Metric, ModelInfo, ModelKind, NewCase, StoreInfo};
+
+/// "MDRT".
+const APPLICATION_ID: i64 = 0x4D44_5254;
+
+/// Schema migrations; entry `i` takes version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE cases (
+        id INTEGER PRIMARY KEY,
+        case_key TEXT NOT NULL UNIQUE,
+        path TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        grade INTEGER,
+        patient_id TEXT NOT NULL,
+        study TEXT NOT NULL
+    );
+    CREATE TABLE models (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('codes', 'descriptors')),
+        dim INTEGER NOT NULL CHECK (dim > 0),
+        metric TEXT,
+        config_hash TEXT NOT NULL
+    );
+    CREATE TABLE vectors (
+        model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
+        case_id INTEGER NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
+        data BLOB NOT NULL,
+        PRIMARY KEY (model, case_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX vectors_by_case ON vectors(case_id);
+"];
+
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    fn db_err(&self, e: rusqlite::Error) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Opens (or creates) the store at `path`, migrating its schema forward.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = |e: rusqlite::Error| StoreError::Database {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let foreign = |reason: String| StoreError::Foreign {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let existed = path.exists();
+        let conn = Connection::open(path).map_err(db)?;
+        // A file that is not SQLite fails on the first read.
+        let app: i64 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(|e| foreign(e.to_string()))?;
+        let version: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db)?;
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(db)?;
+        if app != APPLICATION_ID && (tables > 0 || (existed && version > 0)) {
+            return Err(foreign(format!(
+                "an SQLite database of another application (application_id {app:#x})"
+            )));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(db)?;
+        let mut store = SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.migrate(version)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, from: u32) -> Result<()> {
+        for (v, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+            let tx = self.conn.transaction().map_err(|e| StoreError::Database {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
+            tx.execute_batch(sql)
+                .and_then(|_| tx.pragma_update(None, "application_id", APPLICATION_ID))
+                .and_then(|_| tx.pragma_update(None, "user_version", (v + 1) as i64))
+                .and_then(|_| tx.commit())
+                .map_err(|e| StoreError::Database {
+                    path: self.path.clone(),
+                    message: format!("migration to schema version {}: {e}", v + 1),
+                })?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn row_to_case(r: &rusqlite::Row<'_>) -> rusqlite::Result<Case> {
+        let labels: String = r.get(3)?;
+        let study: String = r.get(6)?;
+        Ok(Case {
+            id: r.get::<_, i64>(0)? as u64,
+            key: r.get(1)?,
+            path: r.get(2)?,
+            labels: serde_json::from_str(&labels).unwrap_or_default(),
+            grade: r.get::<_, Option<i64>>(4)?.map(|g| g as u8),
+            patient_id: r.get(5)?,
+            study: serde_json::from_str(&study).unwrap_or(serde_json::Value::Null),
+        })
+    }
+}
+
+fn kind_columns(kind: &ModelKind) -> (&'static str, i64, Option<&'static str>) {
+    match *kind {
+        ModelKind::Codes { bits } => ("codes", bits as i64, None),
+        ModelKind::Descriptors { dim, metric } => (
+            "descriptors",
+            dim as i64,
+            Some(match metric {
+                Metric::Cosine => "cosine",
+                Metric::L2 => "l2",
+            }),
+        ),
+    }
+}
+
+fn validate_kind(kind: &ModelKind) -> Result<()> {
+    match *kind {
+        ModelKind::Codes { bits } if bits == 0 || !bits.is_multiple_of(8) || bits > 1024 => {
+            Err(StoreError::InvalidCase(format!(
+                "code length {bits} bits: must be a multiple of 8 between 8 and 1024"
+            )))
+        }
+        ModelKind::Descriptors { dim: 0, .. } => Err(StoreError::InvalidCase(
+            "descriptor dimension must be at least 1".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl CaseStore for SqliteStore {
+    fn add_model(&mut self, model: &ModelInfo) -> Result<()> {
+        validate_kind(&model.kind)?;
+        if let Ok(existing) = self.model(&model.name) {
+            if existing == *model {
+                return Ok(());
+            }
+            return Err(StoreError::ModelConflict {
+                name: model.name.clone(),
+                existing: serde_json::to_string(&existing).unwrap_or_default(),
+            });
+        }
+        let (kind, dim, metric) = kind_columns(&model.kind);
+        self.conn
+            .execute(
+                "INSERT INTO models (name, kind, dim, metric, config_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![model.name, kind, dim, metric, model.config_hash],
+            )
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    fn model(&self, name: &str) -> Result<ModelInfo> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT kind, dim, metric, config_hash FROM models WHERE name = ?1",
+                params![name],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))?;
+        let (kind, dim, metric, config_hash) =
+            row.ok_or_else(|| StoreError::UnknownModel(name.to_string()))?;
+        let kind = match kind.as_str() {
+            "codes" => ModelKind::Codes { bits: dim as usize },
+            _ => ModelKind::Descriptors {
+                dim: dim as usize,
+                metric: if metric.as_deref() == Some("l2") {
+                    Metric::L2
+                } else {
+                    Metric::Cosine
+                },
+            },
+        };
+        Ok(ModelInfo {
+            name: name.to_string(),
+            kind,
+            config_hash,
+        })
+    }
+
+    fn ingest(&mut self, model: &str, items: &[(NewCase, Vec<u8>)]) -> Result<Vec<u64>> {
+        let info = self.model(model)?;
+        let bytes = info.kind.vector_bytes();
+        // Validate everything before writing anything.
+        for (i, (case, v)) in items.iter().enumerate() {
+            if v.len() != bytes {
+                return Err(StoreError::VectorSize {
+                    model: model.into(),
+                    message: format!(
+                        "item {i} (case `{}`) has {} bytes where the model stores {bytes}",
+                        case.key,
+                        v.len()
+                    ),
+                });
+            }
+            if case.key.is_empty() {
+                return Err(StoreError::InvalidCase(format!(
+                    "item {i} has an empty key"
+                )));
+            }
+        }
+        let path = self.path.clone();
+        let db = |e: rusqlite::Error| StoreError::Database {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(db)?;
+        let mut ids = Vec::with_capacity(items.len());
+        {
+            let mut find = tx
+                .prepare_cached("SELECT id FROM cases WHERE case_key = ?1")
+                .map_err(db)?;
+            let mut insert_case = tx
+                .prepare_cached(
+                    "INSERT INTO cases (case_key, path, labels, grade, patient_id, study) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(db)?;
+            let mut insert_vec = tx
+                .prepare_cached("INSERT INTO vectors (model, case_id, data) VALUES (?1, ?2, ?3)")
+                .map_err(db)?;
+            for (case, v) in items {
+                let existing: Option<i64> = find
+                    .query_row(params![case.key], |r| r.get(0))
+                    .optional()
+                    .map_err(db)?;
+                let id = match existing {
+                    Some(id) => id,
+                    None => {
+                        insert_case
+                            .execute(params![
+                                case.key,
+                                case.path,
+                                serde_json::to_string(&case.labels).expect("labels serialise"),
+                                case.grade.map(i64::from),
+                                case.patient_id,
+                                serde_json::to_string(&case.study).expect("study serialises"),
+                            ])
+                            .map_err(db)?;
+                        tx.last_insert_rowid()
+                    }
+                };
+                match insert_vec.execute(params![model, id, v]) {
+                    Ok(_) => {}
+                    Err(rusqlite::Error::SqliteFailure(f, _))
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        // Dropping the transaction rolls everything back.
+                        return Err(StoreError::Duplicate {
+                            key: case.key.clone(),
+                            model: model.into(),
+                        });
+                    }
+                    Err(e) => return Err(db(e)),
+                }
+                ids.push(id as u64);
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(ids)
+    }
+
+    fn delete(&mut self, key: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM cases WHERE case_key = ?1", params![key])
+            .map_err(|e| self.db_err(e))?;
+        Ok(n > 0)
+    }
+
+    fn case(&self, id: u64) -> Result<Option<Case>> {
+        self.conn
+            .query_row(
+                "SELECT id, case_key, path, labels, grade, patient_id, study FROM cases WHERE id = ?1",
+                params![id as i64],
+                Self::row_to_case,
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn case_by_key(&self, key: &str) -> Result<Option<Case>> {
+        self.conn
+            .query_row(
+                "SELECT id, case_key, path, labels, grade, patient_id, study FROM cases WHERE case_key = ?1",
+                params![key],
+                Self::row_to_case,
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn vectors(&self, model: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.model(model)?;
+        let mut st = self
+            .conn
+            .prepare("SELECT case_id, data FROM vectors WHERE model = ?1 ORDER BY case_id")
+            .map_err(|e| self.db_err(e))?;
+        let rows = st
+            .query_map(params![model], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(|e| self.db_err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn info(&self) -> Result<StoreInfo> {
+        let cases: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM cases", [], |r| r.get(0))
+            .map_err(|e| self.db_err(e))?;
+        let names: Vec<String> = {
+            let mut st = self
+                .conn
+                .prepare("SELECT name FROM models ORDER BY name")
+                .map_err(|e| self.db_err(e))?;
+            st.query_map([], |r| r.get(0))
+                .map_err(|e| self.db_err(e))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(|e| self.db_err(e))?
+        };
+        let mut models = Vec::new();
+        for n in names {
+            let count: i64 = self
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM vectors WHERE model = ?1",
+                    params![n],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.db_err(e))?;
+            models.push((self.model(&n)?, count as u64));
+        }
+        let size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        Ok(StoreInfo {
+            schema_version: SCHEMA_VERSION,
+            cases: cases as u64,
+            models,
+            bytes_on_disk: size(self.path.clone()) + size(PathBuf::from(wal)),
+        })
+    }
+}
+
+/// Sets a pragma on a database file directly. For tests that need a store from "another
+/// application" or "a newer medret"; not part of the store's interface.
+#[doc(hidden)]
+pub fn debug_pragma(path: &Path, pragma: &str, value: i64) -> rusqlite::Result<()> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, pragma, value)
+}
