@@ -12,6 +12,31 @@ use rand::{Rng, SeedableRng};
 pub enum BenchCommand {
     /// Queries per second of the exact Hamming top-k scan over N random codes.
     Search(SearchArgs),
+    /// Queries per second of the exact float top-k (inner product on normalised vectors,
+    /// as FAISS `IndexFlatIP`) over N random descriptors.
+    SearchFloat(FloatArgs),
+}
+
+#[derive(Args)]
+pub struct FloatArgs {
+    #[arg(long, default_value_t = 100_000)]
+    n: usize,
+    #[arg(long, default_value_t = 1024)]
+    dim: usize,
+    #[arg(long, default_value_t = 20)]
+    queries: usize,
+    #[arg(short, long, default_value_t = 100)]
+    k: usize,
+    /// Read the database from a float32 .npy (N x d) instead of generating it.
+    #[arg(long)]
+    data_file: Option<std::path::PathBuf>,
+    /// Read the queries from a float32 .npy (Q x d).
+    #[arg(long)]
+    queries_file: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -33,6 +58,13 @@ pub struct SearchArgs {
     /// Substring length of multi-index hashing (default: about log2 N).
     #[arg(long)]
     substring_bits: Option<usize>,
+    /// Read the database codes from a uint8 .npy (N x bits/8) instead of generating them,
+    /// e.g. to time FAISS on the same codes (`bench/search_vs_faiss.sh`).
+    #[arg(long)]
+    codes_file: Option<std::path::PathBuf>,
+    /// Read the query codes from a uint8 .npy (Q x bits/8).
+    #[arg(long)]
+    queries_file: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print `{"qps": ..., "ms_per_query": ...}` (and more fields) as JSON.
@@ -43,6 +75,7 @@ pub struct SearchArgs {
 pub fn run(cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Search(a) => search(a),
+        BenchCommand::SearchFloat(a) => search_float(a),
     }
 }
 
@@ -61,15 +94,49 @@ fn search(a: &SearchArgs) -> Result<()> {
         bail!("--n and --queries must be at least 1");
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
-    let mut index = HammingIndex::new(a.bits)?;
+    let from_file = |p: &std::path::Path| -> Result<(usize, Vec<Vec<u64>>)> {
+        let (shape, bytes) = medret_data::npy::read_u8_matrix(p)?;
+        let rows = bytes
+            .chunks_exact(shape[1].max(1))
+            .map(medret_eval::codes::pack_bytes)
+            .collect();
+        Ok((shape[1] * 8, rows))
+    };
+    let (bits, db) = match &a.codes_file {
+        Some(p) => from_file(p)?,
+        None => (
+            a.bits,
+            (0..a.n).map(|_| random_code(&mut rng, a.bits)).collect(),
+        ),
+    };
+    let mut index = HammingIndex::new(bits)?;
     let t = Instant::now();
-    for id in 0..a.n as u64 {
-        index.add(id, &random_code(&mut rng, a.bits))?;
+    for (id, c) in db.iter().enumerate() {
+        index.add(id as u64, c)?;
     }
+    drop(db);
     let build_s = t.elapsed().as_secs_f64();
-    let queries: Vec<Vec<u64>> = (0..a.queries)
-        .map(|_| random_code(&mut rng, a.bits))
-        .collect();
+    let queries: Vec<Vec<u64>> = match &a.queries_file {
+        Some(p) => {
+            let (qb, q) = from_file(p)?;
+            if qb != bits {
+                bail!("{}: {qb}-bit queries for {bits}-bit codes", p.display());
+            }
+            q
+        }
+        None => (0..a.queries)
+            .map(|_| random_code(&mut rng, bits))
+            .collect(),
+    };
+    let a = &SearchArgs {
+        n: index.len(),
+        bits,
+        queries: queries.len(),
+        codes_file: None,
+        queries_file: None,
+        substring_bits: a.substring_bits,
+        ..*a
+    };
 
     // One warm-up query, then the timed ones, one at a time as a server would answer them.
     let _ = index.search(&queries[0], a.k)?;
@@ -148,6 +215,72 @@ fn search(a: &SearchArgs) -> Result<()> {
                 m["speedup_over_scan"].as_f64().unwrap_or(0.0)
             );
         }
+    }
+    Ok(())
+}
+
+fn search_float(a: &FloatArgs) -> Result<()> {
+    use medret_index::{FloatIndex, Metric};
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let load = |p: &std::path::Path| -> Result<(usize, usize, Vec<f32>)> {
+        let (shape, v) = medret_data::npy::read_f32_matrix(p)?;
+        if shape.len() != 2 {
+            bail!("{}: expected N x d, found {shape:?}", p.display());
+        }
+        Ok((shape[0], shape[1], v))
+    };
+    let (n, dim, data) = match &a.data_file {
+        Some(p) => load(p)?,
+        None => (
+            a.n,
+            a.dim,
+            (0..a.n * a.dim)
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect(),
+        ),
+    };
+    let (nq, queries) = match &a.queries_file {
+        Some(p) => {
+            let (q, d, v) = load(p)?;
+            if d != dim {
+                bail!("{}: dimension {d}, the database has {dim}", p.display());
+            }
+            (q, v)
+        }
+        None => (
+            a.queries,
+            (0..a.queries * dim)
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect(),
+        ),
+    };
+    let mut index = FloatIndex::new(dim, Metric::Cosine)?;
+    for (i, row) in data.chunks_exact(dim).enumerate() {
+        index.add(i as u64, row)?;
+    }
+    drop(data);
+    let _ = index.search(&queries[..dim], a.k)?;
+    let t = Instant::now();
+    for q in queries.chunks_exact(dim) {
+        let _ = index.search(q, a.k)?;
+    }
+    let qps = nq as f64 / t.elapsed().as_secs_f64();
+    let out = serde_json::json!({
+        "n": n, "dim": dim, "k": a.k, "queries": nq,
+        "threads": rayon::current_num_threads(),
+        "qps": qps, "ms_per_query": 1e3 / qps,
+        "scan_gb_per_s": (n * dim * 4) as f64 * qps / 1e9,
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!(
+            "exact cosine top-{} over {n} x {dim} float32, {} threads: {qps:.2} queries/s, {:.2} ms/query",
+            a.k,
+            rayon::current_num_threads(),
+            1e3 / qps
+        );
     }
     Ok(())
 }

@@ -1,19 +1,21 @@
 //! Exact Hamming search over packed binary codes: top-k and radius, parallel over cores.
 //!
 //! Distances are small integers (at most the code length), so top-k uses a counting
-//! selection instead of sorting N items: one pass computes the distances and a histogram,
-//! the histogram gives the distance `t` at which the k-th result lies, and a second pass
-//! keeps the items closer than `t` plus the smallest ids at exactly `t`.
+//! selection instead of sorting N items or keeping a heap: one pass per block of codes
+//! admits a code only if its distance is at most a threshold, and a histogram of the
+//! admitted distances lowers the threshold as soon as k codes lie below it (see
+//! `popcount::select`). The few admitted candidates are then ranked.
 //!
 //! Ranking rule, everywhere in medret's indexes: ascending distance, then ascending case
 //! id.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use rayon::prelude::*;
 
 use crate::error::{IndexError, Result};
-use crate::popcount::{Kernel, distances};
+use crate::popcount::{Kernel, distances, select};
 
 /// One search result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -163,80 +165,35 @@ impl HammingIndex {
             return Ok(Vec::new());
         }
         let w = self.words;
-        let levels = self.bits + 1;
-        // Pass 1: distances and a histogram, per chunk in parallel.
-        let mut dist = vec![0u16; n];
-        let hist = dist
-            .par_chunks_mut(CHUNK)
-            .zip(self.codes.par_chunks(CHUNK * w))
-            .map(|(d, c)| {
-                distances(self.kernel, query, c, d);
-                // Four interleaved histograms: random codes pile up around half the code
-                // length, and one histogram would stall on back-to-back increments of
-                // the same counter.
-                let mut h4 = vec![0u32; 4 * levels];
-                let mut quads = d.chunks_exact(4);
-                for q in &mut quads {
-                    h4[q[0] as usize] += 1;
-                    h4[levels + q[1] as usize] += 1;
-                    h4[2 * levels + q[2] as usize] += 1;
-                    h4[3 * levels + q[3] as usize] += 1;
-                }
-                for &x in quads.remainder() {
-                    h4[x as usize] += 1;
-                }
-                (0..levels)
-                    .map(|i| h4[i] + h4[levels + i] + h4[2 * levels + i] + h4[3 * levels + i])
-                    .collect::<Vec<u32>>()
-            })
-            .reduce(
-                || vec![0u32; levels],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
-        // The threshold: the smallest t with at least k items at distance <= t.
         let k = k.min(n);
-        let (mut t, mut cumulative) = (0usize, 0usize);
-        loop {
-            cumulative += hist[t] as usize;
-            if cumulative >= k || t + 1 == levels {
-                break;
-            }
-            t += 1;
-        }
-        // Items strictly closer than t all make it; at t only the smallest ids do.
-        let t16 = t as u16;
-        let picked: Vec<Vec<Hit>> = dist
-            .par_chunks(CHUNK)
+        // Blocks large enough that each block's own k-th distance is close to the global
+        // one (a few per thread), and a threshold shared between blocks: a block starts
+        // from the lowest threshold any finished block reached, which is safe because
+        // that block holds k codes at or below it.
+        let block = CHUNK.max(n.div_ceil(4 * rayon::current_num_threads()));
+        let shared = AtomicU16::new(u16::MAX);
+        let mut cands: Vec<Hit> = self
+            .codes
+            .par_chunks(block * w)
             .enumerate()
-            .map(|(ci, d)| {
-                let ids = &self.ids[ci * CHUNK..ci * CHUNK + d.len()];
-                let mut v = Vec::new();
-                for (&x, &id) in d.iter().zip(ids) {
-                    if x <= t16 {
-                        v.push(Hit {
-                            distance: x as u32,
-                            id,
-                        });
-                    }
+            .flat_map_iter(|(ci, c)| {
+                let start = shared.load(Ordering::Relaxed);
+                let (picked, t) = select(self.kernel, query, c, k, self.bits, start);
+                if c.len() / w >= k {
+                    shared.fetch_min(t, Ordering::Relaxed);
                 }
-                v
+                picked.into_iter().map(move |(d, i)| Hit {
+                    distance: d as u32,
+                    id: self.ids[ci * block + i as usize],
+                })
             })
             .collect();
-        let (mut hits, mut at_t): (Vec<Hit>, Vec<Hit>) = picked
-            .into_iter()
-            .flatten()
-            .partition(|h| h.distance < t as u32);
-        let need = k - hits.len();
-        if at_t.len() > need {
-            at_t.select_nth_unstable_by_key(need, |h| h.id);
-            at_t.truncate(need);
+        if cands.len() > k {
+            cands.select_nth_unstable(k - 1);
+            cands.truncate(k);
         }
-        hits.extend(at_t);
-        hits.sort_unstable();
-        Ok(hits)
+        cands.sort_unstable();
+        Ok(cands)
     }
 
     /// Every code within distance `radius` (inclusive), ranked by (distance, id).

@@ -47,6 +47,9 @@ proptest! {
         let mut s = seed;
         let mut scan = HammingIndex::new(bits).unwrap();
         let mut portable = HammingIndex::new(bits).unwrap().with_kernel(Kernel::Portable);
+        // POPCNT explicitly too, where the detected kernel is a wider one.
+        let popcnt_kernel = if Kernel::detect() == Kernel::Portable { Kernel::Portable } else { Kernel::Popcnt };
+        let mut popcnt = HammingIndex::new(bits).unwrap().with_kernel(popcnt_kernel);
         let mut mih = MultiIndex::new(bits, sub.min(bits)).unwrap();
         // Ids out of insertion order, so the tie rule is not insertion order.
         for i in 0..n {
@@ -54,12 +57,14 @@ proptest! {
             let c = code(&mut s, bits, bias);
             scan.add(id, &c).unwrap();
             portable.add(id, &c).unwrap();
+            popcnt.add(id, &c).unwrap();
             mih.add(id, &c).unwrap();
         }
         for _ in 0..removals.min(n) {
             let id = scan.ids()[(lcg(&mut s) as usize) % scan.len()];
             prop_assert!(scan.remove(id));
             prop_assert!(portable.remove(id));
+            prop_assert!(popcnt.remove(id));
             prop_assert!(mih.remove(id));
             prop_assert!(!scan.remove(id));
         }
@@ -68,6 +73,7 @@ proptest! {
             let want = naive_search(&scan, &q, k);
             prop_assert_eq!(&scan.search(&q, k).unwrap(), &want);
             prop_assert_eq!(&portable.search(&q, k).unwrap(), &want);
+            prop_assert_eq!(&popcnt.search(&q, k).unwrap(), &want);
             prop_assert_eq!(&mih.search(&q, k).unwrap(), &want);
             // Radius search: all within r, same order.
             let r = (lcg(&mut s) % (bits as u64 + 1)) as u32;
@@ -131,7 +137,23 @@ fn mih_is_exact_on_a_larger_random_set() {
     }
     for _ in 0..20 {
         let q = [lcg(&mut s)];
-        assert_eq!(mih.search(&q, 100).unwrap(), scan.search(&q, 100).unwrap());
+        let want = naive_search(&scan, &q, 100);
+        assert_eq!(scan.search(&q, 100).unwrap(), want);
+        assert_eq!(mih.search(&q, 100).unwrap(), want);
+    }
+    // Many blocks with heavy ties (12 random bits): the threshold shared between blocks
+    // must not drop a tied code.
+    let mut tied = HammingIndex::new(64).unwrap();
+    for id in 0..70_000u64 {
+        tied.add((id * 7) % 70_001, &[lcg(&mut s) & 0xfff]).unwrap();
+    }
+    for k in [1, 100, 5000] {
+        let q = [lcg(&mut s) & 0xfff];
+        assert_eq!(
+            tied.search(&q, k).unwrap(),
+            naive_search(&tied, &q, k),
+            "k = {k}"
+        );
     }
 }
 
