@@ -6,7 +6,8 @@
 //!   hardware population count ([`popcount`], detected at run time, portable fallback) and
 //!   a counting selection;
 //! - [`multi_index`]: multi-index hashing, exact and sub-linear for large N;
-//! - [`float`]: exact top-k over float descriptors by cosine or L2.
+//! - [`float`]: exact top-k over float descriptors by cosine or L2;
+//! - [`hnsw`]: approximate float top-k for large N (HNSW, through `instant-distance`).
 //!
 //! Every index ranks by ascending distance, then ascending case id, and updates in place
 //! on add and remove.
@@ -14,10 +15,12 @@
 pub mod error;
 pub mod float;
 pub mod hamming;
+pub mod hnsw;
 pub mod multi_index;
 pub mod popcount;
 
 pub use error::{IndexError, Result};
 pub use float::{FloatHit, FloatIndex, Metric};
 pub use hamming::{HammingIndex, Hit};
+pub use hnsw::HnswIndex;
 pub use multi_index::MultiIndex;
