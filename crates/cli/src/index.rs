@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use medret_data::npy::{read_f32_matrix, read_u8_matrix};
 use medret_index::{FloatIndex, HammingIndex};
-use medret_store::{CaseStore, Metric, ModelInfo, ModelKind, NewCase, SqliteStore};
+use medret_store::{CaseStore, Metric, ModelInfo, ModelKind, NewCase, PgStore, SqliteStore};
 
 #[derive(Subcommand)]
 pub enum IndexCommand {
@@ -41,7 +41,7 @@ enum MetricArg {
 
 #[derive(Args)]
 pub struct IngestArgs {
-    /// The SQLite store file (created if absent).
+    /// The store: a SQLite file (created if absent) or a postgresql:// URL.
     #[arg(long)]
     store: PathBuf,
     /// Model name.
@@ -97,8 +97,24 @@ pub struct SearchArgs {
     json: bool,
 }
 
-fn open_store(path: &Path) -> Result<SqliteStore> {
-    Ok(SqliteStore::open(path)?)
+/// The store as messages may show it: a URL loses its password.
+fn shown(path: &Path) -> String {
+    medret_store::postgres::redact(&path.to_string_lossy())
+}
+
+fn is_url(path: &Path) -> bool {
+    let s = path.to_string_lossy();
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// A SQLite file, or a PostgreSQL URL (`postgresql://user:pass@host/db`) with the archive
+/// in schema `$MEDRET_PG_SCHEMA` (default `medret`).
+fn open_store(path: &Path) -> Result<Box<dyn CaseStore>> {
+    if is_url(path) {
+        let schema = std::env::var("MEDRET_PG_SCHEMA").unwrap_or_else(|_| "medret".into());
+        return Ok(Box::new(PgStore::open(&path.to_string_lossy(), &schema)?));
+    }
+    Ok(Box::new(SqliteStore::open(path)?))
 }
 
 /// Reads the manifest and the vector file, and checks they agree, before anything is
@@ -209,7 +225,7 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
                 Ok(existing) if build => bail!(
                     "model `{}` already exists in {} ({} ); use `medret index add`",
                     a.name,
-                    a.store.display(),
+                    shown(&a.store),
                     serde_json::to_string(&existing.kind)?
                 ),
                 Ok(existing) if existing.kind != kind => bail!(
@@ -222,7 +238,7 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
                 Err(_) if !build => bail!(
                     "no model `{}` in {}; use `medret index build`",
                     a.name,
-                    a.store.display()
+                    shown(&a.store)
                 ),
                 Err(_) => store.add_model(&model)?,
             }
@@ -233,7 +249,7 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
                 if build { "indexed" } else { "added" },
                 ids.len(),
                 a.name,
-                a.store.display(),
+                shown(&a.store),
                 t.elapsed().as_secs_f64()
             );
             Ok(())
@@ -253,8 +269,8 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
             Ok(())
         }
         IndexCommand::Info { store, json } => {
-            if !store.exists() {
-                bail!("{}: no such store", store.display());
+            if !is_url(store) && !store.exists() {
+                bail!("{}: no such store", shown(store));
             }
             let info = open_store(store)?.info()?;
             if *json {
@@ -262,7 +278,7 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
             } else {
                 println!(
                     "{}: schema {}, {} cases, {:.1} MB on disk",
-                    store.display(),
+                    shown(store),
                     info.schema_version,
                     info.cases,
                     info.bytes_on_disk as f64 / 1e6
@@ -307,10 +323,10 @@ fn mask(id: &str) -> String {
 }
 
 pub fn run_search(a: &SearchArgs) -> Result<()> {
-    if !a.store.exists() {
-        bail!("{}: no such store", a.store.display());
+    if !is_url(&a.store) && !a.store.exists() {
+        bail!("{}: no such store", shown(&a.store));
     }
-    let store = open_store(&a.store)?;
+    let mut store = open_store(&a.store)?;
     let model = store.model(&a.model)?;
     let bytes = model.kind.vector_bytes();
     let mut exclude = None;
@@ -340,7 +356,7 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
         (_, _, Some(key)) => {
             let c = store
                 .case_by_key(key)?
-                .with_context(|| format!("no case `{key}` in {}", a.store.display()))?;
+                .with_context(|| format!("no case `{key}` in {}", shown(&a.store)))?;
             exclude = Some(c.id);
             store
                 .vectors(&a.model)?

@@ -284,7 +284,7 @@ fn killed_ingests_leave_exactly_the_committed_cases() {
         }
         child.wait().unwrap();
         // The store opens, and each model holds all of its cases or none.
-        let st_open = SqliteStore::open(&store).unwrap();
+        let mut st_open = SqliteStore::open(&store).unwrap();
         let info = st_open.info().unwrap();
         assert_eq!(
             info.cases, n as u64,
@@ -303,4 +303,67 @@ fn killed_ingests_leave_exactly_the_committed_cases() {
         killed > 0,
         "no ingest was interrupted; the test did not test anything"
     );
+}
+
+#[test]
+fn postgres_store_through_the_cli() {
+    let url = match std::env::var("MEDRET_PG_URL") {
+        Ok(u) if u.starts_with("postgres") => u,
+        _ => {
+            eprintln!("MEDRET_PG_URL (postgresql://...) is not set: skipping (.ci/run sets it)");
+            return;
+        }
+    };
+    let schema = format!("t_cli_{}", std::process::id());
+    {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("f");
+    synth(&data, 12);
+    let c = tmp.path().join("c.npy");
+    let code_bytes = codes(&c, 12, 8, 5);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_medret"))
+            .env("MEDRET_PG_SCHEMA", &schema)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "index",
+        "build",
+        "--store",
+        &url,
+        "--name",
+        "h64",
+        "--codes",
+        c.to_str().unwrap(),
+        "--manifest",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("indexed 12 cases"), "{said}");
+    if let Some(pass) = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('@').next())
+        .and_then(|c| c.split(':').nth(1))
+    {
+        assert!(
+            !said.contains(&format!(":{pass}@")),
+            "the password leaked into the output: {said}"
+        );
+    }
+    let hex: String = code_bytes[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let o = run(&[
+        "search", "--store", &url, "--model", "h64", "--code", &hex, "-k", "3", "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["results"][0]["distance"], 0.0);
+    assert_eq!(v["results"].as_array().unwrap().len(), 3);
 }

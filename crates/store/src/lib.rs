@@ -3,7 +3,7 @@
 //! The case archive: cases (image reference, labels or grade, patient id, study metadata),
 //! models (name, kind, code bits or descriptor dimension, config hash) and each case's
 //! code or descriptor per model. [`CaseStore`] is the interface; [`sqlite::SqliteStore`]
-//! is the embedded default (one database file).
+//! is the embedded default (one database file) and [`postgres::PgStore`] the shared one.
 //!
 //! Guarantees:
 //! - an ingest of N cases is one transaction: all of them or none;
@@ -16,11 +16,13 @@
 //! Patient ids are stored (the archive needs them) but never logged.
 
 pub mod error;
+pub mod postgres;
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
 
 pub use error::{Result, StoreError};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// What a model stores per case.
@@ -94,12 +96,13 @@ pub struct StoreInfo {
     pub bytes_on_disk: u64,
 }
 
-/// The archive interface, for SQLite today and PostgreSQL next.
+/// The archive interface, implemented for SQLite and PostgreSQL. Every method takes
+/// `&mut self` because a database connection is used one statement at a time.
 pub trait CaseStore {
     /// Registers a model; registering the same model again is a no-op, a different
     /// definition under the same name is an error.
     fn add_model(&mut self, model: &ModelInfo) -> Result<()>;
-    fn model(&self, name: &str) -> Result<ModelInfo>;
+    fn model(&mut self, name: &str) -> Result<ModelInfo>;
     /// Adds cases with their vectors for `model`, all or nothing. A case whose key exists
     /// already is reused (its metadata is kept); a vector that exists already for that
     /// model is an error that rolls the whole ingest back. Returns the case ids in input
@@ -107,9 +110,9 @@ pub trait CaseStore {
     fn ingest(&mut self, model: &str, items: &[(NewCase, Vec<u8>)]) -> Result<Vec<u64>>;
     /// Deletes a case and its vectors for every model; false if absent.
     fn delete(&mut self, key: &str) -> Result<bool>;
-    fn case(&self, id: u64) -> Result<Option<Case>>;
-    fn case_by_key(&self, key: &str) -> Result<Option<Case>>;
+    fn case(&mut self, id: u64) -> Result<Option<Case>>;
+    fn case_by_key(&mut self, key: &str) -> Result<Option<Case>>;
     /// Every vector of `model`, by case id (ascending).
-    fn vectors(&self, model: &str) -> Result<Vec<(u64, Vec<u8>)>>;
-    fn info(&self) -> Result<StoreInfo>;
+    fn vectors(&mut self, model: &str) -> Result<Vec<(u64, Vec<u8>)>>;
+    fn info(&mut self) -> Result<StoreInfo>;
 }

@@ -140,7 +140,7 @@ impl SqliteStore {
     }
 }
 
-fn kind_columns(kind: &ModelKind) -> (&'static str, i64, Option<&'static str>) {
+pub(crate) fn kind_columns(kind: &ModelKind) -> (&'static str, i64, Option<&'static str>) {
     match *kind {
         ModelKind::Codes { bits } => ("codes", bits as i64, None),
         ModelKind::Descriptors { dim, metric } => (
@@ -154,7 +154,7 @@ fn kind_columns(kind: &ModelKind) -> (&'static str, i64, Option<&'static str>) {
     }
 }
 
-fn validate_kind(kind: &ModelKind) -> Result<()> {
+pub(crate) fn validate_kind(kind: &ModelKind) -> Result<()> {
     match *kind {
         ModelKind::Codes { bits } if bits == 0 || !bits.is_multiple_of(8) || bits > 1024 => {
             Err(StoreError::InvalidCase(format!(
@@ -166,6 +166,33 @@ fn validate_kind(kind: &ModelKind) -> Result<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// Checks every item before anything is written: vector sizes and keys.
+pub(crate) fn validate_items(
+    model: &str,
+    info: &ModelInfo,
+    items: &[(NewCase, Vec<u8>)],
+) -> Result<()> {
+    let bytes = info.kind.vector_bytes();
+    for (i, (case, v)) in items.iter().enumerate() {
+        if v.len() != bytes {
+            return Err(StoreError::VectorSize {
+                model: model.into(),
+                message: format!(
+                    "item {i} (case `{}`) has {} bytes where the model stores {bytes}",
+                    case.key,
+                    v.len()
+                ),
+            });
+        }
+        if case.key.is_empty() {
+            return Err(StoreError::InvalidCase(format!(
+                "item {i} has an empty key"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl CaseStore for SqliteStore {
@@ -190,7 +217,7 @@ impl CaseStore for SqliteStore {
         Ok(())
     }
 
-    fn model(&self, name: &str) -> Result<ModelInfo> {
+    fn model(&mut self, name: &str) -> Result<ModelInfo> {
         let row = self
             .conn
             .query_row(
@@ -229,25 +256,7 @@ impl CaseStore for SqliteStore {
 
     fn ingest(&mut self, model: &str, items: &[(NewCase, Vec<u8>)]) -> Result<Vec<u64>> {
         let info = self.model(model)?;
-        let bytes = info.kind.vector_bytes();
-        // Validate everything before writing anything.
-        for (i, (case, v)) in items.iter().enumerate() {
-            if v.len() != bytes {
-                return Err(StoreError::VectorSize {
-                    model: model.into(),
-                    message: format!(
-                        "item {i} (case `{}`) has {} bytes where the model stores {bytes}",
-                        case.key,
-                        v.len()
-                    ),
-                });
-            }
-            if case.key.is_empty() {
-                return Err(StoreError::InvalidCase(format!(
-                    "item {i} has an empty key"
-                )));
-            }
-        }
+        validate_items(model, &info, items)?;
         let path = self.path.clone();
         let db = |e: rusqlite::Error| StoreError::Database {
             path: path.clone(),
@@ -316,7 +325,7 @@ impl CaseStore for SqliteStore {
         Ok(n > 0)
     }
 
-    fn case(&self, id: u64) -> Result<Option<Case>> {
+    fn case(&mut self, id: u64) -> Result<Option<Case>> {
         self.conn
             .query_row(
                 "SELECT id, case_key, path, labels, grade, patient_id, study FROM cases WHERE id = ?1",
@@ -327,7 +336,7 @@ impl CaseStore for SqliteStore {
             .map_err(|e| self.db_err(e))
     }
 
-    fn case_by_key(&self, key: &str) -> Result<Option<Case>> {
+    fn case_by_key(&mut self, key: &str) -> Result<Option<Case>> {
         self.conn
             .query_row(
                 "SELECT id, case_key, path, labels, grade, patient_id, study FROM cases WHERE case_key = ?1",
@@ -338,7 +347,7 @@ impl CaseStore for SqliteStore {
             .map_err(|e| self.db_err(e))
     }
 
-    fn vectors(&self, model: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+    fn vectors(&mut self, model: &str) -> Result<Vec<(u64, Vec<u8>)>> {
         self.model(model)?;
         let mut st = self
             .conn
@@ -353,7 +362,7 @@ impl CaseStore for SqliteStore {
             .map_err(|e| self.db_err(e))
     }
 
-    fn info(&self) -> Result<StoreInfo> {
+    fn info(&mut self) -> Result<StoreInfo> {
         let cases: i64 = self
             .conn
             .query_row("SELECT count(*) FROM cases", [], |r| r.get(0))

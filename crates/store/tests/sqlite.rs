@@ -39,7 +39,7 @@ fn round_trip_and_reopen() {
             .unwrap();
         assert_eq!(ids.len(), 2);
     }
-    let s = SqliteStore::open(&path).unwrap();
+    let mut s = SqliteStore::open(&path).unwrap();
     let info = s.info().unwrap();
     assert_eq!(info.cases, 2);
     assert_eq!(info.schema_version, SCHEMA_VERSION);

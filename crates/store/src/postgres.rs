@@ -1,0 +1,368 @@
+//! The same archive on PostgreSQL, for archives that outgrow one file or that several
+//! servers share. Each store lives in its own schema (`--pg-schema`, default `medret`),
+//! so one database can hold several archives. Versioning: the `medret_meta` table holds
+//! the schema version, and [`MIGRATIONS`] bring it forward inside a transaction.
+//!
+//! Durability is PostgreSQL's: an ingest is one transaction, committed or not.
+
+use ::postgres::types::ToSql;
+use ::postgres::{Client, NoTls};
+
+use crate::error::{Result, StoreError};
+use crate::{Case, CaseStore, Metric, ModelInfo, ModelKind, NewCase, StoreInfo};
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE cases (
+        id BIGSERIAL PRIMARY KEY,
+        case_key TEXT NOT NULL UNIQUE,
+        path TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        grade SMALLINT,
+        patient_id TEXT NOT NULL,
+        study TEXT NOT NULL
+    );
+    CREATE TABLE models (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('codes', 'descriptors')),
+        dim INTEGER NOT NULL CHECK (dim > 0),
+        metric TEXT,
+        config_hash TEXT NOT NULL
+    );
+    CREATE TABLE vectors (
+        model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
+        case_id BIGINT NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (model, case_id)
+    );
+    CREATE INDEX vectors_by_case ON vectors(case_id);
+"];
+
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+pub struct PgStore {
+    client: Client,
+    /// `url#schema`, for messages (the password is never part of it).
+    name: String,
+}
+
+fn valid_schema(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// The connection string without its password, for messages: `password=...` pairs are
+/// dropped and `postgresql://user:secret@host` becomes `postgresql://user@host`.
+pub fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((creds, host)) = rest.split_once('@') {
+            let user = creds.split(':').next().unwrap_or("");
+            return format!("{scheme}://{user}@{host}");
+        }
+        return url.to_string();
+    }
+    url.split_whitespace()
+        .filter(|kv| !kv.starts_with("password="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl PgStore {
+    /// Connects (`host=... user=... dbname=...` or a `postgresql://` URL) and opens or
+    /// creates the archive in `schema`.
+    pub fn open(url: &str, schema: &str) -> Result<Self> {
+        let name = format!("{}#{schema}", redact(url));
+        let db = |e: ::postgres::Error| StoreError::Database {
+            path: name.clone().into(),
+            message: e.to_string(),
+        };
+        if !valid_schema(schema) {
+            return Err(StoreError::InvalidCase(format!(
+                "schema name `{schema}`: use lowercase letters, digits and _"
+            )));
+        }
+        let mut client = Client::connect(url, NoTls).map_err(db)?;
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema};"
+            ))
+            .map_err(db)?;
+        let mut tx = client.transaction().map_err(db)?;
+        // One migrator at a time across servers sharing the database.
+        tx.batch_execute("SELECT pg_advisory_xact_lock(1296323156)") // "MDRT"
+            .map_err(db)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS medret_meta (version INTEGER NOT NULL)")
+            .map_err(db)?;
+        let version: Option<i32> = tx
+            .query_opt("SELECT version FROM medret_meta", &[])
+            .map_err(db)?
+            .map(|r| r.get(0));
+        let version = version.unwrap_or(0) as u32;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: name.into(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version == 0 {
+            let other: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND table_name <> 'medret_meta'",
+                    &[&schema],
+                )
+                .map_err(db)?
+                .get(0);
+            if other > 0 {
+                return Err(StoreError::Foreign {
+                    path: name.into(),
+                    reason: format!("schema `{schema}` holds tables of another application"),
+                });
+            }
+        }
+        for sql in &MIGRATIONS[version as usize..] {
+            tx.batch_execute(sql).map_err(db)?;
+        }
+        tx.batch_execute("DELETE FROM medret_meta").map_err(db)?;
+        tx.execute(
+            "INSERT INTO medret_meta (version) VALUES ($1)",
+            &[&(SCHEMA_VERSION as i32)],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(PgStore { client, name })
+    }
+
+    fn db_err(&self, e: ::postgres::Error) -> StoreError {
+        StoreError::Database {
+            path: self.name.clone().into(),
+            message: e.to_string(),
+        }
+    }
+
+    fn row_to_case(r: &::postgres::Row) -> Case {
+        let labels: String = r.get(3);
+        let study: String = r.get(6);
+        Case {
+            id: r.get::<_, i64>(0) as u64,
+            key: r.get(1),
+            path: r.get(2),
+            labels: serde_json::from_str(&labels).unwrap_or_default(),
+            grade: r.get::<_, Option<i16>>(4).map(|g| g as u8),
+            patient_id: r.get(5),
+            study: serde_json::from_str(&study).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+impl CaseStore for PgStore {
+    fn add_model(&mut self, model: &ModelInfo) -> Result<()> {
+        crate::sqlite::validate_kind(&model.kind)?;
+        if let Ok(existing) = self.model(&model.name) {
+            if existing == *model {
+                return Ok(());
+            }
+            return Err(StoreError::ModelConflict {
+                name: model.name.clone(),
+                existing: serde_json::to_string(&existing).unwrap_or_default(),
+            });
+        }
+        let (kind, dim, metric) = crate::sqlite::kind_columns(&model.kind);
+        self.client
+            .execute(
+                "INSERT INTO models (name, kind, dim, metric, config_hash) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &model.name as &(dyn ToSql + Sync),
+                    &kind,
+                    &(dim as i32),
+                    &metric,
+                    &model.config_hash,
+                ],
+            )
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    fn model(&mut self, name: &str) -> Result<ModelInfo> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT kind, dim, metric, config_hash FROM models WHERE name = $1",
+                &[&name],
+            )
+            .map_err(|e| self.db_err(e))?
+            .ok_or_else(|| StoreError::UnknownModel(name.to_string()))?;
+        let kind: String = row.get(0);
+        let dim = row.get::<_, i32>(1) as usize;
+        let metric: Option<String> = row.get(2);
+        Ok(ModelInfo {
+            name: name.to_string(),
+            kind: if kind == "codes" {
+                ModelKind::Codes { bits: dim }
+            } else {
+                ModelKind::Descriptors {
+                    dim,
+                    metric: if metric.as_deref() == Some("l2") {
+                        Metric::L2
+                    } else {
+                        Metric::Cosine
+                    },
+                }
+            },
+            config_hash: row.get(3),
+        })
+    }
+
+    fn ingest(&mut self, model: &str, items: &[(NewCase, Vec<u8>)]) -> Result<Vec<u64>> {
+        let info = self.model(model)?;
+        crate::sqlite::validate_items(model, &info, items)?;
+        let name = self.name.clone();
+        let db = |e: ::postgres::Error| StoreError::Database {
+            path: name.clone().into(),
+            message: e.to_string(),
+        };
+        let mut tx = self.client.transaction().map_err(db)?;
+        let find = tx
+            .prepare("SELECT id FROM cases WHERE case_key = $1")
+            .map_err(db)?;
+        let insert_case = tx
+            .prepare("INSERT INTO cases (case_key, path, labels, grade, patient_id, study) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
+            .map_err(db)?;
+        let insert_vec = tx
+            .prepare("INSERT INTO vectors (model, case_id, data) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .map_err(db)?;
+        let mut ids = Vec::with_capacity(items.len());
+        for (case, v) in items {
+            let id: i64 = match tx.query_opt(&find, &[&case.key]).map_err(db)? {
+                Some(r) => r.get(0),
+                None => tx
+                    .query_one(
+                        &insert_case,
+                        &[
+                            &case.key as &(dyn ToSql + Sync),
+                            &case.path,
+                            &serde_json::to_string(&case.labels).expect("labels serialise"),
+                            &case.grade.map(i16::from),
+                            &case.patient_id,
+                            &serde_json::to_string(&case.study).expect("study serialises"),
+                        ],
+                    )
+                    .map_err(db)?
+                    .get(0),
+            };
+            if tx
+                .execute(&insert_vec, &[&model as &(dyn ToSql + Sync), &id, v])
+                .map_err(db)?
+                == 0
+            {
+                // Dropping the transaction rolls everything back.
+                return Err(StoreError::Duplicate {
+                    key: case.key.clone(),
+                    model: model.into(),
+                });
+            }
+            ids.push(id as u64);
+        }
+        tx.commit().map_err(db)?;
+        Ok(ids)
+    }
+
+    fn delete(&mut self, key: &str) -> Result<bool> {
+        let n = self
+            .client
+            .execute("DELETE FROM cases WHERE case_key = $1", &[&key])
+            .map_err(|e| self.db_err(e))?;
+        Ok(n > 0)
+    }
+
+    fn case(&mut self, id: u64) -> Result<Option<Case>> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT id, case_key, path, labels, grade, patient_id, study FROM cases WHERE id = $1",
+                &[&(id as i64)],
+            )
+            .map_err(|e| self.db_err(e))?
+            .map(|r| Self::row_to_case(&r)))
+    }
+
+    fn case_by_key(&mut self, key: &str) -> Result<Option<Case>> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT id, case_key, path, labels, grade, patient_id, study FROM cases WHERE case_key = $1",
+                &[&key],
+            )
+            .map_err(|e| self.db_err(e))?
+            .map(|r| Self::row_to_case(&r)))
+    }
+
+    fn vectors(&mut self, model: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.model(model)?;
+        Ok(self
+            .client
+            .query(
+                "SELECT case_id, data FROM vectors WHERE model = $1 ORDER BY case_id",
+                &[&model],
+            )
+            .map_err(|e| self.db_err(e))?
+            .into_iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1)))
+            .collect())
+    }
+
+    fn info(&mut self) -> Result<StoreInfo> {
+        let cases: i64 = self
+            .client
+            .query_one("SELECT count(*) FROM cases", &[])
+            .map_err(|e| self.db_err(e))?
+            .get(0);
+        let names: Vec<String> = self
+            .client
+            .query("SELECT name FROM models ORDER BY name", &[])
+            .map_err(|e| self.db_err(e))?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut models = Vec::new();
+        for n in names {
+            let count: i64 = self
+                .client
+                .query_one("SELECT count(*) FROM vectors WHERE model = $1", &[&n])
+                .map_err(|e| self.db_err(e))?
+                .get(0);
+            models.push((self.model(&n)?, count as u64));
+        }
+        let bytes: i64 = self
+            .client
+            .query_one(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::BIGINT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'",
+                &[],
+            )
+            .map_err(|e| self.db_err(e))?
+            .get(0);
+        Ok(StoreInfo {
+            schema_version: SCHEMA_VERSION,
+            cases: cases as u64,
+            models,
+            bytes_on_disk: bytes as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            super::redact("postgresql://medret:s3cret@127.0.0.1/db"),
+            "postgresql://medret@127.0.0.1/db"
+        );
+        assert_eq!(
+            super::redact("host=x user=u password=s3cret dbname=d"),
+            "host=x user=u dbname=d"
+        );
+    }
+}
