@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use medret_data::npy::{read_f32_matrix, read_u8_matrix};
-use medret_index::{FloatIndex, HammingIndex};
-use medret_store::{CaseStore, Metric, ModelInfo, ModelKind, NewCase, PgStore, SqliteStore};
+use medret_store::{
+    Archive, CaseStore, Metric, ModelInfo, ModelKind, NewCase, PgStore, SqliteStore,
+};
 
 #[derive(Subcommand)]
 pub enum IndexCommand {
@@ -367,47 +368,16 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
         }
         _ => bail!("give a query: --code, --descriptor-file or --case"),
     };
-    let vectors = store.vectors(&a.model)?;
     let extra = usize::from(exclude.is_some());
-    let hits: Vec<(u64, f64)> = match model.kind {
-        ModelKind::Codes { bits } => {
-            let mut idx = HammingIndex::new(bits)?;
-            for (id, v) in &vectors {
-                idx.add(*id, &medret_eval::codes::pack_bytes(v))?;
-            }
-            let q = medret_eval::codes::pack_bytes(&query);
-            let found = match a.radius {
-                Some(r) => idx.radius(&q, r)?,
-                None => idx.search(&q, a.k + extra)?,
-            };
-            found
-                .into_iter()
-                .map(|h| (h.id, h.distance as f64))
-                .collect()
-        }
-        ModelKind::Descriptors { dim, metric } => {
-            if a.radius.is_some() {
-                bail!("--radius applies to binary codes only");
-            }
-            let m = match metric {
-                Metric::Cosine => medret_index::Metric::Cosine,
-                Metric::L2 => medret_index::Metric::L2,
-            };
-            let mut idx = FloatIndex::new(dim, m)?;
-            let f = |v: &[u8]| -> Vec<f32> {
-                v.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
-            };
-            for (id, v) in &vectors {
-                idx.add(*id, &f(v))?;
-            }
-            idx.search(&f(&query), a.k + extra)?
-                .into_iter()
-                .map(|h| (h.id, h.distance as f64))
-                .collect()
-        }
-    };
+    let mut archive = Archive::open(store, &a.model)?;
+    let hits: Vec<(u64, f64)> = match a.radius {
+        Some(r) => archive.radius(&query, r)?,
+        None => archive.search(&query, a.k + extra)?,
+    }
+    .into_iter()
+    .map(|f| (f.id, f.distance))
+    .collect();
+    let store = archive.store();
     let mut results = Vec::new();
     for (id, distance) in hits.into_iter().filter(|(id, _)| Some(*id) != exclude) {
         if a.radius.is_none() && results.len() == a.k {

@@ -15,12 +15,14 @@
 //!
 //! Patient ids are stored (the archive needs them) but never logged.
 
+pub mod archive;
 pub mod error;
 pub mod postgres;
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
 
+pub use archive::{Archive, Found};
 pub use error::{Result, StoreError};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -115,4 +117,32 @@ pub trait CaseStore {
     /// Every vector of `model`, by case id (ascending).
     fn vectors(&mut self, model: &str) -> Result<Vec<(u64, Vec<u8>)>>;
     fn info(&mut self) -> Result<StoreInfo>;
+}
+
+/// A boxed store is a store, so commands can pick SQLite or PostgreSQL at run time.
+impl<T: CaseStore + ?Sized> CaseStore for Box<T> {
+    fn add_model(&mut self, model: &ModelInfo) -> Result<()> {
+        (**self).add_model(model)
+    }
+    fn model(&mut self, name: &str) -> Result<ModelInfo> {
+        (**self).model(name)
+    }
+    fn ingest(&mut self, model: &str, items: &[(NewCase, Vec<u8>)]) -> Result<Vec<u64>> {
+        (**self).ingest(model, items)
+    }
+    fn delete(&mut self, key: &str) -> Result<bool> {
+        (**self).delete(key)
+    }
+    fn case(&mut self, id: u64) -> Result<Option<Case>> {
+        (**self).case(id)
+    }
+    fn case_by_key(&mut self, key: &str) -> Result<Option<Case>> {
+        (**self).case_by_key(key)
+    }
+    fn vectors(&mut self, model: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        (**self).vectors(model)
+    }
+    fn info(&mut self) -> Result<StoreInfo> {
+        (**self).info()
+    }
 }
