@@ -5,7 +5,8 @@
 //! Writes go to the store first. Only a committed ingest or delete touches the index, so
 //! the index never holds a case the store does not.
 
-use medret_index::{FloatIndex, HammingIndex};
+use medret_eval::codes::pack_bytes;
+use medret_index::{FloatHit, FloatIndex, HammingIndex, Hit};
 
 use crate::error::{Result, StoreError};
 use crate::{CaseStore, Metric, ModelInfo, ModelKind, NewCase};
@@ -119,39 +120,18 @@ impl<S: CaseStore> Archive<S> {
     pub fn search(&self, query: &[u8], k: usize) -> Result<Vec<Found>> {
         let err = index_err(&self.model.name);
         Ok(match &self.index {
-            Index::Codes(i) => i
-                .search(&pack_le(query), k)
-                .map_err(&err)?
-                .into_iter()
-                .map(|h| Found {
-                    id: h.id,
-                    distance: h.distance as f64,
-                })
-                .collect(),
-            Index::Floats(i) => i
-                .search(&floats(query), k)
-                .map_err(&err)?
-                .into_iter()
-                .map(|h| Found {
-                    id: h.id,
-                    distance: h.distance as f64,
-                })
-                .collect(),
+            Index::Codes(i) => found(i.search(&pack_bytes(query), k).map_err(&err)?),
+            Index::Floats(i) => found(i.search(&floats(query), k).map_err(&err)?),
         })
     }
 
     /// Every case within Hamming distance `radius` (binary codes only).
     pub fn radius(&self, query: &[u8], radius: u32) -> Result<Vec<Found>> {
         match &self.index {
-            Index::Codes(i) => Ok(i
-                .radius(&pack_le(query), radius)
-                .map_err(index_err(&self.model.name))?
-                .into_iter()
-                .map(|h| Found {
-                    id: h.id,
-                    distance: h.distance as f64,
-                })
-                .collect()),
+            Index::Codes(i) => Ok(found(
+                i.radius(&pack_bytes(query), radius)
+                    .map_err(index_err(&self.model.name))?,
+            )),
             Index::Floats(_) => Err(StoreError::InvalidCase(
                 "radius search applies to binary codes only".into(),
             )),
@@ -159,21 +139,32 @@ impl<S: CaseStore> Archive<S> {
     }
 }
 
-/// Little-endian bytes to words: bit `i` is bit `i % 8` of byte `i / 8`.
-fn pack_le(bytes: &[u8]) -> Vec<u64> {
-    bytes
-        .chunks(8)
-        .map(|c| {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            u64::from_le_bytes(w)
-        })
-        .collect()
+/// Either index's hits as `Found`.
+fn found<H: Into<Found>>(hits: Vec<H>) -> Vec<Found> {
+    hits.into_iter().map(Into::into).collect()
+}
+
+impl From<Hit> for Found {
+    fn from(h: Hit) -> Self {
+        Found {
+            id: h.id,
+            distance: h.distance as f64,
+        }
+    }
+}
+
+impl From<FloatHit> for Found {
+    fn from(h: FloatHit) -> Self {
+        Found {
+            id: h.id,
+            distance: h.distance as f64,
+        }
+    }
 }
 
 fn add(index: &mut Index, id: u64, v: &[u8]) -> medret_index::Result<()> {
     match index {
-        Index::Codes(i) => i.add(id, &pack_le(v)),
+        Index::Codes(i) => i.add(id, &pack_bytes(v)),
         Index::Floats(i) => i.add(id, &floats(v)),
     }
 }
