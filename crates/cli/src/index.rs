@@ -1,14 +1,15 @@
 //! `medret index build|add|delete|info` and `medret search`: the case archive and exact
 //! search over it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use medret_data::npy::{read_f32_matrix, read_u8_matrix};
-use medret_store::{
-    Archive, CaseStore, Metric, ModelInfo, ModelKind, NewCase, PgStore, SqliteStore,
-};
+use medret_search::ingest::{case_from_record, ingest_with_model, select_split};
+use medret_search::open::{is_url, open_store, shown};
+use medret_search::query::{Hit, collect_hits, open_model_encoder, search_image};
+use medret_store::{Archive, Metric, ModelInfo, ModelKind, NewCase};
 
 #[derive(Subcommand)]
 pub enum IndexCommand {
@@ -52,22 +53,51 @@ pub struct IngestArgs {
     /// code is bit i % 8 of byte i / 8.
     #[arg(
         long,
-        conflicts_with = "descriptors",
-        required_unless_present = "descriptors"
+        conflicts_with_all = ["descriptors", "model_dir"],
+        required_unless_present_any = ["descriptors", "model_dir"]
     )]
     codes: Option<PathBuf>,
     /// Descriptors: float32 .npy of shape N x d, rows in manifest order.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model_dir")]
     descriptors: Option<PathBuf>,
+    /// A trained model folder (model.json, model.safetensors): encode the dataset's images
+    /// with it and ingest, all or nothing. The store records the model, and queries by
+    /// image are encoded by exactly this model.
+    #[arg(long = "model")]
+    model_dir: Option<PathBuf>,
+    /// With --model: which split to index (default all).
+    #[arg(long, value_enum, default_value = "all")]
+    split: SplitArg,
+    /// With --model: compute device (cpu, or cuda:N in a GPU build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Descriptor comparison.
     #[arg(long, value_enum, default_value = "cosine")]
     metric: MetricArg,
     /// The dataset the rows belong to (any format `medret data info` reads).
-    #[arg(long)]
+    #[arg(long, visible_alias = "data")]
     manifest: PathBuf,
     /// Hash of the model's configuration and weights, stored with the model.
     #[arg(long, default_value = "")]
     config_hash: String,
+}
+
+/// A split of the dataset, or all of it.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Test,
+    All,
+}
+
+impl SplitArg {
+    pub fn split(self) -> Option<medret_data::Split> {
+        match self {
+            SplitArg::Train => Some(medret_data::Split::Train),
+            SplitArg::Test => Some(medret_data::Split::Test),
+            SplitArg::All => None,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -86,6 +116,20 @@ pub struct SearchArgs {
     /// Query with a stored case's vector (the case itself is left out of the results).
     #[arg(long = "case", group = "query")]
     case_key: Option<String>,
+    /// Query with an image (PNG, JPEG, DICOM), encoded by the model that built the archive.
+    #[arg(long, group = "query")]
+    image: Option<PathBuf>,
+    /// With --image: write the query's saliency overlay with its crop box (query.png) and
+    /// each result's overlay (rank-NN-CASE.png) into this folder.
+    #[arg(long, requires = "image")]
+    explain: Option<PathBuf>,
+    /// With --image: the model folder, when it moved since the archive was built (it must
+    /// still be the same model: weights and model.json are checked).
+    #[arg(long = "model-dir", requires = "image")]
+    model_dir: Option<PathBuf>,
+    /// With --image: compute device.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     #[arg(short, long, default_value_t = 10)]
     k: usize,
     /// Codes only: every case within this Hamming distance instead of the top k.
@@ -96,26 +140,6 @@ pub struct SearchArgs {
     show_ids: bool,
     #[arg(long)]
     json: bool,
-}
-
-/// The store as messages may show it: a URL loses its password.
-fn shown(path: &Path) -> String {
-    medret_store::postgres::redact(&path.to_string_lossy())
-}
-
-fn is_url(path: &Path) -> bool {
-    let s = path.to_string_lossy();
-    s.starts_with("postgres://") || s.starts_with("postgresql://")
-}
-
-/// A SQLite file, or a PostgreSQL URL (`postgresql://user:pass@host/db`) with the archive
-/// in schema `$MEDRET_PG_SCHEMA` (default `medret`).
-fn open_store(path: &Path) -> Result<Box<dyn CaseStore>> {
-    if is_url(path) {
-        let schema = std::env::var("MEDRET_PG_SCHEMA").unwrap_or_else(|_| "medret".into());
-        return Ok(Box::new(PgStore::open(&path.to_string_lossy(), &schema)?));
-    }
-    Ok(Box::new(SqliteStore::open(path)?))
 }
 
 /// Reads the manifest and the vector file, and checks they agree, before anything is
@@ -189,21 +213,8 @@ fn read_items(a: &IngestArgs) -> Result<(ModelKind, Items)> {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let study = serde_json::json!({
-                "view": r.view,
-                "eye": r.eye.map(|e| e.name()),
-                "split": r.split.map(|s| s.name()),
-                "meta": r.meta,
-            });
             (
-                NewCase {
-                    key: r.id.clone(),
-                    path: r.source.describe(),
-                    labels: r.labels.clone(),
-                    grade: r.grade,
-                    patient_id: r.patient_id.clone(),
-                    study,
-                },
+                case_from_record(r),
                 data[i * bytes..(i + 1) * bytes].to_vec(),
             )
         })
@@ -213,6 +224,40 @@ fn read_items(a: &IngestArgs) -> Result<(ModelKind, Items)> {
 
 pub fn run_index(cmd: &IndexCommand) -> Result<()> {
     match cmd {
+        IndexCommand::Build(a) | IndexCommand::Add(a) if a.model_dir.is_some() => {
+            let build = matches!(cmd, IndexCommand::Build(_));
+            let dir = a.model_dir.as_deref().expect("checked");
+            let device =
+                medret_models::device::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+            let encoder = medret_models::encoder::Encoder::open(dir, &device)?;
+            let ds =
+                medret_data::open_dataset(&a.manifest, None, &medret_data::ReadOptions::default())?;
+            let records = select_split(&ds.records, a.split.split());
+            let mut store = open_store(&a.store)?;
+            let t = std::time::Instant::now();
+            let bar = crate::progress::bar(records.len() as u64, "encoding");
+            let ids = ingest_with_model(
+                store.as_mut(),
+                &shown(&a.store),
+                &a.name,
+                &encoder,
+                &records,
+                build,
+                16,
+                &|n| bar.set_position(n as u64),
+            )?;
+            bar.finish_and_clear();
+            println!(
+                "{} {} cases into model `{}` of {} (encoded by {}) in {:.2} s",
+                if build { "indexed" } else { "added" },
+                ids.len(),
+                a.name,
+                shown(&a.store),
+                dir.display(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         IndexCommand::Build(a) | IndexCommand::Add(a) => {
             let build = matches!(cmd, IndexCommand::Build(_));
             let (kind, items) = read_items(a)?;
@@ -315,14 +360,6 @@ fn parse_hex(s: &str, bytes: usize) -> Result<Vec<u8>> {
         .collect()
 }
 
-fn mask(id: &str) -> String {
-    if id.is_empty() {
-        String::new()
-    } else {
-        "****".into()
-    }
-}
-
 pub fn run_search(a: &SearchArgs) -> Result<()> {
     if !is_url(&a.store) && !a.store.exists() {
         bail!("{}: no such store", shown(&a.store));
@@ -330,9 +367,66 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
     let mut store = open_store(&a.store)?;
     let model = store.model(&a.model)?;
     let bytes = model.kind.vector_bytes();
+    if let Some(image) = &a.image {
+        let device = medret_models::device::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+        let encoder = open_model_encoder(
+            store.as_mut(),
+            &shown(&a.store),
+            &a.model,
+            a.model_dir.as_deref(),
+            &device,
+        )?;
+        let mut archive = Archive::open(store, &a.model)?;
+        let res = search_image(
+            &mut archive,
+            &encoder,
+            image,
+            a.k,
+            a.radius,
+            a.show_ids,
+            a.explain.is_some(),
+        )?;
+        let mut written = Vec::new();
+        if let Some(dir) = &a.explain {
+            written = medret_search::explain::write_explanations(
+                dir, &encoder, &res.shown, &res.query, &res.hits, None,
+            )?;
+        }
+        let crop = res.query.crop;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "results": res.hits,
+                    "query": {
+                        "code": hex(&res.query.vector),
+                        "crop_box": crop,
+                        "probabilities": encoder.card.class_names.iter().zip(&res.query.probabilities).map(|(c, p)| (c.clone(), *p)).collect::<std::collections::BTreeMap<_, _>>(),
+                    },
+                    "explanations": written,
+                })
+            );
+        } else {
+            print_hits(&res.hits);
+            if let Some(b) = crop {
+                println!(
+                    "query crop box: x {} y {} w {} h {} (of {} px)",
+                    b.x,
+                    b.y,
+                    b.w,
+                    b.h,
+                    encoder.size()
+                );
+            }
+            for w in &written {
+                println!("wrote {}", w.display());
+            }
+        }
+        return Ok(());
+    }
     let mut exclude = None;
-    let query: Vec<u8> = match (&a.code, &a.descriptor_file, &a.case_key) {
-        (Some(h), _, _) => {
+    let query: Vec<u8> = match (&a.code, &a.descriptor_file, &a.case_key, &a.image) {
+        (Some(h), _, _, _) => {
             if !matches!(model.kind, ModelKind::Codes { .. }) {
                 bail!(
                     "model `{}` stores descriptors; query with --descriptor-file or --case",
@@ -341,7 +435,7 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
             }
             parse_hex(h, bytes)?
         }
-        (_, Some(f), _) => {
+        (_, Some(f), _, _) => {
             let (_, v) = read_f32_matrix(f)?;
             if v.len() * 4 != bytes {
                 bail!(
@@ -354,7 +448,7 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
             }
             v.iter().flat_map(|x| x.to_le_bytes()).collect()
         }
-        (_, _, Some(key)) => {
+        (_, _, Some(key), _) => {
             let c = store
                 .case_by_key(key)?
                 .with_context(|| format!("no case `{key}` in {}", shown(&a.store)))?;
@@ -366,61 +460,42 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
                 .map(|(_, v)| v)
                 .with_context(|| format!("case `{key}` has no vector for model `{}`", a.model))?
         }
-        _ => bail!("give a query: --code, --descriptor-file or --case"),
+        _ => bail!("give a query: --image, --code, --descriptor-file or --case"),
     };
     let extra = usize::from(exclude.is_some());
     let mut archive = Archive::open(store, &a.model)?;
-    let hits: Vec<(u64, f64)> = match a.radius {
+    let found = match a.radius {
         Some(r) => archive.radius(&query, r)?,
         None => archive.search(&query, a.k + extra)?,
-    }
-    .into_iter()
-    .map(|f| (f.id, f.distance))
-    .collect();
-    let store = archive.store();
-    let mut results = Vec::new();
-    for (id, distance) in hits.into_iter().filter(|(id, _)| Some(*id) != exclude) {
-        if a.radius.is_none() && results.len() == a.k {
-            break;
-        }
-        let c = store
-            .case(id)?
-            .with_context(|| format!("case {id} vanished"))?;
-        let mut r = serde_json::json!({
-            "rank": results.len() + 1,
-            "case_id": c.key,
-            "path": c.path,
-            "distance": distance,
-            "labels": c.labels,
-            "grade": c.grade,
-            "patient_id": if a.show_ids { c.patient_id.clone() } else { mask(&c.patient_id) },
-        });
-        if c.grade.is_none() {
-            r.as_object_mut().expect("object").remove("grade");
-        }
-        results.push(r);
-    }
+    };
+    let hits = collect_hits(
+        archive.store(),
+        found,
+        exclude,
+        a.radius.is_none().then_some(a.k),
+        a.show_ids,
+    )?;
     if a.json {
-        println!("{}", serde_json::json!({ "results": results }));
+        println!("{}", serde_json::json!({ "results": hits }));
     } else {
-        for r in &results {
-            println!(
-                "{:>3}  {:<24} distance {:<8} {}  patient {}  {}",
-                r["rank"],
-                r["case_id"].as_str().unwrap_or(""),
-                r["distance"],
-                r["labels"]
-                    .as_array()
-                    .map(|l| l
-                        .iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join("|"))
-                    .unwrap_or_default(),
-                r["patient_id"].as_str().unwrap_or(""),
-                r["path"].as_str().unwrap_or("")
-            );
-        }
+        print_hits(&hits);
     }
     Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn print_hits(hits: &[Hit]) {
+    for h in hits {
+        let labels = match h.grade {
+            Some(g) if h.labels.is_empty() => format!("grade {g}"),
+            _ => h.labels.join("|"),
+        };
+        println!(
+            "{:>3}  {:<24} distance {:<8} {}  patient {}  {}",
+            h.rank, h.case_id, h.distance, labels, h.patient_id, h.path
+        );
+    }
 }

@@ -3,8 +3,11 @@
 
 mod bench;
 mod demo;
+mod encode;
+mod hash;
 mod index;
 mod model;
+mod pretrain;
 mod progress;
 mod train;
 
@@ -45,16 +48,23 @@ enum Command {
     Model(model::ModelCommand),
     /// Write each image's pooled backbone feature (1024-d for DenseNet-121) to a .npy file.
     Features(model::FeaturesArgs),
+    /// Self-supervised pretraining on unlabelled images (C2L).
+    #[command(subcommand)]
+    Pretrain(pretrain::PretrainCommand),
     /// Train networks (checkpoints, resume, early stopping, logs).
     #[command(subcommand)]
     Train(train::TrainCommand),
+    /// Encode a dataset's images with a trained model: packed codes (or descriptors) and
+    /// an ids file in the same order.
+    Encode(encode::EncodeArgs),
     /// Speed benchmarks that print comparable figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// The case archive: build, add to, delete from and describe a store.
     #[command(subcommand)]
     Index(index::IndexCommand),
-    /// The most similar cases of the archive to a code, a descriptor or a stored case.
+    /// The most similar cases of the archive to an image, a code, a descriptor or a stored
+    /// case.
     Search(index::SearchArgs),
 }
 
@@ -247,7 +257,9 @@ fn run(command: Command) -> Result<()> {
         Command::Demo(a) => demo::run(&a),
         Command::Model(m) => model::run_model(&m),
         Command::Features(a) => model::run_features(&a),
+        Command::Pretrain(p) => pretrain::run(&p),
         Command::Train(t) => train::run(&t),
+        Command::Encode(a) => encode::run(&a),
         Command::Bench(b) => bench::run(&b),
         Command::Index(i) => index::run_index(&i),
         Command::Search(a) => index::run_search(&a),

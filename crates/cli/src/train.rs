@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use medret_data::Split;
+use medret_models::Arch;
 use medret_train::classify::{ClassifySettings, ClassifyTask};
 use medret_train::{
     EarlyStopping, Event, OptimizerConfig, RunOptions, ScheduleConfig, TrainConfig, train,
@@ -20,16 +21,21 @@ pub enum TrainCommand {
     /// (cross-entropy) on fundus photographs. Writes checkpoints every epoch, logs, the
     /// best weights (torchvision names) and a test-split report to --out.
     Classify(ClassifyArgs),
+    /// Train the chest method: global network, saliency-guided crop, local network, fused
+    /// features, hash layer (classification + quantization + bit-balance losses). Writes
+    /// model.safetensors and model.json (what `encode`, `index build --model` and
+    /// `search --image` read), checkpoints, logs and a test-split retrieval report.
+    Hash(crate::hash::HashArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum OptimizerArg {
+pub enum OptimizerArg {
     Adamw,
     Sgd,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum ScheduleArg {
+pub enum ScheduleArg {
     Cosine,
     Step,
     Constant,
@@ -39,108 +45,139 @@ enum ScheduleArg {
 pub struct ClassifyArgs {
     #[command(flatten)]
     data: DataArg,
-    /// Architecture: densenet121 (the default, as in the paper) or tiny (tests, CPU demo).
+    /// Architecture: densenet121 (the default, as in the paper) or densenet-tiny (tests,
+    /// CPU demo).
     #[arg(long, default_value = "densenet121")]
-    arch: String,
+    arch: Arch,
     /// Input side in pixels.
     #[arg(long, default_value_t = 224)]
     size: usize,
     /// Output folder (created; must not hold checkpoints unless --resume).
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
-    /// Peak learning rate (after warm-up).
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    #[arg(long, value_enum, default_value = "adamw")]
-    optimizer: OptimizerArg,
-    /// Weight decay (decoupled for AdamW, L2 for SGD). Default 1e-2 (AdamW), 1e-4 (SGD).
-    #[arg(long)]
-    weight_decay: Option<f32>,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    /// SGD Nesterov momentum.
-    #[arg(long)]
-    nesterov: bool,
-    #[arg(long, value_enum, default_value = "cosine")]
-    schedule: ScheduleArg,
-    /// Cosine: final learning rate.
-    #[arg(long, default_value_t = 0.0)]
-    min_lr: f64,
-    /// Step: decay every this many epochs...
-    #[arg(long, default_value_t = 10)]
-    step_epochs: usize,
-    /// ...by this factor.
-    #[arg(long, default_value_t = 0.1)]
-    gamma: f64,
-    /// Linear warm-up, in epochs (may be fractional).
-    #[arg(long, default_value_t = 1.0)]
-    warmup_epochs: f64,
-    /// Clip the global gradient norm to this value; 0 disables clipping.
-    #[arg(long, default_value_t = 5.0)]
-    clip_norm: f32,
-    /// Validation metric for the best checkpoint and early stopping: auc, loss, kappa,
-    /// accuracy.
-    #[arg(long, default_value = "auc")]
-    monitor: String,
-    /// Stop after this many epochs without improvement of --monitor.
-    #[arg(long)]
-    patience: Option<usize>,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Fraction of training patients held out for validation.
     #[arg(long, default_value_t = 0.15)]
     val_fraction: f64,
-    /// Seeds initialisation, the validation split, shuffling and augmentation.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Compute device(s): cpu, or cuda:N in a GPU build; several (cuda:0,cuda:1) train
-    /// data-parallel.
-    #[arg(long, default_value = "cpu", value_delimiter = ',')]
-    device: Vec<String>,
-    /// Continue from the newest checkpoint in --out.
-    #[arg(long)]
-    resume: bool,
-    /// Return after this many epochs (checkpointed) to resume later.
-    #[arg(long)]
-    stop_after_epochs: Option<usize>,
-    /// Keep only the newest N epoch checkpoints.
-    #[arg(long)]
-    keep_checkpoints: Option<usize>,
     /// Turn augmentation off.
     #[arg(long)]
     no_augment: bool,
-    /// Print the final report as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
-#[derive(Args)]
-struct DataArg {
+/// The training engine's options, shared by every training command.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Mini-batch size (default 16; C2L: 128, scaled down to small datasets).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate after warm-up (default 1e-3; C2L: 0.03 with SGD).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Optimiser (default adamw; C2L: sgd).
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
+    /// Weight decay (decoupled for AdamW, L2 for SGD). Default 1e-2 (AdamW), 1e-4 (SGD).
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// SGD Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: ScheduleArg,
+    /// Cosine: final learning rate.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_lr: f64,
+    /// Step: decay every this many epochs...
+    #[arg(long, default_value_t = 10)]
+    pub step_epochs: usize,
+    /// ...by this factor.
+    #[arg(long, default_value_t = 0.1)]
+    pub gamma: f64,
+    /// Linear warm-up, in epochs (may be fractional).
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_epochs: f64,
+    /// Clip the global gradient norm to this value; 0 disables clipping.
+    #[arg(long, default_value_t = 5.0)]
+    pub clip_norm: f32,
+    /// Validation metric for the best checkpoint and early stopping (classify: auc, loss,
+    /// kappa, accuracy; hash: map, auc, loss).
+    #[arg(long)]
+    pub monitor: Option<String>,
+    /// Stop after this many epochs without improvement of --monitor.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Seeds initialisation, the validation split, shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Compute device(s): cpu, or cuda:N in a GPU build; several (cuda:0,cuda:1) train
+    /// data-parallel.
+    #[arg(long, default_value = "cpu", value_delimiter = ',')]
+    pub device: Vec<String>,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Return after this many epochs (checkpointed) to resume later.
+    #[arg(long)]
+    pub stop_after_epochs: Option<usize>,
+    /// Keep only the newest N epoch checkpoints.
+    #[arg(long)]
+    pub keep_checkpoints: Option<usize>,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct DataArg {
     /// Dataset folder or file (as for `medret data info`).
     #[arg(long = "data")]
-    path: PathBuf,
+    pub path: PathBuf,
     /// Format; detected from the files when omitted.
     #[arg(long, value_enum)]
-    format: Option<crate::FormatArg>,
+    pub format: Option<crate::FormatArg>,
     /// NIH label set: 8 or 14 findings.
     #[arg(long, default_value_t = 14)]
-    labels: u8,
+    pub labels: u8,
     /// Skip bad rows and unreadable images with a warning instead of stopping.
     #[arg(long)]
-    skip_bad: bool,
+    pub skip_bad: bool,
+}
+
+impl DataArg {
+    pub fn open(&self) -> Result<medret_data::Dataset> {
+        OpenArgs {
+            path: self.path.clone(),
+            format: self.format,
+            labels: self.labels,
+            skip_bad: self.skip_bad,
+        }
+        .open()
+    }
 }
 
 pub fn run(cmd: &TrainCommand) -> Result<()> {
     match cmd {
         TrainCommand::Classify(a) => classify(a),
+        TrainCommand::Hash(a) => crate::hash::run(a),
     }
 }
 
-fn train_config(a: &ClassifyArgs) -> Result<TrainConfig> {
-    let optimizer = match a.optimizer {
+/// Per-command defaults of [`EngineArgs`].
+pub struct Defaults {
+    pub batch_size: usize,
+    pub lr: f64,
+    pub optimizer: OptimizerArg,
+    pub monitor: &'static str,
+}
+
+pub fn train_config(a: &EngineArgs, d: &Defaults) -> Result<TrainConfig> {
+    let optimizer = match a.optimizer.unwrap_or(d.optimizer) {
         OptimizerArg::Adamw => OptimizerConfig::AdamW {
             beta1: 0.9,
             beta2: 0.999,
@@ -161,21 +198,22 @@ fn train_config(a: &ClassifyArgs) -> Result<TrainConfig> {
         },
         ScheduleArg::Constant => ScheduleConfig::Constant,
     };
-    let higher_is_better = match a.monitor.as_str() {
-        "auc" | "kappa" | "accuracy" => true,
+    let monitor = a.monitor.clone().unwrap_or_else(|| d.monitor.to_string());
+    let higher_is_better = match monitor.as_str() {
+        "auc" | "kappa" | "accuracy" | "map" | "global_auc" => true,
         "loss" => false,
-        other => bail!("--monitor {other}: expected auc, loss, kappa or accuracy"),
+        other => bail!("--monitor {other}: expected auc, map, loss, kappa or accuracy"),
     };
     Ok(TrainConfig {
         epochs: a.epochs,
-        batch_size: a.batch_size,
-        lr: a.lr,
+        batch_size: a.batch_size.unwrap_or(d.batch_size),
+        lr: a.lr.unwrap_or(d.lr),
         optimizer,
         schedule,
         warmup_epochs: a.warmup_epochs,
         grad_clip_norm: (a.clip_norm > 0.0).then_some(a.clip_norm),
         early_stopping: EarlyStopping {
-            metric: a.monitor.clone(),
+            metric: monitor,
             higher_is_better,
             patience: a.patience,
             min_delta: 0.0,
@@ -185,25 +223,86 @@ fn train_config(a: &ClassifyArgs) -> Result<TrainConfig> {
     })
 }
 
+pub fn devices(a: &EngineArgs) -> Result<Vec<burn::prelude::Device>> {
+    a.device
+        .iter()
+        .map(|d| medret_models::device::parse_device(d).map_err(anyhow::Error::msg))
+        .collect()
+}
+
+pub fn run_options(a: &EngineArgs, out: &Path) -> Result<RunOptions> {
+    Ok(RunOptions {
+        out: out.to_path_buf(),
+        devices: devices(a)?,
+        resume: a.resume,
+        keep_checkpoints: a.keep_checkpoints,
+        stop_after_epochs: a.stop_after_epochs,
+    })
+}
+
+/// Runs the engine with a progress bar per epoch and a line per epoch on stderr.
+pub fn train_with_progress<T: medret_train::Task>(
+    task: &T,
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+) -> Result<medret_train::Outcome> {
+    let mut bar = progress::bar(0, "epoch");
+    let epochs = cfg.epochs;
+    Ok(train(task, cfg, opts, &mut |e| match e {
+        Event::EpochStart { epoch, steps } => {
+            bar = progress::bar(steps as u64, &format!("epoch {}/{epochs}", epoch + 1));
+        }
+        Event::Step(s) => {
+            bar.set_message(format!("loss {:.4}", s.loss));
+            bar.inc(1);
+        }
+        Event::Epoch(r) => {
+            bar.finish_and_clear();
+            let metrics: Vec<String> = r
+                .metrics
+                .iter()
+                .filter(|(k, v)| k.as_str() != "auc_labels" && v.is_finite())
+                .map(|(k, v)| format!("val {k} {v:.4}"))
+                .collect();
+            eprintln!(
+                "epoch {:>3}: train loss {:.4}, {}{} ({:.1} s)",
+                r.epoch + 1,
+                r.train_loss,
+                metrics.join(", "),
+                if r.best { " *" } else { "" },
+                r.seconds
+            );
+        }
+        Event::Stopped { reason } => eprintln!("{reason}"),
+    })?)
+}
+
+/// The best epoch's weights, or the last checkpoint's when nothing was validated.
+pub fn final_weights(outcome: &medret_train::Outcome, out: &Path) -> Result<PathBuf> {
+    if outcome.best_weights.is_file() {
+        return Ok(outcome.best_weights.clone());
+    }
+    Ok(medret_train::checkpoint::latest(&out.join("checkpoints"))?
+        .context("no checkpoint was written")?
+        .join("model.safetensors"))
+}
+
+const CLASSIFY_DEFAULTS: Defaults = Defaults {
+    batch_size: 16,
+    lr: 1e-3,
+    optimizer: OptimizerArg::Adamw,
+    monitor: "auc",
+};
+
 fn classify(a: &ClassifyArgs) -> Result<()> {
-    let open = OpenArgs {
-        path: a.data.path.clone(),
-        format: a.data.format,
-        labels: a.data.labels,
-        skip_bad: a.data.skip_bad,
-    };
-    let ds = open.open()?;
-    let cfg = train_config(a)?;
-    let mut settings = ClassifySettings::for_dataset(&ds, &a.arch, a.size)?;
+    let ds = a.data.open()?;
+    let cfg = train_config(&a.engine, &CLASSIFY_DEFAULTS)?;
+    let mut settings = ClassifySettings::for_dataset(&ds, a.arch.name(), a.size)?;
     settings.val_fraction = a.val_fraction;
     if a.no_augment {
         settings.transform.augment = Default::default();
     }
-    let devices = a
-        .device
-        .iter()
-        .map(|d| medret_models::device::parse_device(d).map_err(anyhow::Error::msg))
-        .collect::<Result<Vec<_>>>()?;
+    let opts = run_options(&a.engine, &a.out)?;
     let task = ClassifyTask::new(&ds, settings, cfg.seed)?;
     let test: Vec<_> = ds
         .records
@@ -220,59 +319,15 @@ fn classify(a: &ClassifyArgs) -> Result<()> {
         task.val.len(),
         test.len()
     );
-
-    let opts = RunOptions {
-        out: a.out.clone(),
-        devices: devices.clone(),
-        resume: a.resume,
-        keep_checkpoints: a.keep_checkpoints,
-        stop_after_epochs: a.stop_after_epochs,
-    };
-    let mut bar = progress::bar(0, "epoch");
-    let epochs = cfg.epochs;
-    let outcome = train(&task, &cfg, &opts, &mut |e| match e {
-        Event::EpochStart { epoch, steps } => {
-            bar = progress::bar(steps as u64, &format!("epoch {}/{epochs}", epoch + 1));
-        }
-        Event::Step(s) => {
-            bar.set_message(format!("loss {:.4}", s.loss));
-            bar.inc(1);
-        }
-        Event::Epoch(r) => {
-            bar.finish_and_clear();
-            let metrics: Vec<String> = r
-                .metrics
-                .iter()
-                .filter(|(k, _)| k.as_str() != "auc_labels")
-                .map(|(k, v)| format!("val {k} {v:.4}"))
-                .collect();
-            eprintln!(
-                "epoch {:>3}: train loss {:.4}, {}{} ({:.1} s)",
-                r.epoch + 1,
-                r.train_loss,
-                metrics.join(", "),
-                if r.best { " *" } else { "" },
-                r.seconds
-            );
-        }
-        Event::Stopped { reason } => eprintln!("{reason}"),
-    })?;
-
-    let weights = if outcome.best_weights.is_file() {
-        outcome.best_weights.clone()
-    } else {
-        // No validation set: the last checkpoint is what there is.
-        medret_train::checkpoint::latest(&a.out.join("checkpoints"))?
-            .context("no checkpoint was written")?
-            .join("model.safetensors")
-    };
-    let report = test_report(&task, &a.out, &weights, &test, &devices[0])?;
+    let outcome = train_with_progress(&task, &cfg, &opts)?;
+    let weights = final_weights(&outcome, &a.out)?;
+    let report = test_report(&task, &a.out, &weights, &test, &opts.devices[0])?;
     std::fs::write(
         a.out.join("test_report.json"),
         serde_json::to_string_pretty(&report)?,
     )
     .with_context(|| format!("cannot write {}", a.out.join("test_report.json").display()))?;
-    if a.json {
+    if a.engine.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(

@@ -51,3 +51,23 @@ pub fn load_mask(path: &Path) -> Result<image::GrayImage> {
     let img = image::load_from_memory(&bytes).map_err(|e| DataError::image(path, e))?;
     Ok(img.to_luma8())
 }
+
+/// Decodes an image file whatever its kind, decided by its content: a DICOM file (the
+/// `DICM` magic at byte 128, or a `.dcm` name) through the DICOM reader, anything else
+/// (PNG, JPEG) through the image decoders. What a query upload goes through.
+pub fn decode_any(path: &Path) -> Result<ImageF32> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 4];
+    let is_dicom = crate::manifest::is_dicom_name(path)
+        || std::fs::File::open(path)
+            .and_then(|mut f| {
+                f.seek(SeekFrom::Start(128))?;
+                f.read_exact(&mut magic)
+            })
+            .is_ok_and(|_| &magic == b"DICM");
+    if is_dicom {
+        crate::dicom::decode_dicom(path)
+    } else {
+        decode_file(path)
+    }
+}

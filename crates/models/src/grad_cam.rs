@@ -94,6 +94,47 @@ pub fn grad_cam<M: CamModel>(model: &M, x: Tensor<4>, targets: &[Vec<usize>]) ->
     finish(grad_cam_raw(maps, |m| model.cam_head(m), targets), h, w)
 }
 
+/// Grad-CAM for the common head "ReLU, global average pool, linear layer", in closed form
+/// on host memory, with no autodiff graph: the score's gradient with respect to `F_c(i, j)`
+/// is `sum_{k in T} W[c, k] * 1[F_c(i, j) > 0] / (h w)`, so the channel weight (its spatial
+/// mean) is `sum_{k in T} W[c, k] * (positive fraction of channel c) / (h w)`. It equals
+/// [`grad_cam_raw`] through such a head (a test checks it) and is what training uses per
+/// step, where a second backward pass through shared parameters would be costly.
+///
+/// `maps` is `[n, c, h, w]` row-major, `weight` is the linear layer's `[c, k]` (burn's
+/// layout: input by output). Returns the raw maps `[n, h, w]`.
+pub fn grad_cam_pooled_linear(
+    maps: &[f32],
+    [n, c, h, w]: [usize; 4],
+    weight: &[f32],
+    classes: usize,
+    targets: &[Vec<usize>],
+) -> Vec<f32> {
+    assert_eq!(maps.len(), n * c * h * w, "maps size");
+    assert_eq!(weight.len(), c * classes, "weight size");
+    assert_eq!(targets.len(), n, "one target set per image");
+    let hw = h * w;
+    let mut out = vec![0.0f32; n * hw];
+    for (i, t) in targets.iter().enumerate() {
+        let o = &mut out[i * hw..(i + 1) * hw];
+        for ch in 0..c {
+            let f = &maps[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+            let positive = f.iter().filter(|&&v| v > 0.0).count() as f32;
+            let wsum: f32 = t.iter().map(|&k| weight[ch * classes + k]).sum();
+            let alpha = wsum * positive / (hw * hw) as f32;
+            if alpha != 0.0 {
+                for (a, &v) in o.iter_mut().zip(f) {
+                    *a += alpha * v;
+                }
+            }
+        }
+        for a in o.iter_mut() {
+            *a = a.max(0.0);
+        }
+    }
+    out
+}
+
 /// How the activation map reduces channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActivationReduce {
@@ -120,6 +161,18 @@ pub fn activation_map<M: CamModel>(
 fn finish(raw: Tensor<3>, height: usize, width: usize) -> Vec<Saliency> {
     let [n, h, w] = raw.dims();
     let v = raw.into_data().try_into_vec::<f32>().expect("f32 maps");
+    to_saliency(&v, n, h, w, height, width)
+}
+
+/// Raw maps `[n, h, w]` (row-major) upsampled to `height x width` and min-max normalised.
+pub fn to_saliency(
+    v: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    height: usize,
+    width: usize,
+) -> Vec<Saliency> {
     (0..n)
         .map(|i| {
             let mut data = upsample_bilinear(&v[i * h * w..(i + 1) * h * w], h, w, height, width);

@@ -102,6 +102,13 @@ impl ExpectedTensor {
 /// Every tensor of the model with its torchvision name and PyTorch-layout shape, in the
 /// model's order.
 pub fn expected_tensors(model: &DenseNet) -> Vec<ExpectedTensor> {
+    expected_tensors_of(model)
+}
+
+/// [`expected_tensors`] for any module holding DenseNets (the fusion network, C2L's
+/// encoders): burn paths with each DenseNet's blocks and transitions renamed as
+/// torchvision names them, wherever they sit in the tree.
+pub fn expected_tensors_of<M: Module>(model: &M) -> Vec<ExpectedTensor> {
     model
         .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
         .into_iter()
@@ -169,8 +176,13 @@ pub fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>
 
 /// Checks a file against the model without loading anything.
 pub fn check(model: &DenseNet, path: &Path) -> Result<(), WeightsError> {
+    check_module(model, path)
+}
+
+/// [`check`] for any module holding DenseNets.
+pub fn check_module<M: Module>(model: &M, path: &Path) -> Result<(), WeightsError> {
     let header = read_header(path)?;
-    let expected = expected_tensors(model);
+    let expected = expected_tensors_of(model);
     let missing: Vec<String> = expected
         .iter()
         .filter(|e| !header.contains_key(&e.key))
@@ -215,19 +227,22 @@ pub fn check(model: &DenseNet, path: &Path) -> Result<(), WeightsError> {
     Ok(())
 }
 
-/// Regex patterns between torchvision's and burn's names for a configuration.
-fn patterns(cfg: &DenseNetConfig, to_burn: bool) -> KeyRemapper {
+/// Regex patterns between torchvision's and burn's names, for DenseNets at the given
+/// path prefixes (`""`, `"global."`, ...).
+fn patterns_at(nets: &[(&str, &DenseNetConfig)], to_burn: bool) -> KeyRemapper {
     let mut pairs: Vec<(String, String)> = Vec::new();
-    for (b, &n) in cfg.block_config.iter().enumerate() {
-        for l in 0..n {
-            let tv = format!("features.denseblock{}.denselayer{}.", b + 1, l + 1);
-            let burn = format!("features.blocks.{b}.layers.{l}.");
-            pairs.push(if to_burn { (tv, burn) } else { (burn, tv) });
-        }
-        if b + 1 < cfg.block_config.len() {
-            let tv = format!("features.transition{}.", b + 1);
-            let burn = format!("features.transitions.{b}.");
-            pairs.push(if to_burn { (tv, burn) } else { (burn, tv) });
+    for (prefix, cfg) in nets {
+        for (b, &n) in cfg.block_config.iter().enumerate() {
+            for l in 0..n {
+                let tv = format!("{prefix}features.denseblock{}.denselayer{}.", b + 1, l + 1);
+                let burn = format!("{prefix}features.blocks.{b}.layers.{l}.");
+                pairs.push(if to_burn { (tv, burn) } else { (burn, tv) });
+            }
+            if b + 1 < cfg.block_config.len() {
+                let tv = format!("{prefix}features.transition{}.", b + 1);
+                let burn = format!("{prefix}features.transitions.{b}.");
+                pairs.push(if to_burn { (tv, burn) } else { (burn, tv) });
+            }
         }
     }
     let escaped: Vec<(String, String)> = pairs
@@ -243,10 +258,20 @@ pub fn load_torchvision(
     cfg: &DenseNetConfig,
     path: &Path,
 ) -> Result<(), WeightsError> {
-    check(model, path)?;
+    load_module(model, &[("", cfg)], path)
+}
+
+/// Loads a module holding DenseNets at the given prefixes, strictly (see
+/// [`load_torchvision`]).
+pub fn load_module<M: Module>(
+    model: &mut M,
+    nets: &[(&str, &DenseNetConfig)],
+    path: &Path,
+) -> Result<(), WeightsError> {
+    check_module(model, path)?;
     let mut store = SafetensorsStore::from_file(path)
         .with_from_adapter(PyTorchToBurnAdapter)
-        .remap(patterns(cfg, true))
+        .remap(patterns_at(nets, true))
         .allow_partial(false)
         .validate(true);
     let result = model
@@ -270,6 +295,16 @@ pub fn save_torchvision(
     cfg: &DenseNetConfig,
     path: &Path,
 ) -> Result<(), WeightsError> {
+    save_module(model, &[("", cfg)], path)
+}
+
+/// Saves a module holding DenseNets at the given prefixes with torchvision names for
+/// each, atomically.
+pub fn save_module<M: Module>(
+    model: &M,
+    nets: &[(&str, &DenseNetConfig)],
+    path: &Path,
+) -> Result<(), WeightsError> {
     let tmp = path.with_extension("safetensors.tmp");
     let err = |m: String| WeightsError::Format {
         path: path.to_path_buf(),
@@ -277,7 +312,7 @@ pub fn save_torchvision(
     };
     let mut store = SafetensorsStore::from_file(&tmp)
         .with_to_adapter(BurnToPyTorchAdapter)
-        .remap(patterns(cfg, false))
+        .remap(patterns_at(nets, false))
         .overwrite(true);
     // Running statistics may hold a pending update until synchronised.
     let synced = model.valid();

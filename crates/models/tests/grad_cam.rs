@@ -95,3 +95,32 @@ fn densenet_grad_cam_runs_at_image_size_in_unit_range() {
     assert_eq!(act[0].data.len(), 64 * 64);
     assert!(act[0].data.contains(&1.0), "normalised maximum is 1");
 }
+
+#[test]
+fn closed_form_grad_cam_equals_autodiff_through_a_pooled_linear_head() {
+    use medret_models::grad_cam::grad_cam_pooled_linear;
+    let device = Device::flex();
+    // Random maps with negative values (so the ReLU mask matters) and a random head.
+    let (n, c, h, w, k) = (3usize, 5usize, 4usize, 3usize, 4usize);
+    let maps = Tensor::<4>::random(
+        [n, c, h, w],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let lin = LinearConfig::new(c, k).init(&device);
+    let head = |m: Tensor<4>| lin.forward(relu(m).mean_dims(&[2, 3]).flatten(1, 3));
+    let targets = vec![vec![0], vec![1, 3], vec![2]];
+    let auto = grad_cam_raw(maps.clone(), head, &targets)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let host = maps.into_data().try_into_vec::<f32>().unwrap();
+    let weight = lin.weight.val().into_data().try_into_vec::<f32>().unwrap();
+    let closed = grad_cam_pooled_linear(&host, [n, c, h, w], &weight, k, &targets);
+    assert_eq!(auto.len(), closed.len());
+    let scale = auto.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    for (a, b) in auto.iter().zip(&closed) {
+        assert!((a - b).abs() / scale < 1e-4, "{auto:?} vs {closed:?}");
+    }
+    assert!(auto.iter().any(|&v| v > 0.0), "a non-trivial map");
+}

@@ -366,6 +366,22 @@ fn argmax(v: &[f32]) -> usize {
         .0
 }
 
+/// A batch of equally sized images as one host buffer `[n, c, h, w]`.
+pub(crate) fn images_host(images: &[medret_data::ImageF32]) -> (Vec<f32>, [usize; 4]) {
+    let (c, h, w) = (images[0].channels, images[0].height, images[0].width);
+    let mut data = Vec::with_capacity(images.len() * c * h * w);
+    for img in images {
+        data.extend_from_slice(&img.data);
+    }
+    (data, [images.len(), c, h, w])
+}
+
+/// A batch of equally sized images as a tensor on `device`.
+pub(crate) fn images_tensor(images: &[medret_data::ImageF32], device: &Device) -> Tensor<4> {
+    let (data, shape) = images_host(images);
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
 fn to_pixels(images: &[medret_data::ImageF32]) -> (TensorData, [usize; 4]) {
     let (c, h, w) = (images[0].channels, images[0].height, images[0].width);
     let mut data = Vec::with_capacity(images.len() * c * h * w);

@@ -65,6 +65,11 @@ pub trait Task: Sync {
     fn save_weights(&self, model: &Self::Model, path: &Path) -> Result<()>;
     /// Reads weights written by [`Task::save_weights`] into `model`.
     fn load_weights(&self, model: Self::Model, path: &Path) -> Result<Self::Model>;
+    /// Called after each optimiser step with the updated model: state that follows the
+    /// weights without gradients (C2L's momentum encoder and key queue) changes here.
+    fn after_step(&self, model: Self::Model) -> Self::Model {
+        model
+    }
 }
 
 /// Progress notifications, for progress bars and logs at the edge.
@@ -270,7 +275,7 @@ pub fn train<T: Task>(
                     None if state.step % cfg.log_every == 0 => grad_norm(&model, &grads, &plain),
                     None => f32::NAN,
                 };
-                model = optim.step(lr, model, grads);
+                model = task.after_step(optim.step(lr, model, grads));
                 loss_sum += loss * n as f64;
                 seen += n;
                 let rec = StepRecord {

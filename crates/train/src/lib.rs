@@ -7,16 +7,20 @@
 //! mode, checkpoints with resume ([`checkpoint`]), early stopping and CSV/JSON logs
 //! ([`log`]).
 //!
-//! The first task is image classification ([`classify`]): multi-label findings on chest
-//! X-rays, DR grades on fundus photographs.
+//! Tasks: image classification ([`classify`]: multi-label findings on chest X-rays, DR
+//! grades on fundus photographs), C2L self-supervised pretraining ([`c2l`]) and the chest
+//! method's fusion hashing ([`hash`]); their losses are in [`loss`].
 
+pub mod c2l;
 pub mod checkpoint;
 pub mod classify;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fingerprint;
+pub mod hash;
 pub mod log;
+pub mod loss;
 pub mod params;
 pub mod schedule;
 

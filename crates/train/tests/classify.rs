@@ -2,12 +2,13 @@
 //! and a blob-detection set with known lesion positions (Grad-CAM of the trained model
 //! points at the lesion).
 
+mod common;
+
 use std::path::Path;
-use std::sync::Arc;
 
 use burn::prelude::*;
 use medret_data::phantom::{CxrConfig, FundusConfig, write_cxr, write_fundus};
-use medret_data::{Dataset, Format, ImageSource, ReadOptions, Record, Split, open_dataset};
+use medret_data::{Dataset, ReadOptions, Record, Split, open_dataset};
 use medret_models::DenseNetConfig;
 use medret_models::grad_cam::grad_cam;
 use medret_train::classify::{ClassifyMode, ClassifySettings, ClassifyTask};
@@ -119,80 +120,9 @@ fn training_lowers_the_loss_on_fundus_grades() {
     }
 }
 
-/// Grey 64x64 images: smooth noise, and for positives a bright disc (the "lesion") at a
-/// random place. Returns the dataset and the lesion centres.
-fn blob_dataset(n: usize) -> (Dataset, Vec<Option<(f32, f32)>>) {
-    let size = 64usize;
-    let mut state = 2024u64;
-    let mut rnd = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 40) as f32 / (1u64 << 24) as f32
-    };
-    let mut images: Vec<Vec<u8>> = Vec::new();
-    let mut centres = Vec::new();
-    for i in 0..n {
-        let positive = i % 2 == 0;
-        let centre = positive.then(|| (10.0 + rnd() * 44.0, 10.0 + rnd() * 44.0));
-        let (fx, fy, ph) = (rnd() * 0.2, rnd() * 0.2, rnd() * 6.0);
-        let mut px = vec![0u8; size * size];
-        for y in 0..size {
-            for x in 0..size {
-                let mut v = 90.0
-                    + 25.0 * ((x as f32 * fx + ph).sin() + (y as f32 * fy).cos())
-                    + 20.0 * rnd();
-                if let Some((cx, cy)) = centre {
-                    let d2 = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2);
-                    if d2 < 25.0 {
-                        v += 90.0;
-                    }
-                }
-                px[y * size + x] = v.clamp(0.0, 255.0) as u8;
-            }
-        }
-        images.push(px);
-        centres.push(centre);
-    }
-    // One array holding every image, as a MedMNIST file does.
-    let all: Arc<[u8]> = Arc::from(images.concat());
-    let mut records = Vec::new();
-    for (i, centre) in centres.iter().enumerate() {
-        let positive = centre.is_some();
-        let mut r = Record::new(
-            format!("blob{i}"),
-            ImageSource::Array {
-                file: "blobs".into(),
-                key: "images".into(),
-                index: i,
-                height: size,
-                width: size,
-                channels: 1,
-                pixels: all.clone(),
-            },
-        );
-        r.labels = vec![if positive { "Mass" } else { "No Finding" }.to_string()];
-        r.patient_id = format!("p{i}");
-        r.split = Some(if i < n * 3 / 4 {
-            Split::Train
-        } else {
-            Split::Test
-        });
-        records.push(r);
-    }
-    let ds = Dataset {
-        format: Format::Manifest,
-        root: "blobs".into(),
-        label_names: vec!["Mass".into(), "No Finding".into()],
-        records,
-        skipped: Vec::new(),
-    };
-    (ds, centres)
-}
-
 #[test]
 fn grad_cam_of_a_trained_model_points_at_the_lesion() {
-    let (ds, centres) = blob_dataset(160);
+    let (ds, centres) = common::blob_dataset(160, 2);
     let mut settings = ClassifySettings::for_dataset(&ds, "tiny", 64).unwrap();
     // One transition (stride 8): 8x8 feature maps at 64 px, fine enough to localise.
     settings.net = DenseNetConfig {

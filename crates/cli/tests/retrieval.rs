@@ -1,0 +1,432 @@
+//! The chest method's product path end to end: `train hash` writes a model folder,
+//! `encode` writes codes, `index build --model` ingests them with the model recorded,
+//! `search --image` encodes a query exactly as `encode` did and explains it; and each bad
+//! input stops with a message naming the file and the problem.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn medret(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_medret"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = medret(args);
+    assert!(
+        o.status.success(),
+        "medret {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = medret(args);
+    assert!(!o.status.success(), "medret {args:?} should have failed");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn train_hash(data: &Path, out: &Path, seed: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "train",
+        "hash",
+        "--data",
+        s(data),
+        "--arch",
+        "densenet-tiny",
+        "--size",
+        "32",
+        "--bits",
+        "16",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.003",
+        "--seed",
+        seed,
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+/// Rows of a uint8 `.npy` (via the project's own reader).
+fn codes(path: &Path) -> Vec<Vec<u8>> {
+    let (shape, data) = medret_data::npy::read_u8_matrix(path).unwrap();
+    data.chunks(shape[1]).map(<[u8]>::to_vec).collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn image_in_similar_cases_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cxr");
+    ok(&[
+        "synth",
+        "cxr",
+        "--n",
+        "60",
+        "--size",
+        "64",
+        "--seed",
+        "5",
+        "--out",
+        s(&data),
+    ]);
+    let model = tmp.path().join("model");
+    train_hash(&data, &model, "1", &[]);
+    for f in [
+        "model.json",
+        "model.safetensors",
+        "test_report.json",
+        "best.safetensors",
+    ] {
+        assert!(model.join(f).is_file(), "{f} missing");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("test_report.json")).unwrap())
+            .unwrap();
+    for k in [
+        "map@100",
+        "p@10",
+        "chance_precision",
+        "majority_map@100",
+        "train_seconds",
+    ] {
+        assert!(
+            report[k].as_f64().is_some(),
+            "test_report.json lacks {k}: {report}"
+        );
+    }
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["output"]["bits"], 16);
+    assert_eq!(card["method"]["name"], "cxr-fusion-hash");
+
+    // encode: codes of the test split and their ids, in the same order.
+    let (npy, ids) = (tmp.path().join("test.npy"), tmp.path().join("test.csv"));
+    ok(&[
+        "encode",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "test",
+        "--out",
+        s(&npy),
+        "--ids-out",
+        s(&ids),
+    ]);
+    let test_codes = codes(&npy);
+    let id_rows: Vec<String> = std::fs::read_to_string(&ids)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(id_rows[0], "path,labels,patient_id,split");
+    assert_eq!(id_rows.len() - 1, test_codes.len());
+    assert!(test_codes.iter().all(|c| c.len() == 2));
+
+    // index build --model: the train split, encoded and ingested in one step.
+    let store = tmp.path().join("archive.db");
+    let out = ok(&[
+        "index",
+        "build",
+        "--store",
+        s(&store),
+        "--name",
+        "cxr",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "train",
+    ]);
+    assert!(out.contains("indexed"), "{out}");
+
+    // search --image: the query is encoded as `encode` encoded it.
+    let first = id_rows[1].split(',').next().unwrap();
+    let image = PathBuf::from(first);
+    let explain = tmp.path().join("explain");
+    let out = ok(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "cxr",
+        "--image",
+        s(&image),
+        "-k",
+        "5",
+        "--json",
+        "--explain",
+        s(&explain),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["query"]["code"],
+        hex(&test_codes[0]),
+        "search and encode disagree"
+    );
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["rank"], i + 1);
+        assert_eq!(r["patient_id"], "****", "ids are masked by default");
+        assert!(r["distance"].as_f64().unwrap() <= 16.0);
+    }
+    let dist: Vec<f64> = results
+        .iter()
+        .map(|r| r["distance"].as_f64().unwrap())
+        .collect();
+    assert!(dist.windows(2).all(|w| w[0] <= w[1]), "{dist:?}");
+    // The distance is the Hamming distance between the query code and the case's code.
+    let train_npy = tmp.path().join("train.npy");
+    let train_ids = tmp.path().join("train.csv");
+    ok(&[
+        "encode",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "train",
+        "--out",
+        s(&train_npy),
+        "--ids-out",
+        s(&train_ids),
+    ]);
+    let train_codes = codes(&train_npy);
+    let train_paths: Vec<String> = std::fs::read_to_string(&train_ids)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    let top = results[0]["path"].as_str().unwrap();
+    let row = train_paths.iter().position(|p| p == top).unwrap();
+    let hamming: u32 = train_codes[row]
+        .iter()
+        .zip(&test_codes[0])
+        .map(|(a, b)| (a ^ b).count_ones())
+        .sum();
+    assert_eq!(results[0]["distance"].as_f64().unwrap(), hamming as f64);
+    assert!(explain.join("query.png").is_file());
+    let overlays = std::fs::read_dir(&explain).unwrap().count();
+    assert_eq!(overlays, 6, "query and five results");
+    let crop = &v["query"]["crop_box"];
+    assert!(
+        crop["w"].as_u64().unwrap() >= 8 && crop["w"].as_u64().unwrap() <= 32,
+        "{crop}"
+    );
+
+    // An RGB image given to this grey-film model is converted, not refused.
+    let rgb = tmp.path().join("rgb.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 90]))
+        .save(&rgb)
+        .unwrap();
+    ok(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "cxr",
+        "--image",
+        s(&rgb),
+        "-k",
+        "3",
+    ]);
+
+    // A corrupt query image: a clear error naming it.
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let err = fails(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "cxr",
+        "--image",
+        s(&bad),
+    ]);
+    assert!(err.contains("bad.png"), "{err}");
+
+    // Another model (other seed) may not add to this archive, nor encode its queries.
+    let other = tmp.path().join("other");
+    train_hash(&data, &other, "2", &[]);
+    let err = fails(&[
+        "index",
+        "add",
+        "--store",
+        s(&store),
+        "--name",
+        "cxr",
+        "--model",
+        s(&other),
+        "--data",
+        s(&data),
+        "--split",
+        "test",
+    ]);
+    assert!(
+        err.contains("`cxr`") && err.contains("must be encoded by the model that built"),
+        "{err}"
+    );
+    let err = fails(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "cxr",
+        "--image",
+        s(&image),
+        "--model-dir",
+        s(&other),
+    ]);
+    assert!(
+        err.contains("must be encoded by the model that built"),
+        "{err}"
+    );
+    // The same model may add the test split.
+    ok(&[
+        "index",
+        "add",
+        "--store",
+        s(&store),
+        "--name",
+        "cxr",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "test",
+    ]);
+
+    // A model folder with an edited or missing model.json is refused by name.
+    let card_path = model.join("model.json");
+    let text = std::fs::read_to_string(&card_path).unwrap();
+    std::fs::write(&card_path, text.replacen("\"bits\": 16", "\"bits\": 24", 1)).unwrap();
+    let err = fails(&[
+        "encode",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--out",
+        s(&npy),
+        "--ids-out",
+        s(&ids),
+    ]);
+    assert!(
+        err.contains("model.json") && err.contains("edited"),
+        "{err}"
+    );
+    std::fs::remove_file(&card_path).unwrap();
+    let err = fails(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "cxr",
+        "--image",
+        s(&image),
+    ]);
+    assert!(
+        err.contains("model.json") && err.contains("missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_training_input_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cxr");
+    ok(&[
+        "synth",
+        "cxr",
+        "--n",
+        "24",
+        "--size",
+        "32",
+        "--seed",
+        "9",
+        "--out",
+        s(&data),
+    ]);
+    let out = tmp.path().join("out");
+    let args = |bits: &'static str| -> Vec<String> {
+        [
+            "train",
+            "hash",
+            "--data",
+            s(&data),
+            "--arch",
+            "densenet-tiny",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--bits",
+            bits,
+            "--out",
+            s(&out),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    for bits in ["12", "0", "264"] {
+        let a = args(bits);
+        let err = fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(err.contains("multiple of 8"), "{err}");
+    }
+    assert!(!out.exists(), "nothing written for bad --bits");
+
+    // --init weights of another architecture (full DenseNet-121 features vs the tiny one).
+    let init = tmp.path().join("d121.safetensors");
+    ok(&[
+        "model",
+        "summary",
+        "--arch",
+        "densenet121",
+        "--classes",
+        "0",
+    ]);
+    write_densenet121_features(&init);
+    let mut a = args("16");
+    a.extend(["--init".to_string(), s(&init).to_string()]);
+    let err = fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("d121.safetensors"), "{err}");
+    assert!(!out.exists(), "nothing written for bad --init");
+    // A file that is not safetensors at all.
+    std::fs::write(&init, b"nope").unwrap();
+    let err = fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("d121.safetensors") && err.contains("safetensors"),
+        "{err}"
+    );
+}
+
+/// A DenseNet-121 feature extractor's weights with torchvision names (random values).
+fn write_densenet121_features(path: &Path) {
+    use burn::prelude::*;
+    let cfg = medret_models::Arch::DenseNet121.config(None);
+    let net = cfg.init(&Device::flex());
+    medret_models::save_torchvision(&net, &cfg, path).unwrap();
+}

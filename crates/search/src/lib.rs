@@ -1,0 +1,20 @@
+//! # medret-search
+//!
+//! The retrieval layer that every front end (the `medret` CLI, the server) calls, so that
+//! none holds retrieval logic of its own:
+//!
+//! - [`open`]: a store by path or `postgresql://` URL;
+//! - [`ingest`]: records to cases, and "encode with a trained model, then ingest" as one
+//!   all-or-nothing step that records which model made the vectors ([`binding`]);
+//! - [`query`]: an image file (PNG, JPEG, DICOM) to ranked hits with case metadata, the
+//!   query encoded by exactly the model that built the archive;
+//! - [`explain`]: the query's saliency overlay with its crop box, and the results'.
+
+pub mod binding;
+pub mod error;
+pub mod explain;
+pub mod ingest;
+pub mod open;
+pub mod query;
+
+pub use error::{Result, SearchError};

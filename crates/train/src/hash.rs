@@ -1,0 +1,587 @@
+//! The chest method's training task: interpretable fusion hashing
+//! ([`medret_models::cxr_hash`]) on the engine.
+//!
+//! Loss: `L_cls(hash head) + alpha * L_q + beta * L_b` ([`crate::loss::hash`]), plus the
+//! global network's own classification loss, which keeps its saliency map (and so the crop)
+//! meaningful. Classification is BCE over the labels when images carry several (NIH
+//! findings, "No Finding" a class of its own so that normal films get codes of their own),
+//! softmax cross-entropy when every image has exactly one.
+//!
+//! Schedules:
+//! - `staged` (AG-CNN): the first `global_epochs` train the global network alone; then the
+//!   local network and the fusion head train on the frozen global network (its maps are
+//!   detached, so no gradient reaches it);
+//! - `joint`: everything from the first step.
+//!
+//! Validation (the best epoch): mAP@100 of the validation images' codes among themselves
+//! (leave-one-out, shared-label relevance), with the head's loss and AUC beside it. The test
+//! split is never looked at here.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::prelude::*;
+use medret_data::loader::BatchLoader;
+use medret_data::transform::{Augment, Channels, Normalize, Pipeline, TransformConfig};
+use medret_data::{Dataset, Record};
+use medret_eval::classification::macro_auc;
+use medret_eval::codes::pack_signs;
+use medret_eval::evaluate::{HammingSet, evaluate_hamming};
+use medret_eval::relevance::{Relevance, Truth};
+use medret_models::cxr_hash::{FusionHashConfig, FusionHashNet, Pass};
+use medret_models::weights::{load_module, save_module};
+use medret_models::{Arch, DenseNet, load_torchvision};
+use serde::{Deserialize, Serialize};
+
+use crate::classify::{bce_with_logits, split_train_val};
+use crate::engine::{Metrics, Task};
+use crate::error::{Result, TrainError};
+use crate::fingerprint::dataset_fingerprint;
+use crate::loss::hash::{bit_balance_loss, quantization_loss};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelMode {
+    /// Several labels per image: one sigmoid per class, BCE.
+    MultiLabel,
+    /// Exactly one label per image: softmax cross-entropy.
+    SingleLabel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HashSchedule {
+    Staged { global_epochs: usize },
+    Joint,
+}
+
+/// Backbone weights the networks start from (C2L or other torchvision-named weights).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitWeights {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// The task's settings, stored in every checkpoint and in `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HashSettings {
+    pub net: FusionHashConfig,
+    pub classes: Vec<String>,
+    pub mode: LabelMode,
+    /// Training transform (the card stores the evaluation one: the same without
+    /// augmentation).
+    pub transform: TransformConfig,
+    pub val_fraction: f64,
+    /// Weight of the quantization loss (0 turns it off).
+    pub alpha: f64,
+    /// Weight of the bit-balance loss (0 turns it off).
+    pub beta: f64,
+    pub schedule: HashSchedule,
+    pub init: Option<InitWeights>,
+}
+
+impl HashSettings {
+    /// Defaults for `dataset`: classes from its labels, RGB input with ImageNet
+    /// normalisation (so torchvision-named weights apply; grey films are repeated to three
+    /// channels), small rotations and intensity jitter (never flips: the heart is on the
+    /// left), alpha 0.1, beta 0.1, the staged schedule with a third of the epochs global.
+    pub fn for_dataset(
+        dataset: &Dataset,
+        arch: Arch,
+        size: usize,
+        bits: usize,
+        epochs: usize,
+    ) -> Result<Self> {
+        let labelled: Vec<&Record> = dataset
+            .records
+            .iter()
+            .filter(|r| !r.labels.is_empty())
+            .collect();
+        if labelled.is_empty() {
+            return Err(TrainError::Data(format!(
+                "{}: no labelled images (hashing learns from labels; use `medret pretrain c2l` for unlabelled images)",
+                dataset.root.display()
+            )));
+        }
+        let classes = dataset.label_names.clone();
+        let mode = if labelled.iter().all(|r| r.labels.len() == 1) {
+            LabelMode::SingleLabel
+        } else {
+            LabelMode::MultiLabel
+        };
+        let net = FusionHashConfig::new(arch, 3, classes.len(), bits);
+        net.validate().map_err(TrainError::Config)?;
+        Ok(HashSettings {
+            net,
+            classes,
+            mode,
+            transform: TransformConfig {
+                size,
+                channels: Channels::Rgb,
+                fundus_crop: false,
+                augment: Augment {
+                    rotation_deg: 5.0,
+                    brightness: 0.1,
+                    contrast: 0.1,
+                    ..Default::default()
+                },
+                normalize: Some(Normalize::imagenet()),
+            },
+            val_fraction: 0.15,
+            alpha: 0.1,
+            beta: 0.1,
+            schedule: HashSchedule::Staged {
+                global_epochs: (epochs / 3).max(1).min(epochs.saturating_sub(1)),
+            },
+            init: None,
+        })
+    }
+
+    /// The preprocessing a query goes through: the training transform without augmentation.
+    pub fn eval_transform(&self) -> TransformConfig {
+        TransformConfig {
+            augment: Augment::default(),
+            ..self.transform.clone()
+        }
+    }
+
+    fn global_stage(&self, epoch: usize) -> bool {
+        matches!(self.schedule, HashSchedule::Staged { global_epochs } if epoch < global_epochs)
+    }
+}
+
+/// A mini-batch in host memory.
+#[derive(Debug, Clone)]
+pub struct HashBatch {
+    pub pixels: Vec<f32>,
+    pub shape: [usize; 4],
+    /// Multi-hot `n x classes`, or class indices.
+    pub multi_hot: Vec<f32>,
+    pub index: Vec<i64>,
+    pub epoch: usize,
+}
+
+pub struct HashTask {
+    pub settings: HashSettings,
+    pub train: Vec<Record>,
+    pub val: Vec<Record>,
+    train_pipeline: Pipeline,
+    eval_pipeline: Pipeline,
+    fingerprint: String,
+    epoch: AtomicUsize,
+}
+
+/// Names of the two DenseNets inside the fusion network, for the weights' key names.
+fn nets(cfg: &FusionHashConfig) -> [(String, medret_models::DenseNetConfig); 2] {
+    [
+        ("global.".into(), cfg.global_config()),
+        ("local.".into(), cfg.local_config()),
+    ]
+}
+
+pub fn save_fusion(model: &FusionHashNet, cfg: &FusionHashConfig, path: &Path) -> Result<()> {
+    let n = nets(cfg);
+    let refs: Vec<(&str, &medret_models::DenseNetConfig)> =
+        n.iter().map(|(p, c)| (p.as_str(), c)).collect();
+    Ok(save_module(model, &refs, path)?)
+}
+
+pub fn load_fusion(
+    mut model: FusionHashNet,
+    cfg: &FusionHashConfig,
+    path: &Path,
+) -> Result<FusionHashNet> {
+    let n = nets(cfg);
+    let refs: Vec<(&str, &medret_models::DenseNetConfig)> =
+        n.iter().map(|(p, c)| (p.as_str(), c)).collect();
+    load_module(&mut model, &refs, path)?;
+    Ok(model)
+}
+
+/// Checks that `path` holds a backbone (`features.*`, torchvision names) for `cfg`'s
+/// architecture, and returns its hash.
+pub fn check_init(cfg: &FusionHashConfig, path: &Path) -> Result<InitWeights> {
+    let probe = cfg.local_config().init(&Device::flex());
+    medret_models::weights::check(&probe, path)?;
+    let sha256 =
+        medret_models::model_card::sha256_file(path).map_err(crate::error::io_err(path))?;
+    Ok(InitWeights {
+        path: path.to_path_buf(),
+        sha256,
+    })
+}
+
+fn load_backbone(cfg: &FusionHashConfig, path: &Path, device: &Device) -> DenseNet {
+    let local = cfg.local_config();
+    let mut net = local.init(device);
+    load_torchvision(&mut net, &local, path).expect("checked by check_init");
+    net
+}
+
+impl HashTask {
+    pub fn new(dataset: &Dataset, settings: HashSettings, seed: u64) -> Result<Self> {
+        settings.net.validate().map_err(TrainError::Config)?;
+        let (train, val) = split_train_val(&dataset.records, settings.val_fraction, seed);
+        let keep = |v: Vec<Record>| -> Vec<Record> {
+            v.into_iter().filter(|r| !r.labels.is_empty()).collect()
+        };
+        let (train, val) = (keep(train), keep(val));
+        if train.is_empty() {
+            return Err(TrainError::Data(format!(
+                "{}: no labelled training images",
+                dataset.root.display()
+            )));
+        }
+        let fingerprint = dataset_fingerprint(train.iter().chain(&val));
+        Ok(HashTask {
+            train_pipeline: Pipeline::new(settings.transform.clone(), seed),
+            eval_pipeline: Pipeline::new(settings.eval_transform(), seed),
+            settings,
+            train,
+            val,
+            fingerprint,
+            epoch: AtomicUsize::new(0),
+        })
+    }
+
+    fn truth(&self, r: &Record) -> Truth {
+        Truth::labels(
+            r.labels
+                .iter()
+                .filter_map(|l| self.settings.classes.iter().position(|c| c == l))
+                .map(|i| i as u32)
+                .collect(),
+        )
+    }
+
+    fn targets(&self, records: &[&Record]) -> (Vec<f32>, Vec<i64>) {
+        let k = self.settings.classes.len();
+        let mut hot = vec![0.0f32; records.len() * k];
+        let mut index = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let t = self.truth(r);
+            for &c in &t.labels {
+                hot[i * k + c as usize] = 1.0;
+            }
+            index.push(t.labels.first().copied().unwrap_or(0) as i64);
+        }
+        (hot, index)
+    }
+
+    fn cls_loss(&self, logits: Tensor<2>, batch: &HashBatch, device: &Device) -> Tensor<1> {
+        let n = batch.shape[0];
+        match self.settings.mode {
+            LabelMode::MultiLabel => {
+                let y = Tensor::<2>::from_data(
+                    TensorData::new(batch.multi_hot.clone(), [n, self.settings.classes.len()]),
+                    device,
+                );
+                bce_with_logits(logits, y)
+            }
+            LabelMode::SingleLabel => {
+                let y =
+                    Tensor::<1, Int>::from_data(TensorData::new(batch.index.clone(), [n]), device);
+                CrossEntropyLossConfig::new()
+                    .init(device)
+                    .forward(logits, y)
+            }
+        }
+    }
+
+    /// Relaxed codes `n x K`, head logits `n x classes` and global logits, eval mode.
+    pub fn encode(
+        &self,
+        model: &FusionHashNet,
+        records: &[Record],
+        device: &Device,
+        batch_size: usize,
+        global_only: bool,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (k, c) = (self.settings.net.bits, self.settings.classes.len());
+        let (mut h, mut logits, mut global) = (
+            vec![0.0f32; records.len() * k],
+            vec![0.0f32; records.len() * c],
+            vec![0.0f32; records.len() * c],
+        );
+        for batch in BatchLoader::new(records, &self.eval_pipeline, batch_size, 0, false) {
+            let batch = batch?;
+            let x = crate::classify::images_tensor(&batch.images, device);
+            let pass = if global_only {
+                Pass::GlobalOnly
+            } else {
+                Pass::Full {
+                    detach_global: false,
+                }
+            };
+            let out = model.forward(&self.settings.net, x, pass);
+            let g = to_vec(out.global_logits)?;
+            let hv = out.h.map(to_vec).transpose()?;
+            let lv = out.logits.map(to_vec).transpose()?;
+            for (j, &i) in batch.indices.iter().enumerate() {
+                global[i * c..(i + 1) * c].copy_from_slice(&g[j * c..(j + 1) * c]);
+                if let (Some(hv), Some(lv)) = (&hv, &lv) {
+                    h[i * k..(i + 1) * k].copy_from_slice(&hv[j * k..(j + 1) * k]);
+                    logits[i * c..(i + 1) * c].copy_from_slice(&lv[j * c..(j + 1) * c]);
+                }
+            }
+        }
+        Ok((h, logits, global))
+    }
+
+    /// Leave-one-out mAP@100 of `records`' codes among themselves (shared-label relevance).
+    pub fn self_map(&self, h: &[f32], records: &[Record]) -> f64 {
+        let k = self.settings.net.bits;
+        let codes: Vec<Vec<u64>> = h.chunks(k).map(pack_signs).collect();
+        let truth: Vec<Truth> = records.iter().map(|r| self.truth(r)).collect();
+        let set = HammingSet {
+            codes: &codes,
+            truth: &truth,
+        };
+        let report = evaluate_hamming(&set, &set, Relevance::SharesLabel, true);
+        report.map.get("100").copied().unwrap_or(f64::NAN)
+    }
+
+    fn auc(&self, logits: &[f32], records: &[Record]) -> Option<f64> {
+        let refs: Vec<&Record> = records.iter().collect();
+        let (hot, _) = self.targets(&refs);
+        macro_auc(logits, &hot, self.settings.classes.len()).1
+    }
+}
+
+fn to_vec(t: Tensor<2>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| TrainError::Data(format!("cannot read outputs back: {e:?}")))
+}
+
+impl Task for HashTask {
+    type Model = FusionHashNet;
+    type Batch = HashBatch;
+
+    fn kind(&self) -> &'static str {
+        "cxr_hash"
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        serde_json::to_value(&self.settings).expect("settings serialise")
+    }
+
+    fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    fn init_model(&self, device: &Device) -> FusionHashNet {
+        let cfg = &self.settings.net;
+        let mut net = cfg.init(device);
+        if let Some(init) = &self.settings.init {
+            net.global.features = load_backbone(cfg, &init.path, device).features;
+            if let Some(local) = &mut net.local {
+                local.features = load_backbone(cfg, &init.path, device).features;
+            }
+        }
+        net
+    }
+
+    fn steps_per_epoch(&self, batch_size: usize) -> usize {
+        self.train.len().div_ceil(batch_size.max(1))
+    }
+
+    fn batches(
+        &self,
+        epoch: usize,
+        batch_size: usize,
+    ) -> Box<dyn Iterator<Item = Result<HashBatch>> + Send + '_> {
+        self.epoch.store(epoch, Ordering::SeqCst);
+        let loader = BatchLoader::new(
+            &self.train,
+            &self.train_pipeline,
+            batch_size,
+            epoch as u64,
+            true,
+        );
+        Box::new(loader.map(move |b| {
+            let b = b?;
+            let refs: Vec<&Record> = b.indices.iter().map(|&i| &self.train[i]).collect();
+            let (multi_hot, index) = self.targets(&refs);
+            let (pixels, shape) = crate::classify::images_host(&b.images);
+            Ok(HashBatch {
+                pixels,
+                shape,
+                multi_hot,
+                index,
+                epoch,
+            })
+        }))
+    }
+
+    fn batch_len(&self, batch: &HashBatch) -> usize {
+        batch.shape[0]
+    }
+
+    fn split(&self, batch: HashBatch, parts: usize) -> Vec<HashBatch> {
+        let n = batch.shape[0];
+        let per = n.div_ceil(parts.max(1)).max(1);
+        let item = batch.shape[1] * batch.shape[2] * batch.shape[3];
+        let k = self.settings.classes.len();
+        (0..n)
+            .step_by(per)
+            .map(|s| {
+                let e = (s + per).min(n);
+                HashBatch {
+                    pixels: batch.pixels[s * item..e * item].to_vec(),
+                    shape: [e - s, batch.shape[1], batch.shape[2], batch.shape[3]],
+                    multi_hot: batch.multi_hot[s * k..e * k].to_vec(),
+                    index: batch.index[s..e].to_vec(),
+                    epoch: batch.epoch,
+                }
+            })
+            .collect()
+    }
+
+    fn loss(&self, model: &FusionHashNet, batch: &HashBatch, device: &Device) -> Tensor<1> {
+        let x = Tensor::<4>::from_data(TensorData::new(batch.pixels.clone(), batch.shape), device);
+        let s = &self.settings;
+        if s.global_stage(batch.epoch) {
+            let out = model.forward(&s.net, x, Pass::GlobalOnly);
+            return self.cls_loss(out.global_logits, batch, device);
+        }
+        let staged = matches!(s.schedule, HashSchedule::Staged { .. });
+        let out = model.forward(
+            &s.net,
+            x,
+            Pass::Full {
+                detach_global: staged,
+            },
+        );
+        let h = out.h.expect("codes");
+        let mut loss = self.cls_loss(out.logits.expect("logits"), batch, device);
+        if s.alpha > 0.0 {
+            loss = loss + quantization_loss(h.clone()).mul_scalar(s.alpha);
+        }
+        if s.beta > 0.0 {
+            loss = loss + bit_balance_loss(h).mul_scalar(s.beta);
+        }
+        if !staged {
+            loss = loss + self.cls_loss(out.global_logits, batch, device);
+        }
+        if out.fallbacks > 0 {
+            tracing::debug!(
+                fallbacks = out.fallbacks,
+                "empty saliency maps cropped to the whole image"
+            );
+        }
+        loss
+    }
+
+    fn validate(&self, model: &FusionHashNet, device: &Device) -> Result<Metrics> {
+        let mut m = Metrics::new();
+        if self.val.is_empty() {
+            return Ok(m);
+        }
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let global_only = self.settings.global_stage(epoch);
+        let (h, logits, global) = self.encode(model, &self.val, device, 32, global_only)?;
+        if let Some(a) = self.auc(&global, &self.val) {
+            m.insert("global_auc".into(), a);
+        }
+        if global_only {
+            // No codes yet: the best epoch is chosen among the later stage's.
+            m.insert("map".into(), f64::NAN);
+            return Ok(m);
+        }
+        m.insert("map".into(), self.self_map(&h, &self.val));
+        if let Some(a) = self.auc(&logits, &self.val) {
+            m.insert("auc".into(), a);
+        }
+        let hq: f64 = h
+            .iter()
+            .map(|v| ((v.abs() - 1.0) as f64).powi(2))
+            .sum::<f64>()
+            / h.len().max(1) as f64;
+        m.insert("quantization".into(), hq);
+        Ok(m)
+    }
+
+    fn save_weights(&self, model: &FusionHashNet, path: &Path) -> Result<()> {
+        save_fusion(model, &self.settings.net, path)
+    }
+
+    fn load_weights(&self, model: FusionHashNet, path: &Path) -> Result<FusionHashNet> {
+        load_fusion(model, &self.settings.net, path)
+    }
+}
+
+/// Keeps `Module` in scope for `valid()` callers of this module's API.
+pub fn eval_model(model: &FusionHashNet) -> FusionHashNet {
+    model.valid()
+}
+
+/// Retrieval figures of a trained model: `queries` (the test split) against `database`
+/// (the training split), shared-label relevance, with the chance and always-majority
+/// levels beside them.
+pub fn retrieval_report(
+    task: &HashTask,
+    model: &FusionHashNet,
+    database: &[Record],
+    queries: &[Record],
+    device: &Device,
+) -> Result<serde_json::Value> {
+    if database.is_empty() || queries.is_empty() {
+        return Err(TrainError::Data(format!(
+            "retrieval needs database and query images: {} and {}",
+            database.len(),
+            queries.len()
+        )));
+    }
+    let k = task.settings.net.bits;
+    let (hd, _, _) = task.encode(model, database, device, 32, false)?;
+    let (hq, logits, _) = task.encode(model, queries, device, 32, false)?;
+    let dc: Vec<Vec<u64>> = hd.chunks(k).map(pack_signs).collect();
+    let qc: Vec<Vec<u64>> = hq.chunks(k).map(pack_signs).collect();
+    let dt: Vec<Truth> = database.iter().map(|r| task.truth(r)).collect();
+    let qt: Vec<Truth> = queries.iter().map(|r| task.truth(r)).collect();
+    let rule = Relevance::SharesLabel;
+    let report = evaluate_hamming(
+        &HammingSet {
+            codes: &qc,
+            truth: &qt,
+        },
+        &HammingSet {
+            codes: &dc,
+            truth: &dt,
+        },
+        rule,
+        false,
+    );
+    let levels = medret_eval::baseline::levels(&qt, &dt, rule);
+    let strict = evaluate_hamming(
+        &HammingSet {
+            codes: &qc,
+            truth: &qt,
+        },
+        &HammingSet {
+            codes: &dc,
+            truth: &dt,
+        },
+        Relevance::SameLabelSet,
+        false,
+    );
+    Ok(serde_json::json!({
+        "queries": queries.len(),
+        "database": database.len(),
+        "bits": k,
+        "relevance": rule.describe(),
+        "map@100": report.map.get("100"),
+        "map@all": report.map.get("all"),
+        "p@10": report.precision.get("10"),
+        "p@h<=2": report.precision_hamming_radius_2,
+        "chance_precision": levels.chance_precision,
+        "majority_map@100": levels.majority_map_100,
+        "majority_p@10": levels.majority_p_10,
+        "same_label_set_map@100": strict.map.get("100"),
+        "classification_auc": task.auc(&logits, queries),
+        "report": report,
+    }))
+}

@@ -1,0 +1,5 @@
+//! The losses of medret's methods, one file each, each checked against hand-computed
+//! values.
+
+pub mod hash;
+pub mod info_nce;
