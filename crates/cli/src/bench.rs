@@ -15,6 +15,46 @@ pub enum BenchCommand {
     /// Queries per second of the exact float top-k (inner product on normalised vectors,
     /// as FAISS `IndexFlatIP`) over N random descriptors.
     SearchFloat(FloatArgs),
+    /// How often a chest model's crop box holds the lesion (lesion masks or NIH boxes),
+    /// against random boxes of the same size.
+    Crop(CropArgs),
+}
+
+#[derive(Args)]
+pub struct CropArgs {
+    /// A trained model folder.
+    #[arg(long = "model")]
+    model_dir: std::path::PathBuf,
+    #[command(flatten)]
+    data: crate::train::DataArg,
+    /// Which split to score.
+    #[arg(long, value_enum, default_value = "test")]
+    split: crate::index::SplitArg,
+    #[arg(long)]
+    json: bool,
+}
+
+fn crop(a: &CropArgs) -> Result<()> {
+    let device = medret_models::device::parse_device("cpu").map_err(anyhow::Error::msg)?;
+    let encoder = medret_models::encoder::Encoder::open(&a.model_dir, &device)?;
+    let ds = a.data.open()?;
+    let records = medret_search::ingest::select_split(&ds.records, a.split.split());
+    let s = medret_search::explain::crop_localisation(&encoder, &records)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "{} images with lesions: crop box holds the lesion centroid in {:.1}% (random box of the same size {:.1}%), {:.1}% of lesion pixels (random {:.1}%); boxes cover {:.1}% of the image; {} whole-image fallbacks",
+            s.images,
+            100.0 * s.centroid_hit_rate,
+            100.0 * s.random_centroid_hit_rate,
+            100.0 * s.lesion_fraction_in_box,
+            100.0 * s.random_lesion_fraction_in_box,
+            100.0 * s.box_area_fraction,
+            s.whole_image_crops
+        );
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -82,6 +122,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Search(a) => search(a),
         BenchCommand::SearchFloat(a) => search_float(a),
+        BenchCommand::Crop(a) => crop(a),
     }
 }
 

@@ -68,7 +68,7 @@ pub struct HashArgs {
     beta: f64,
     /// Training stages (`--schedule` is the learning-rate schedule, shared by every
     /// training command).
-    #[arg(long, value_enum, default_value = "staged")]
+    #[arg(long, value_enum, default_value = "joint")]
     stages: StagesArg,
     /// Staged: epochs of the global network alone (default a third of --epochs).
     #[arg(long)]
@@ -76,6 +76,10 @@ pub struct HashArgs {
     /// Width of the FC layer before the hash layer.
     #[arg(long, default_value_t = 512)]
     fc_dim: usize,
+    /// Keep this fraction of the labelled training patients (seeded): for studying scarce
+    /// labels, e.g. a C2L-initialised model against a random one.
+    #[arg(long, default_value_t = 1.0)]
+    label_fraction: f64,
     /// Fraction of training patients held out for validation (model selection).
     #[arg(long, default_value_t = 0.15)]
     val_fraction: f64,
@@ -94,7 +98,7 @@ const HASH_DEFAULTS: Defaults = Defaults {
 };
 
 pub fn settings(a: &HashArgs, ds: &medret_data::Dataset) -> Result<HashSettings> {
-    let mut s = HashSettings::for_dataset(ds, a.arch, a.size, a.bits, a.engine.epochs)?;
+    let mut s = HashSettings::for_dataset(ds, a.arch, a.size, a.bits)?;
     s.net.branches = a.branches;
     s.net.saliency = a.saliency;
     s.net.crop.threshold = a.crop_threshold;
@@ -104,11 +108,20 @@ pub fn settings(a: &HashArgs, ds: &medret_data::Dataset) -> Result<HashSettings>
     s.alpha = a.alpha;
     s.beta = a.beta;
     s.val_fraction = a.val_fraction;
+    anyhow::ensure!(
+        a.label_fraction > 0.0 && a.label_fraction <= 1.0,
+        "--label-fraction {}: expected a fraction in (0, 1]",
+        a.label_fraction
+    );
+    s.label_fraction = a.label_fraction;
     s.schedule = match a.stages {
         StagesArg::Joint => HashSchedule::Joint,
-        StagesArg::Staged => match (a.global_epochs, s.schedule) {
-            (Some(g), _) => HashSchedule::Staged { global_epochs: g },
-            (None, sched) => sched,
+        StagesArg::Staged => HashSchedule::Staged {
+            global_epochs: a.global_epochs.unwrap_or(
+                (a.engine.epochs / 3)
+                    .max(1)
+                    .min(a.engine.epochs.saturating_sub(1)),
+            ),
         },
     };
     if a.no_augment {
@@ -173,6 +186,10 @@ pub fn run(a: &HashArgs) -> Result<()> {
     } else {
         retrieval_report(&task, &model, &database, &queries, device)?
     };
+    if !queries.is_empty() {
+        report["baselines"] =
+            medret_train::hash::baseline_report(&task, &database, &queries, device, cfg.seed)?;
+    }
     report["train_seconds"] = train_seconds.into();
     report["epochs"] = outcome.epochs.into();
     report["best_epoch"] = outcome.best_epoch.map(|e| e + 1).into();
@@ -201,6 +218,14 @@ pub fn run(a: &HashArgs) -> Result<()> {
                 f("chance_precision"),
                 f("majority_map@100"),
                 f("majority_p@10"),
+            );
+            let b = &report["baselines"];
+            println!(
+                "baselines, same bits and splits: raw-pixel LSH mAP@100 {:.4}, random-init DenseNet feature LSH mAP@100 {:.4}",
+                b["raw_pixel_lsh"]["map@100"].as_f64().unwrap_or(f64::NAN),
+                b["random_init_feature_lsh"]["map@100"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
             );
         }
         println!("model: {}", a.out.display());

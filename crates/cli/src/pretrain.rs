@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use medret_models::Arch;
-use medret_train::c2l::{C2lSettings, C2lTask, export_backbone, load_c2l, scaled_sizes};
+use medret_train::c2l::{
+    C2lSettings, C2lTask, export_backbone, knn_report, load_c2l, scaled_sizes,
+};
 
 use crate::train::{
     DataArg, Defaults, EngineArgs, OptimizerArg, final_weights, run_options, train_config,
@@ -107,7 +109,31 @@ fn c2l(a: &C2lArgs) -> Result<()> {
     let path = a.out.join("backbone.safetensors");
     export_backbone(&model, &task.settings.net.backbone, &path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // Does the backbone retrieve better than a random one? Only where labels exist.
+    let labelled = |test: bool| -> Vec<medret_data::Record> {
+        ds.records
+            .iter()
+            .filter(|r| !r.is_unlabelled() && (r.split == Some(medret_data::Split::Test)) == test)
+            .cloned()
+            .collect()
+    };
+    let (database, queries) = (labelled(false), labelled(true));
+    let knn = if database.is_empty() || queries.is_empty() {
+        serde_json::Value::Null
+    } else {
+        let device = &opts.devices[0];
+        let c2l = knn_report(&model.backbone(), &database, &queries, a.size, device)?;
+        device.seed(cfg.seed);
+        let random_net = medret_models::DenseNetConfig {
+            num_classes: None,
+            ..task.settings.net.backbone.clone()
+        }
+        .init(device);
+        let random = knn_report(&random_net, &database, &queries, a.size, device)?;
+        serde_json::json!({"c2l": c2l, "random_init": random})
+    };
     let summary = serde_json::json!({
+        "knn_test_to_train": knn,
         "backbone": path,
         "epochs": outcome.epochs,
         "steps": outcome.steps,
@@ -124,6 +150,16 @@ fn c2l(a: &C2lArgs) -> Result<()> {
             started.elapsed().as_secs_f64(),
             path.display()
         );
+        if !knn.is_null() {
+            let f = |k: &str, m: &str| knn[k][m].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "kNN test -> train, pooled features: mAP@100 {:.4} (random init {:.4}; chance {:.4}, always-majority {:.4})",
+                f("c2l", "map@100"),
+                f("random_init", "map@100"),
+                f("c2l", "chance_precision"),
+                f("c2l", "majority_map@100"),
+            );
+        }
     }
     Ok(())
 }

@@ -110,3 +110,121 @@ pub fn write_explanations(
     }
     Ok(written)
 }
+
+/// How often the model's crop box holds the lesion, against random boxes of the same
+/// size, over images with lesion masks (any lesion code except the optic disc) or NIH
+/// boxes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CropLocalisation {
+    pub images: usize,
+    /// Share of images whose crop box contains the lesion's centroid.
+    pub centroid_hit_rate: f64,
+    /// The same for a uniformly placed box of the same size (exact expectation).
+    pub random_centroid_hit_rate: f64,
+    /// Mean fraction of lesion pixels inside the crop box.
+    pub lesion_fraction_in_box: f64,
+    pub random_lesion_fraction_in_box: f64,
+    /// Mean area of the crop box as a fraction of the image.
+    pub box_area_fraction: f64,
+    /// Images whose saliency map was empty (crop = whole image).
+    pub whole_image_crops: usize,
+}
+
+/// The lesion mask of `r` at `size x size` (nearest neighbour from the original
+/// `orig_h x orig_w`), or `None` when it has neither masks nor boxes.
+pub fn lesion_mask(
+    r: &medret_data::Record,
+    orig_h: usize,
+    orig_w: usize,
+    size: usize,
+) -> Result<Option<Vec<bool>>> {
+    let mut m = vec![false; size * size];
+    let mut any = false;
+    for mr in &r.masks {
+        if mr.lesion.as_deref() == Some("OD") {
+            continue;
+        }
+        let img = medret_data::decode::load_mask(&mr.path)?;
+        let (mw, mh) = (img.width() as usize, img.height() as usize);
+        for y in 0..size {
+            for x in 0..size {
+                let (sy, sx) = (y * mh / size, x * mw / size);
+                if img.get_pixel(sx as u32, sy as u32).0[0] > 0 {
+                    m[y * size + x] = true;
+                    any = true;
+                }
+            }
+        }
+    }
+    for b in &r.boxes {
+        let (fy, fx) = (size as f32 / orig_h as f32, size as f32 / orig_w as f32);
+        let (x0, y0) = (
+            (b.x * fx).floor().max(0.0) as usize,
+            (b.y * fy).floor().max(0.0) as usize,
+        );
+        let (x1, y1) = (
+            (((b.x + b.w) * fx).ceil() as usize).min(size),
+            (((b.y + b.h) * fy).ceil() as usize).min(size),
+        );
+        for y in y0..y1 {
+            for x in x0..x1 {
+                m[y * size + x] = true;
+                any = true;
+            }
+        }
+    }
+    Ok(any.then_some(m))
+}
+
+/// Scores the crop boxes `encoder` draws on `records` (those with masks or boxes).
+pub fn crop_localisation(
+    encoder: &Encoder,
+    records: &[medret_data::Record],
+) -> Result<CropLocalisation> {
+    use medret_eval::localisation::{PixelBox, box_score};
+    let size = encoder.size();
+    let (mut n, mut hit, mut rhit, mut frac, mut rfrac, mut area, mut whole) =
+        (0usize, 0.0, 0.0, 0.0, 0.0, 0.0, 0);
+    for r in records
+        .iter()
+        .filter(|r| !r.masks.is_empty() || !r.boxes.is_empty())
+    {
+        let img = medret_data::decode::load_image(&r.source)?;
+        let Some(mask) = lesion_mask(r, img.height, img.width, size)? else {
+            continue;
+        };
+        let e = encoder.encode_images(vec![img], true).remove(0);
+        let Some(b) = e.crop else { continue };
+        let pb = PixelBox {
+            x: b.x,
+            y: b.y,
+            w: b.w,
+            h: b.h,
+        };
+        let Some(s) = box_score(&mask, size, size, pb) else {
+            continue;
+        };
+        n += 1;
+        hit += f64::from(u8::from(s.centroid_in_box));
+        rhit += s.random_centroid;
+        frac += s.lesion_fraction_in_box;
+        rfrac += s.random_lesion_fraction;
+        area += b.area_fraction(size, size);
+        whole += usize::from(b.w == size && b.h == size);
+    }
+    if n == 0 {
+        return Err(SearchError::Invalid(
+            "no image with a lesion mask or box to score the crop on".into(),
+        ));
+    }
+    let d = n as f64;
+    Ok(CropLocalisation {
+        images: n,
+        centroid_hit_rate: hit / d,
+        random_centroid_hit_rate: rhit / d,
+        lesion_fraction_in_box: frac / d,
+        random_lesion_fraction_in_box: rfrac / d,
+        box_area_fraction: area / d,
+        whole_image_crops: whole,
+    })
+}

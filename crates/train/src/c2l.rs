@@ -375,6 +375,62 @@ pub fn load_c2l(settings: &C2lSettings, weights: &Path, device: &Device) -> Resu
     Ok(model)
 }
 
+/// kNN retrieval with a backbone's pooled features (cosine), `queries` against
+/// `database`: mAP@100 and P@10 under shared-label relevance (same grade for graded data),
+/// the check that pretraining learned something a retrieval can use.
+pub fn knn_report(
+    backbone: &medret_models::DenseNet,
+    database: &[Record],
+    queries: &[Record],
+    size: usize,
+    device: &Device,
+) -> Result<serde_json::Value> {
+    use medret_eval::relevance::{Relevance, Truth};
+    let graded = database.iter().chain(queries).all(|r| r.grade.is_some());
+    let mut names: Vec<String> = database
+        .iter()
+        .chain(queries)
+        .flat_map(|r| r.labels.iter().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    let truth = |r: &Record| match (graded, r.grade) {
+        (true, Some(g)) => Truth::grade(g),
+        _ => Truth::labels(
+            r.labels
+                .iter()
+                .filter_map(|l| names.binary_search(l).ok())
+                .map(|i| i as u32)
+                .collect(),
+        ),
+    };
+    let rule = if graded {
+        Relevance::SameGrade
+    } else {
+        Relevance::SharesLabel
+    };
+    let pipeline = medret_models::features::torchvision_pipeline(size);
+    let feats = |records: &[Record]| {
+        medret_models::features::pooled_features(backbone, records, &pipeline, 32, device, &|| {})
+    };
+    let (fd, fq) = (feats(database)?, feats(queries)?);
+    let (dt, qt): (Vec<Truth>, Vec<Truth>) = (
+        database.iter().map(truth).collect(),
+        queries.iter().map(truth).collect(),
+    );
+    let r = medret_eval::evaluate::evaluate_cosine(&fq, &qt, &fd, &dt, rule, false);
+    let levels = medret_eval::baseline::levels(&qt, &dt, rule);
+    Ok(serde_json::json!({
+        "map@100": r.map.get("100"),
+        "p@10": r.precision.get("10"),
+        "chance_precision": levels.chance_precision,
+        "majority_map@100": levels.majority_map_100,
+        "relevance": rule.describe(),
+        "queries": queries.len(),
+        "database": database.len(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -315,7 +315,8 @@ pub fn train<T: Task>(
             }
             (None, _) => false,
         };
-        if monitored.is_none() {
+        // A task with no validation at all (pretraining) keeps its last epoch silently.
+        if monitored.is_none() && !metrics.is_empty() {
             tracing::warn!(
                 metric = %cfg.early_stopping.metric,
                 "the monitored metric is missing from this epoch's validation"

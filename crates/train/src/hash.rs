@@ -80,20 +80,21 @@ pub struct HashSettings {
     pub beta: f64,
     pub schedule: HashSchedule,
     pub init: Option<InitWeights>,
+    /// Fraction of the labelled training patients kept (seeded), to study scarce labels.
+    #[serde(default = "one")]
+    pub label_fraction: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl HashSettings {
     /// Defaults for `dataset`: classes from its labels, RGB input with ImageNet
     /// normalisation (so torchvision-named weights apply; grey films are repeated to three
     /// channels), small rotations and intensity jitter (never flips: the heart is on the
-    /// left), alpha 0.1, beta 0.1, the staged schedule with a third of the epochs global.
-    pub fn for_dataset(
-        dataset: &Dataset,
-        arch: Arch,
-        size: usize,
-        bits: usize,
-        epochs: usize,
-    ) -> Result<Self> {
+    /// left), alpha 0.1, beta 0.1, the joint schedule.
+    pub fn for_dataset(dataset: &Dataset, arch: Arch, size: usize, bits: usize) -> Result<Self> {
         let labelled: Vec<&Record> = dataset
             .records
             .iter()
@@ -132,10 +133,11 @@ impl HashSettings {
             val_fraction: 0.15,
             alpha: 0.1,
             beta: 0.1,
-            schedule: HashSchedule::Staged {
-                global_epochs: (epochs / 3).max(1).min(epochs.saturating_sub(1)),
-            },
+            // Chosen on the validation split of chest phantoms (docs/cxr-method.md): at CPU
+            // budgets the staged schedule freezes a global network that has not yet learned.
+            schedule: HashSchedule::Joint,
             init: None,
+            label_fraction: 1.0,
         })
     }
 
@@ -227,7 +229,11 @@ impl HashTask {
         let keep = |v: Vec<Record>| -> Vec<Record> {
             v.into_iter().filter(|r| !r.labels.is_empty()).collect()
         };
-        let (train, val) = (keep(train), keep(val));
+        let (mut train, val) = (keep(train), keep(val));
+        if settings.label_fraction < 1.0 {
+            let (kept, _) = split_train_val(&train, 1.0 - settings.label_fraction, seed ^ 0x1abe1);
+            train = kept;
+        }
         if train.is_empty() {
             return Err(TrainError::Data(format!(
                 "{}: no labelled training images",
@@ -583,5 +589,87 @@ pub fn retrieval_report(
         "same_label_set_map@100": strict.map.get("100"),
         "classification_auc": task.auc(&logits, queries),
         "report": report,
+    }))
+}
+
+/// mAP@100, P@10 and P@H<=2 of codes, shared-label relevance.
+fn hamming_figures(
+    qc: &[Vec<u64>],
+    qt: &[Truth],
+    dc: &[Vec<u64>],
+    dt: &[Truth],
+) -> serde_json::Value {
+    let r = evaluate_hamming(
+        &HammingSet {
+            codes: qc,
+            truth: qt,
+        },
+        &HammingSet {
+            codes: dc,
+            truth: dt,
+        },
+        Relevance::SharesLabel,
+        false,
+    );
+    serde_json::json!({
+        "map@100": r.map.get("100"),
+        "p@10": r.precision.get("10"),
+        "p@h<=2": r.precision_hamming_radius_2,
+    })
+}
+
+/// The model-free baselines at the same code length, same splits: LSH over raw pixels
+/// (32 x 32 grey) and LSH over the pooled features of a randomly initialised backbone of
+/// the same architecture (seeded).
+pub fn baseline_report(
+    task: &HashTask,
+    database: &[Record],
+    queries: &[Record],
+    device: &Device,
+    seed: u64,
+) -> Result<serde_json::Value> {
+    let bits = task.settings.net.bits;
+    let dt: Vec<Truth> = database.iter().map(|r| task.truth(r)).collect();
+    let qt: Vec<Truth> = queries.iter().map(|r| task.truth(r)).collect();
+    let pixels = Pipeline::new(
+        TransformConfig {
+            size: 32,
+            channels: Channels::Grey,
+            ..Default::default()
+        },
+        seed,
+    );
+    let load = |records: &[Record]| -> Result<Vec<Vec<f32>>> {
+        use rayon::prelude::*;
+        records
+            .par_iter()
+            .map(|r| Ok(pixels.load(r, 0, 0)?.data))
+            .collect()
+    };
+    let (pd, pq) = (load(database)?, load(queries)?);
+    let lsh =
+        |fit: &[Vec<f32>], v: &[Vec<f32>]| medret_eval::baseline::lsh_codes(fit, v, bits, seed);
+    let raw = hamming_figures(&lsh(&pd, &pq), &qt, &lsh(&pd, &pd), &dt);
+
+    let cfg = task.settings.net.local_config();
+    device.seed(seed);
+    let random = cfg.init(device);
+    let feats = |records: &[Record]| {
+        medret_models::features::pooled_features(
+            &random,
+            records,
+            &task.eval_pipeline,
+            32,
+            device,
+            &|| {},
+        )
+    };
+    let (fd, fq) = (feats(database)?, feats(queries)?);
+    let rand_feat = hamming_figures(&lsh(&fd, &fq), &qt, &lsh(&fd, &fd), &dt);
+    Ok(serde_json::json!({
+        "raw_pixel_lsh": raw,
+        "random_init_feature_lsh": rand_feat,
+        "bits": bits,
+        "seed": seed,
     }))
 }

@@ -16,8 +16,8 @@ use medret_train::{
     EarlyStopping, OptimizerConfig, RunOptions, ScheduleConfig, Task, TrainConfig, train,
 };
 
-fn settings(ds: &medret_data::Dataset, epochs: usize) -> HashSettings {
-    let mut s = HashSettings::for_dataset(ds, Arch::DenseNetTiny, 64, 16, epochs).unwrap();
+fn settings(ds: &medret_data::Dataset) -> HashSettings {
+    let mut s = HashSettings::for_dataset(ds, Arch::DenseNetTiny, 64, 16).unwrap();
     // One transition: 8x8 maps at 64 px, fine enough for the crop to matter.
     s.net.backbone.block_config = vec![3, 3];
     s.net.fc_dim = 64;
@@ -87,7 +87,7 @@ fn map100(
 fn short_training_beats_the_untrained_network() {
     let (ds, _) = common::blob_dataset(240, 3);
     let epochs = 8;
-    let mut s = settings(&ds, epochs);
+    let mut s = settings(&ds);
     s.schedule = HashSchedule::Staged { global_epochs: 3 };
     let task = HashTask::new(&ds, s, 4).unwrap();
     let dev = Device::flex();
@@ -116,10 +116,13 @@ fn short_training_beats_the_untrained_network() {
     );
 }
 
+/// An ablation variant: its name and how it changes the settings.
+type Variant = (&'static str, Box<dyn Fn(&mut HashSettings)>);
+
 #[test]
 fn every_ablation_variant_trains_and_encodes() {
     let (ds, _) = common::blob_dataset(48, 3);
-    let variants: Vec<(&str, Box<dyn Fn(&mut HashSettings)>)> = vec![
+    let variants: Vec<Variant> = vec![
         ("global", Box::new(|s| s.net.branches = Branches::Global)),
         ("local", Box::new(|s| s.net.branches = Branches::Local)),
         (
@@ -136,11 +139,7 @@ fn every_ablation_variant_trains_and_encodes() {
         ),
     ];
     for (name, set) in variants {
-        let mut s = settings(&ds, 2);
-        s.schedule = match s.schedule {
-            HashSchedule::Staged { .. } => HashSchedule::Staged { global_epochs: 1 },
-            j => j,
-        };
+        let mut s = settings(&ds);
         set(&mut s);
         let task = HashTask::new(&ds, s, 1).unwrap();
         let out = tempfile::tempdir().unwrap();

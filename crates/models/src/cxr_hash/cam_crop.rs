@@ -152,8 +152,9 @@ pub fn largest_component(mask: &[bool], h: usize, w: usize) -> Vec<usize> {
 /// whole image (an empty map).
 pub fn crop_box(map: &[f32], h: usize, w: usize, cfg: &CropConfig) -> (CropBox, bool) {
     assert_eq!(map.len(), h * w, "map size");
+    // NaNs are skipped by `f32::max`; an all-NaN or non-positive map is empty.
     let max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !(max > 0.0) {
+    if max <= 0.0 {
         return (CropBox::whole(h, w), true);
     }
     let level = match cfg.threshold {

@@ -133,7 +133,7 @@ impl FusionHashConfig {
 
     /// Checks the settings a user can get wrong.
     pub fn validate(&self) -> Result<(), String> {
-        if self.bits == 0 || self.bits % 8 != 0 || self.bits > 256 {
+        if self.bits == 0 || !self.bits.is_multiple_of(8) || self.bits > 256 {
             return Err(format!(
                 "--bits {}: codes are a multiple of 8 from 8 to 256 bits (16, 32, 48, 64 in the paper)",
                 self.bits
