@@ -14,6 +14,7 @@ pub mod densenet;
 pub mod device;
 pub mod encoder;
 pub mod features;
+pub mod fundus_metric;
 pub mod grad_cam;
 pub mod model_card;
 pub mod summary;

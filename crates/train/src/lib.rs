@@ -22,6 +22,7 @@ pub mod hash;
 pub mod log;
 pub mod loss;
 pub mod params;
+pub mod sampler;
 pub mod schedule;
 
 pub use config::{EarlyStopping, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig};
