@@ -6,6 +6,7 @@ mod demo;
 mod encode;
 mod hash;
 mod index;
+mod metric;
 mod model;
 mod pretrain;
 mod progress;
@@ -330,5 +331,16 @@ fn run(command: Command) -> Result<()> {
             println!("wrote {} ({} images)", out.display(), picks.len());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // clap checks unique names, conflicting groups and defaults here, for every
+        // subcommand, instead of at the first run of the one that is wrong.
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -26,6 +26,11 @@ pub enum TrainCommand {
     /// model.safetensors and model.json (what `encode`, `index build --model` and
     /// `search --image` read), checkpoints, logs and a test-split retrieval report.
     Hash(crate::hash::HashArgs),
+    /// Train the fundus method: mirror attention over flipped views, GeM descriptors, the
+    /// fine triplet loss on P x K batches over DR grades. Writes model.safetensors and
+    /// model.json (float descriptors, searched by cosine), checkpoints, logs and a test
+    /// report.
+    Metric(crate::metric::MetricArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -165,6 +170,7 @@ pub fn run(cmd: &TrainCommand) -> Result<()> {
     match cmd {
         TrainCommand::Classify(a) => classify(a),
         TrainCommand::Hash(a) => crate::hash::run(a),
+        TrainCommand::Metric(a) => crate::metric::run(a),
     }
 }
 

@@ -430,3 +430,148 @@ fn write_densenet121_features(path: &Path) {
     let net = cfg.init(&Device::flex());
     medret_models::save_torchvision(&net, &cfg, path).unwrap();
 }
+
+#[test]
+fn fundus_descriptors_in_similar_cases_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("fundus");
+    ok(&[
+        "synth",
+        "fundus",
+        "--n",
+        "50",
+        "--size",
+        "64",
+        "--seed",
+        "3",
+        "--out",
+        s(&data),
+    ]);
+    let model = tmp.path().join("metric");
+    ok(&[
+        "train",
+        "metric",
+        "--data",
+        s(&data),
+        "--arch",
+        "densenet-tiny",
+        "--size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "10",
+        "--lr",
+        "0.003",
+        "--dim",
+        "24",
+        "--out",
+        s(&model),
+    ]);
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["output"]["kind"], "descriptors");
+    assert_eq!(card["output"]["dim"], 24);
+    assert_eq!(card["method"]["name"], "fundus-metric");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("test_report.json")).unwrap())
+            .unwrap();
+    for k in [
+        "map@10",
+        "map@100",
+        "ndcg@10",
+        "p@10",
+        "chance_precision",
+        "majority_p@10",
+    ] {
+        assert!(
+            report[k].as_f64().is_some(),
+            "test_report.json lacks {k}: {report}"
+        );
+    }
+
+    // encode writes float32 descriptors, unit rows.
+    let (npy, ids) = (tmp.path().join("d.npy"), tmp.path().join("d.csv"));
+    ok(&[
+        "encode",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "test",
+        "--out",
+        s(&npy),
+        "--ids-out",
+        s(&ids),
+    ]);
+    let (shape, v) = medret_data::npy::read_f32_matrix(&npy).unwrap();
+    assert_eq!(shape[1], 24);
+    for row in v.chunks(24) {
+        let n: f32 = row.iter().map(|x| x * x).sum();
+        assert!((n - 1.0).abs() < 1e-4, "{n}");
+    }
+
+    // The descriptor archive answers an image query by cosine distance.
+    let store = tmp.path().join("fundus.db");
+    ok(&[
+        "index",
+        "build",
+        "--store",
+        s(&store),
+        "--name",
+        "dr",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "train",
+    ]);
+    let first = std::fs::read_to_string(&ids)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let explain = tmp.path().join("explain");
+    let out = ok(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "dr",
+        "--image",
+        &first,
+        "-k",
+        "4",
+        "--json",
+        "--explain",
+        s(&explain),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    for r in results {
+        assert!(r["grade"].as_u64().is_some(), "{r}");
+        let d = r["distance"].as_f64().unwrap();
+        assert!((0.0..=2.0).contains(&d), "cosine distance {d}");
+    }
+    assert!(explain.join("query.png").is_file());
+    // Radius search is for codes only.
+    let err = fails(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "dr",
+        "--image",
+        &first,
+        "--radius",
+        "2",
+    ]);
+    assert!(err.contains("binary codes"), "{err}");
+}

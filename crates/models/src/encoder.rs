@@ -14,6 +14,7 @@ use medret_data::{ImageF32, Record};
 use crate::cxr_hash::cam_crop::CropBox;
 use crate::cxr_hash::hash_head::pack_code_bytes;
 use crate::cxr_hash::{FusionHashConfig, FusionHashNet, Pass};
+use crate::fundus_metric::{FundusMetricConfig, FundusMetricNet};
 use crate::grad_cam::Saliency;
 use crate::model_card::{CardError, Method, ModelCard, WEIGHTS_FILE};
 use crate::weights::{WeightsError, load_module};
@@ -43,8 +44,25 @@ pub struct Encoded {
     pub crop: Option<CropBox>,
 }
 
+// Boxed: the networks are large structs of modules, and one encoder holds one of them.
 enum Net {
-    CxrHash(FusionHashConfig, FusionHashNet),
+    CxrHash(FusionHashConfig, Box<FusionHashNet>),
+    Fundus(Box<FundusMetricNet>),
+}
+
+/// Loads a fundus model's weights (the backbone under `backbone.`, torchvision names).
+pub fn load_fundus_metric(
+    cfg: &FundusMetricConfig,
+    weights: &Path,
+    device: &Device,
+) -> Result<FundusMetricNet, WeightsError> {
+    let mut net = cfg.init(device);
+    let f = crate::densenet::DenseNetConfig {
+        num_classes: None,
+        ..cfg.backbone.clone()
+    };
+    load_module(&mut net, &[("backbone.", &f)], weights)?;
+    Ok(net.valid())
 }
 
 pub struct Encoder {
@@ -74,8 +92,12 @@ impl Encoder {
         let card = ModelCard::read(dir)?;
         let weights = dir.join(WEIGHTS_FILE);
         let net = match &card.method {
-            Method::CxrFusionHash(cfg) => {
-                Net::CxrHash(cfg.clone(), load_fusion_hash(cfg, &weights, device)?)
+            Method::CxrFusionHash(cfg) => Net::CxrHash(
+                cfg.clone(),
+                Box::new(load_fusion_hash(cfg, &weights, device)?),
+            ),
+            Method::FundusMetric(cfg) => {
+                Net::Fundus(Box::new(load_fundus_metric(cfg, &weights, device)?))
             }
         };
         let pipeline = Pipeline::new(card.preprocessing.clone(), 0);
@@ -153,6 +175,32 @@ impl Encoder {
                             } else {
                                 None
                             },
+                        }
+                    })
+                    .collect()
+            }
+            Net::Fundus(net) => {
+                let out = net.forward(x, explain);
+                let d = out.descriptor.dims()[1];
+                let desc = to_vec(out.descriptor);
+                let probs = out
+                    .logits
+                    .map(|l| to_vec(burn::tensor::activation::softmax(l, 1)))
+                    .unwrap_or_default();
+                let k = probs.len() / n.max(1);
+                let mut saliency = out.saliency.into_iter();
+                (0..n)
+                    .map(|i| {
+                        let raw = desc[i * d..(i + 1) * d].to_vec();
+                        Encoded {
+                            vector: raw.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                            raw,
+                            probabilities: probs
+                                .get(i * k..(i + 1) * k)
+                                .map(<[f32]>::to_vec)
+                                .unwrap_or_default(),
+                            saliency: if explain { saliency.next() } else { None },
+                            crop: None,
                         }
                     })
                     .collect()

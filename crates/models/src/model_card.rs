@@ -29,6 +29,8 @@ const BLANK: &str = "\"checksum\": \"\"";
 pub enum Method {
     /// Chest X-ray fusion hashing ([`crate::cxr_hash`]).
     CxrFusionHash(FusionHashConfig),
+    /// Fundus metric learning with mirror attention ([`crate::fundus_metric`]).
+    FundusMetric(crate::fundus_metric::FundusMetricConfig),
 }
 
 /// What the model yields per image.

@@ -21,6 +21,7 @@ pub mod fingerprint;
 pub mod hash;
 pub mod log;
 pub mod loss;
+pub mod metric;
 pub mod params;
 pub mod sampler;
 pub mod schedule;

@@ -1,0 +1,168 @@
+//! `medret train metric`: the fundus method, from a graded dataset to a model folder
+//! (`model.safetensors`, `model.json` with float descriptors) and a test-split report.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use medret_data::Split;
+use medret_models::Arch;
+use medret_models::fundus_metric::Attention;
+use medret_models::model_card::{Method, ModelCard, Output, WEIGHTS_FILE};
+use medret_train::metric::{MetricLoss, MetricSettings, MetricTask, check_init, retrieval_report};
+
+use crate::train::{
+    DataArg, Defaults, EngineArgs, OptimizerArg, final_weights, run_options, train_config,
+    train_with_progress,
+};
+
+#[derive(Args)]
+pub struct MetricArgs {
+    #[command(flatten)]
+    data: DataArg,
+    /// Backbone: densenet121 (the default) or densenet-tiny (tests, demo).
+    #[arg(long, default_value = "densenet121")]
+    arch: Arch,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// Project the descriptor to this width (default: no projection, 2 x the backbone's
+    /// channels with mirror attention).
+    #[arg(long)]
+    dim: Option<usize>,
+    /// `mirror`: three views and the mirror-attention blocks; `none`: the plain backbone
+    /// with GeM (the ablation).
+    #[arg(long, default_value = "mirror")]
+    attention: Attention,
+    /// fine-triplet (relevance-weighted circle form), circle, or triplet (batch-hard).
+    #[arg(long, default_value = "fine-triplet")]
+    loss: MetricLoss,
+    /// Margin m (circle and fine triplet 0.25; triplet uses it as its margin too).
+    #[arg(long, default_value_t = 0.25)]
+    margin: f64,
+    /// Scale gamma of the circle and fine triplet losses (`--gamma` is the step schedule's
+    /// decay, shared by every training command).
+    #[arg(long, default_value_t = 32.0)]
+    scale: f64,
+    /// Weight of a grade cross-entropy head (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    cls_weight: f64,
+    /// Backbone weights to start from (features.*, torchvision names), e.g. C2L's.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0.15)]
+    val_fraction: f64,
+    #[arg(long)]
+    no_augment: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+const METRIC_DEFAULTS: Defaults = Defaults {
+    batch_size: 20,
+    lr: 1e-3,
+    optimizer: OptimizerArg::Adamw,
+    monitor: "map",
+};
+
+pub fn run(a: &MetricArgs) -> Result<()> {
+    let ds = a.data.open()?;
+    let mut s = MetricSettings::new(a.arch, a.size, a.attention, a.loss);
+    s.net.dim = a.dim;
+    s.margin = a.margin;
+    s.gamma = a.scale;
+    s.cls_weight = a.cls_weight;
+    if a.cls_weight > 0.0 {
+        s.net.classes = Some(medret_train::classify::GRADES);
+    }
+    s.val_fraction = a.val_fraction;
+    if a.no_augment {
+        s.transform.augment = Default::default();
+    }
+    if let Some(init) = &a.init {
+        s.init = Some(check_init(&s.net, init)?);
+    }
+    let cfg = train_config(&a.engine, &METRIC_DEFAULTS)?;
+    let opts = run_options(&a.engine, &a.out)?;
+    let task = MetricTask::new(&ds, s, cfg.seed)?;
+    if task.ungraded > 0 {
+        eprintln!("skipped {} ungraded images", task.ungraded);
+    }
+    let part = |test: bool| -> Vec<_> {
+        ds.records
+            .iter()
+            .filter(|r| (r.split == Some(Split::Test)) == test && r.grade.is_some())
+            .cloned()
+            .collect()
+    };
+    let (database, queries) = (part(false), part(true));
+    eprintln!(
+        "training {} metric model ({:?} attention, {:?} loss) on {} images, validating on {}",
+        a.arch,
+        a.attention,
+        a.loss,
+        task.train.len(),
+        task.val.len()
+    );
+    let started = std::time::Instant::now();
+    let outcome = train_with_progress(&task, &cfg, &opts)?;
+    let train_seconds = started.elapsed().as_secs_f64();
+    let weights = final_weights(&outcome, &a.out)?;
+    let model_path = a.out.join(WEIGHTS_FILE);
+    std::fs::copy(&weights, &model_path)
+        .with_context(|| format!("cannot write {}", model_path.display()))?;
+    let dim = task.settings.net.descriptor_dim();
+    let card = ModelCard::new(
+        Method::FundusMetric(task.settings.net.clone()),
+        Output::Descriptors { dim },
+        (0..medret_train::classify::GRADES)
+            .map(|g| format!("grade{g}"))
+            .collect(),
+        task.settings.eval_transform(),
+        serde_json::json!({"engine": cfg, "task": task.settings}),
+        medret_train::Task::fingerprint(&task),
+        cfg.seed,
+    )
+    .write(&a.out)?;
+    let device = &opts.devices[0];
+    let model =
+        medret_models::encoder::load_fundus_metric(&task.settings.net, &model_path, device)?;
+    let mut report = if queries.is_empty() {
+        serde_json::json!({"queries": 0})
+    } else {
+        retrieval_report(&task, &model, &database, &queries, device)?
+    };
+    report["train_seconds"] = train_seconds.into();
+    report["epochs"] = outcome.epochs.into();
+    report["best_epoch"] = outcome.best_epoch.map(|e| e + 1).into();
+    report["weights_sha256"] = card.weights_sha256.clone().into();
+    report["ungraded_skipped_in_training"] = task.ungraded.into();
+    let path = a.out.join("test_report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if a.engine.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("trained {} epochs in {train_seconds:.0} s", outcome.epochs);
+        if !queries.is_empty() {
+            let f = |k: &str| report[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "test -> train ({} queries, {} cases, {dim}-d): mAP@10 {:.4}, mAP@100 {:.4}, P@10 {:.4}, NDCG@10 {:.4} (chance {:.4}, always-majority mAP@100 {:.4}, P@10 {:.4})",
+                report["queries"],
+                report["database"],
+                f("map@10"),
+                f("map@100"),
+                f("p@10"),
+                f("ndcg@10"),
+                f("chance_precision"),
+                f("majority_map@100"),
+                f("majority_p@10"),
+            );
+        }
+        println!("model: {}", a.out.display());
+    }
+    Ok(())
+}
