@@ -18,6 +18,9 @@ pub enum BenchCommand {
     /// How often a chest model's crop box holds the lesion (lesion masks or NIH boxes),
     /// against random boxes of the same size.
     Crop(CropArgs),
+    /// How much of a model's saliency (Grad-CAM, or where mirror attention falls) lands on
+    /// lesion pixels (masks or boxes), against a random map.
+    Saliency(CropArgs),
 }
 
 #[derive(Args)]
@@ -32,6 +35,26 @@ pub struct CropArgs {
     split: crate::index::SplitArg,
     #[arg(long)]
     json: bool,
+}
+
+fn saliency(a: &CropArgs) -> Result<()> {
+    let device = medret_models::device::parse_device("cpu").map_err(anyhow::Error::msg)?;
+    let encoder = medret_models::encoder::Encoder::open(&a.model_dir, &device)?;
+    let ds = a.data.open()?;
+    let records = medret_search::ingest::select_split(&ds.records, a.split.split());
+    let s = medret_search::explain::saliency_localisation(&encoder, &records)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "{} images with lesions: saliency maximum on a lesion in {:.1}%, {:.1}% of the saliency mass on lesions; lesions cover {:.1}% of the image (a random map's expectation of both)",
+            s.images,
+            100.0 * s.pointing_hit_rate,
+            100.0 * s.energy_in_lesions,
+            100.0 * s.lesion_area_share
+        );
+    }
+    Ok(())
 }
 
 fn crop(a: &CropArgs) -> Result<()> {
@@ -123,6 +146,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Search(a) => search(a),
         BenchCommand::SearchFloat(a) => search_float(a),
         BenchCommand::Crop(a) => crop(a),
+        BenchCommand::Saliency(a) => saliency(a),
     }
 }
 

@@ -235,6 +235,30 @@ fn image_in_similar_cases_out() {
         "{crop}"
     );
 
+    // The crop's localisation score on the phantoms' masks and boxes.
+    let out = ok(&[
+        "bench",
+        "crop",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--json",
+    ]);
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(c["images"].as_u64().unwrap() > 0, "{c}");
+    for k in [
+        "centroid_hit_rate",
+        "random_centroid_hit_rate",
+        "lesion_fraction_in_box",
+        "random_lesion_fraction_in_box",
+        "box_area_fraction",
+    ] {
+        let x = c[k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&x), "{k} {x}");
+    }
+    assert!(c["random_centroid_hit_rate"].as_f64().unwrap() > 0.0);
+
     // An RGB image given to this grey-film model is converted, not refused.
     let rgb = tmp.path().join("rgb.png");
     image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 90]))
@@ -456,7 +480,7 @@ fn fundus_descriptors_in_similar_cases_out() {
         "--arch",
         "densenet-tiny",
         "--size",
-        "32",
+        "64", // 2x2 maps: an attention map with something to show
         "--epochs",
         "2",
         "--batch-size",
@@ -561,6 +585,29 @@ fn fundus_descriptors_in_similar_cases_out() {
         assert!((0.0..=2.0).contains(&d), "cosine distance {d}");
     }
     assert!(explain.join("query.png").is_file());
+    // Where the attention falls, on the phantoms' lesion masks.
+    let out = ok(&[
+        "bench",
+        "saliency",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "all",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["images"].as_u64().unwrap() > 0, "{v}");
+    for k in [
+        "pointing_hit_rate",
+        "energy_in_lesions",
+        "lesion_area_share",
+    ] {
+        let x = v[k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&x), "{k} {x}");
+    }
+    assert!(v["lesion_area_share"].as_f64().unwrap() > 0.0);
     // Radius search is for codes only.
     let err = fails(&[
         "search",

@@ -47,16 +47,10 @@ impl C2lConfig {
             burn::tensor::Distribution::Normal(0.0, 1.0),
             device,
         );
-        let norm = q
-            .clone()
-            .powf_scalar(2.0)
-            .sum_dim(1)
-            .sqrt()
-            .clamp_min(1e-12);
         C2lNet {
             query,
             key,
-            queue: Param::from_tensor(q / norm).set_require_grad(false),
+            queue: Param::from_tensor(l2_normalise(q)).set_require_grad(false),
             queue_ptr: Param::from_tensor(Tensor::<1>::zeros([1], device)).set_require_grad(false),
         }
     }
@@ -73,16 +67,7 @@ pub struct C2lNet {
     pub queue_ptr: Param<Tensor<1>>,
 }
 
-/// Rows of `x` divided by their L2 norm.
-pub fn l2_normalise(x: Tensor<2>) -> Tensor<2> {
-    let norm = x
-        .clone()
-        .powf_scalar(2.0)
-        .sum_dim(1)
-        .sqrt()
-        .clamp_min(1e-12);
-    x / norm
-}
+pub use crate::ops::l2_normalise;
 
 impl C2lNet {
     /// Normalised query embeddings `[N, proj]` (with gradients).

@@ -17,6 +17,7 @@ pub mod features;
 pub mod fundus_metric;
 pub mod grad_cam;
 pub mod model_card;
+pub mod ops;
 pub mod summary;
 pub mod weights;
 

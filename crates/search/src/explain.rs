@@ -228,3 +228,64 @@ pub fn crop_localisation(
         whole_image_crops: whole,
     })
 }
+
+/// How much of a model's saliency (Grad-CAM for the chest model, where the mirror
+/// attention falls for the fundus model) lands on lesions, against a random map, whose
+/// expected pointing-game hit rate and energy share both equal the lesions' area share.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SaliencyLocalisation {
+    pub images: usize,
+    /// Share of images whose saliency maximum lies on a lesion pixel.
+    pub pointing_hit_rate: f64,
+    /// Mean share of the saliency mass on lesion pixels.
+    pub energy_in_lesions: f64,
+    /// Mean share of the image the lesions cover: a random map's expectation of both.
+    pub lesion_area_share: f64,
+}
+
+pub fn saliency_localisation(
+    encoder: &Encoder,
+    records: &[medret_data::Record],
+) -> Result<SaliencyLocalisation> {
+    let size = encoder.size();
+    let (mut n, mut hits, mut energy, mut area) = (0usize, 0usize, 0.0, 0.0);
+    for r in records
+        .iter()
+        .filter(|r| !r.masks.is_empty() || !r.boxes.is_empty())
+    {
+        let img = medret_data::decode::load_image(&r.source)?;
+        let Some(mask) = lesion_mask(r, img.height, img.width, size)? else {
+            continue;
+        };
+        let e = encoder.encode_images(vec![img], true).remove(0);
+        let Some(s) = e.saliency else { continue };
+        let total: f64 = s.data.iter().map(|&v| v as f64).sum();
+        if total <= 0.0 {
+            continue;
+        }
+        n += 1;
+        let (row, col) = s.argmax();
+        hits += usize::from(mask[row * size + col]);
+        energy += s
+            .data
+            .iter()
+            .zip(&mask)
+            .filter(|(_, m)| **m)
+            .map(|(&v, _)| v as f64)
+            .sum::<f64>()
+            / total;
+        area += mask.iter().filter(|&&m| m).count() as f64 / mask.len() as f64;
+    }
+    if n == 0 {
+        return Err(SearchError::Invalid(
+            "no image with a lesion mask or box and a non-empty saliency map".into(),
+        ));
+    }
+    let d = n as f64;
+    Ok(SaliencyLocalisation {
+        images: n,
+        pointing_hit_rate: hits as f64 / d,
+        energy_in_lesions: energy / d,
+        lesion_area_share: area / d,
+    })
+}

@@ -278,13 +278,10 @@ impl Task for C2lTask {
 
     fn split(&self, batch: C2lBatch, parts: usize) -> Vec<C2lBatch> {
         // Mixup partners and the key shuffle are drawn within each shard.
-        let n = batch.shape[0];
-        let per = n.div_ceil(parts.max(1)).max(1);
         let item = batch.shape[1] * batch.shape[2] * batch.shape[3];
-        (0..n)
-            .step_by(per)
-            .map(|s| {
-                let e = (s + per).min(n);
+        crate::engine::shard_ranges(batch.shape[0], parts)
+            .into_iter()
+            .map(|(s, e)| {
                 let local = |v: &[usize]| -> Vec<usize> {
                     v.iter()
                         .filter(|&&i| (s..e).contains(&i))

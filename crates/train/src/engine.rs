@@ -72,6 +72,13 @@ pub trait Task: Sync {
     }
 }
 
+/// The contiguous shards `(start, end)` a batch of `n` samples splits into for at most
+/// `parts` devices (every shard non-empty).
+pub fn shard_ranges(n: usize, parts: usize) -> Vec<(usize, usize)> {
+    let per = n.div_ceil(parts.max(1)).max(1);
+    (0..n).step_by(per).map(|s| (s, (s + per).min(n))).collect()
+}
+
 /// Progress notifications, for progress bars and logs at the edge.
 #[derive(Debug)]
 pub enum Event<'a> {
@@ -465,6 +472,14 @@ mod tests {
             Tensor::<2>::from_data(TensorData::new(vec![g], [1, 1]), &dev.clone().inner()),
         );
         gp
+    }
+
+    #[test]
+    fn shards_cover_the_batch_once() {
+        assert_eq!(shard_ranges(10, 3), vec![(0, 4), (4, 8), (8, 10)]);
+        assert_eq!(shard_ranges(2, 4), vec![(0, 1), (1, 2)]);
+        assert_eq!(shard_ranges(5, 0), vec![(0, 5)]);
+        assert!(shard_ranges(0, 2).is_empty());
     }
 
     #[test]

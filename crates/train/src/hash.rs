@@ -427,21 +427,16 @@ impl Task for HashTask {
     }
 
     fn split(&self, batch: HashBatch, parts: usize) -> Vec<HashBatch> {
-        let n = batch.shape[0];
-        let per = n.div_ceil(parts.max(1)).max(1);
         let item = batch.shape[1] * batch.shape[2] * batch.shape[3];
         let k = self.settings.classes.len();
-        (0..n)
-            .step_by(per)
-            .map(|s| {
-                let e = (s + per).min(n);
-                HashBatch {
-                    pixels: batch.pixels[s * item..e * item].to_vec(),
-                    shape: [e - s, batch.shape[1], batch.shape[2], batch.shape[3]],
-                    multi_hot: batch.multi_hot[s * k..e * k].to_vec(),
-                    index: batch.index[s..e].to_vec(),
-                    epoch: batch.epoch,
-                }
+        crate::engine::shard_ranges(batch.shape[0], parts)
+            .into_iter()
+            .map(|(s, e)| HashBatch {
+                pixels: batch.pixels[s * item..e * item].to_vec(),
+                shape: [e - s, batch.shape[1], batch.shape[2], batch.shape[3]],
+                multi_hot: batch.multi_hot[s * k..e * k].to_vec(),
+                index: batch.index[s..e].to_vec(),
+                epoch: batch.epoch,
             })
             .collect()
     }

@@ -346,18 +346,13 @@ impl Task for MetricTask {
     }
 
     fn split(&self, batch: MetricBatch, parts: usize) -> Vec<MetricBatch> {
-        let n = batch.shape[0];
-        let per = n.div_ceil(parts.max(1)).max(1);
         let item = batch.shape[1] * batch.shape[2] * batch.shape[3];
-        (0..n)
-            .step_by(per)
-            .map(|s| {
-                let e = (s + per).min(n);
-                MetricBatch {
-                    pixels: batch.pixels[s * item..e * item].to_vec(),
-                    shape: [e - s, batch.shape[1], batch.shape[2], batch.shape[3]],
-                    grades: batch.grades[s..e].to_vec(),
-                }
+        crate::engine::shard_ranges(batch.shape[0], parts)
+            .into_iter()
+            .map(|(s, e)| MetricBatch {
+                pixels: batch.pixels[s * item..e * item].to_vec(),
+                shape: [e - s, batch.shape[1], batch.shape[2], batch.shape[3]],
+                grades: batch.grades[s..e].to_vec(),
             })
             .collect()
     }

@@ -129,16 +129,6 @@ pub struct FundusOutput {
     pub saliency: Vec<Saliency>,
 }
 
-fn unit_rows(x: Tensor<2>) -> Tensor<2> {
-    let n = x
-        .clone()
-        .powf_scalar(2.0)
-        .sum_dim(1)
-        .sqrt()
-        .clamp_min(1e-12);
-    x / n
-}
-
 impl FundusMetricNet {
     fn maps(&self, x: Tensor<4>) -> Tensor<4> {
         relu(self.backbone.feature_maps(x))
@@ -180,7 +170,7 @@ impl FundusMetricNet {
             Some(p) => p.forward(pooled),
             None => pooled,
         };
-        let descriptor = unit_rows(projected);
+        let descriptor = crate::ops::l2_normalise(projected);
         let logits = self.cls.as_ref().map(|c| c.forward(descriptor.clone()));
         FundusOutput {
             descriptor,

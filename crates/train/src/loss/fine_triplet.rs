@@ -140,15 +140,7 @@ pub fn relevance_weights(r: &[f32], labels: &[u8]) -> Vec<f32> {
 
 /// `r = (1 + cos(a, b)) / 2` per row of two `[B, d]` halves.
 pub fn agreement(h: Tensor<2>, v: Tensor<2>) -> Vec<f32> {
-    let n = |x: Tensor<2>| {
-        let norm = x
-            .clone()
-            .powf_scalar(2.0)
-            .sum_dim(1)
-            .sqrt()
-            .clamp_min(1e-12);
-        x / norm
-    };
+    use medret_models::ops::l2_normalise as n;
     let cos = (n(h) * n(v)).sum_dim(1).detach();
     cos.into_data()
         .try_into_vec::<f32>()
@@ -328,12 +320,6 @@ mod tests {
     }
 
     pub(super) fn normalise(x: Tensor<2>) -> Tensor<2> {
-        let n = x
-            .clone()
-            .powf_scalar(2.0)
-            .sum_dim(1)
-            .sqrt()
-            .clamp_min(1e-12);
-        x / n
+        medret_models::ops::l2_normalise(x)
     }
 }
