@@ -5,7 +5,7 @@
 # against a random one) and C2L init against random init with scarce labels; the crop's
 # hit rate on lesion masks. CPU settings a user could run in an afternoon (densenet-tiny,
 # 96 px); every figure comes from the test split, every setting was chosen on validation.
-# Usage: bench/cxr_method.sh [OUT_DIR]          (about an hour on 2 cores)
+# Usage: bench/cxr_method.sh [OUT_DIR]          (about an hour and a half on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/medret-cxr-method}
@@ -30,17 +30,25 @@ for set in chest_xray chest_xray_nih64; do
     fi
 done
 
-log "C2L pretraining, chest phantoms (96 px, 15 epochs)"
-run $m pretrain c2l --data "$out/phantoms" --arch densenet-tiny --size 96 --epochs 15 --batch-size 32 --out "$out/c2l-phantoms"
-for init in random c2l; do
-    extra=(); [ $init = c2l ] && extra=(--init "$out/c2l-phantoms/backbone.safetensors")
-    log "fusion hash, 10% of the phantom labels, $init init"
-    run $m train hash --data "$out/phantoms" --size 96 "${common[@]}" --label-fraction 0.1 "${extra[@]}" --out "$out/hash-scarce-$init"
+# C2L, then fusion hashing with scarce labels from its backbone against random init.
+# (name, data, size, label fraction, pretraining flags)
+c2l_runs=(
+    "phantoms|$out/phantoms|96|0.1|--epochs 6 --ema 0.99"
+    "chest_xray|$shared/chest_xray|96|0.25|--epochs 40 --ema 0.99"
+    "chest_xray_nih64|$shared/chest_xray_nih64|64|0.25|--epochs 200"
+)
+for spec in "${c2l_runs[@]}"; do
+    IFS='|' read -r name data size frac flags <<<"$spec"
+    [ -e "$data" ] || continue
+    log "C2L pretraining, $name ($size px, $flags)"
+    # shellcheck disable=SC2086
+    run $m pretrain c2l --data "$data" --arch densenet-tiny --size "$size" --batch-size 32 $flags --out "$out/c2l-$name"
+    for init in random c2l; do
+        extra=(); [ $init = c2l ] && extra=(--init "$out/c2l-$name/backbone.safetensors")
+        log "fusion hash, $name, $frac of the labels, $init init"
+        run $m train hash --data "$data" --size "$size" "${common[@]}" --label-fraction "$frac" "${extra[@]}" --out "$out/hash-scarce-$name-$init"
+    done
 done
-if [ -d "$shared/chest_xray" ]; then
-    log "C2L pretraining, chest_xray (96 px, 15 epochs)"
-    run $m pretrain c2l --data "$shared/chest_xray" --arch densenet-tiny --size 96 --epochs 15 --batch-size 32 --out "$out/c2l-chest_xray"
-fi
 
 log "crop hit rate (test split, lesion masks), phantom model"
 run $m bench crop --model "$out/hash-phantoms" --data "$out/phantoms"

@@ -286,3 +286,29 @@ fn bad_dicom_files_are_clear_errors() {
     assert_eq!(ds.records.len(), 0);
     assert_eq!(ds.skipped.len(), 3);
 }
+
+#[test]
+fn query_files_are_told_apart_by_content() {
+    // A DICOM file without an extension (as PACS exports name them) is found by its DICM
+    // magic; a PNG goes to the image decoders; a .dcm holding PNG bytes is a DICOM error
+    // naming the file, not a silent PNG.
+    let dir = tempfile::tempdir().unwrap();
+    let dcm = dir.path().join("IM0001");
+    write_dicom(&dcm, &mono("MONOCHROME2", Some(("500", "1000"))));
+    let img = medret_data::decode::decode_any(&dcm).unwrap();
+    assert_close(&img.data, &WINDOWED, 2e-3);
+    let png = dir.path().join("x.png");
+    image::GrayImage::from_pixel(3, 2, image::Luma([255]))
+        .save(&png)
+        .unwrap();
+    assert_eq!(
+        medret_data::decode::decode_any(&png).unwrap().data,
+        vec![1.0; 6]
+    );
+    let fake = dir.path().join("fake.dcm");
+    std::fs::copy(&png, &fake).unwrap();
+    let e = medret_data::decode::decode_any(&fake)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fake.dcm"), "{e}");
+}
