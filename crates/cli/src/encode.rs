@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use medret_models::encoder::Encoder;
-use medret_models::model_card::Output;
 use medret_search::ingest::select_split;
+use medret_store::ModelKind;
 
 use crate::index::SplitArg;
 use crate::train::DataArg;
@@ -30,6 +30,9 @@ pub struct EncodeArgs {
     /// Output CSV with one row per image, same order: path,labels,patient_id,split.
     #[arg(long)]
     ids_out: PathBuf,
+    /// A descriptor model trained with --binary-bits: write its packed binary codes.
+    #[arg(long)]
+    binary: bool,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -60,16 +63,18 @@ pub fn run(a: &EncodeArgs) -> Result<()> {
     );
     let started = std::time::Instant::now();
     let bar = crate::progress::bar(records.len() as u64, "encoding");
-    let vectors = encoder.encode_records(&records, a.batch, &|n| bar.set_position(n as u64))?;
+    let kind = medret_search::ingest::model_kind(&encoder, a.binary)?;
+    let vectors =
+        encoder.encode_records_as(&records, a.batch, a.binary, &|n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let width = encoder.card.vector_bytes();
+    let width = kind.vector_bytes();
     let flat: Vec<u8> = vectors.concat();
-    match encoder.card.output {
-        Output::Codes { .. } => {
+    match kind {
+        ModelKind::Codes { .. } => {
             medret_data::npy::write_u8_matrix(&a.out, records.len(), width, &flat)?;
         }
-        Output::Descriptors { dim } => {
+        ModelKind::Descriptors { dim, .. } => {
             let rows: Vec<Vec<f32>> = flat
                 .chunks(dim * 4)
                 .map(|r| {

@@ -68,6 +68,10 @@ pub struct IngestArgs {
     /// With --model: which split to index (default all).
     #[arg(long, value_enum, default_value = "all")]
     split: SplitArg,
+    /// With --model: store the binarised descriptors (a descriptor model trained with
+    /// --binary-bits) in a Hamming index instead of the float descriptors.
+    #[arg(long, requires = "model_dir")]
+    binary: bool,
     /// With --model: compute device (cpu, or cuda:N in a GPU build).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -243,6 +247,7 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
                 &encoder,
                 &records,
                 build,
+                a.binary,
                 16,
                 &|n| bar.set_position(n as u64),
             )?;
@@ -399,7 +404,7 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
                 serde_json::json!({
                     "results": res.hits,
                     "query": {
-                        "code": hex(&res.query.vector),
+                        "code": hex(&res.vector),
                         "crop_box": crop,
                         "probabilities": encoder.card.class_names.iter().zip(&res.query.probabilities).map(|(c, p)| (c.clone(), *p)).collect::<std::collections::BTreeMap<_, _>>(),
                     },

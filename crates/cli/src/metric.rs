@@ -47,6 +47,10 @@ pub struct MetricArgs {
     /// Weight of a grade cross-entropy head (0: none).
     #[arg(long, default_value_t = 0.0)]
     cls_weight: f64,
+    /// Also binarise descriptors to this many bits (sign of a seeded random projection; a
+    /// multiple of 8 up to 1024), for a compact Hamming index (`index build --binary`).
+    #[arg(long)]
+    binary_bits: Option<usize>,
     /// Backbone weights to start from (features.*, torchvision names), e.g. C2L's.
     #[arg(long)]
     init: Option<PathBuf>,
@@ -79,6 +83,14 @@ pub fn run(a: &MetricArgs) -> Result<()> {
         s.net.classes = Some(medret_train::classify::GRADES);
     }
     s.val_fraction = a.val_fraction;
+    if let Some(b) = a.binary_bits {
+        anyhow::ensure!(
+            b > 0 && b.is_multiple_of(8) && b <= 1024,
+            "--binary-bits {b}: codes are a multiple of 8 from 8 to 1024 bits"
+        );
+    }
+    s.net.binary_bits = a.binary_bits;
+    s.net.binary_seed = a.engine.seed;
     if a.no_augment {
         s.transform.augment = Default::default();
     }

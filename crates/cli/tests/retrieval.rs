@@ -489,6 +489,8 @@ fn fundus_descriptors_in_similar_cases_out() {
         "0.003",
         "--dim",
         "24",
+        "--binary-bits",
+        "32",
         "--out",
         s(&model),
     ]);
@@ -608,6 +610,90 @@ fn fundus_descriptors_in_similar_cases_out() {
         assert!((0.0..=1.0).contains(&x), "{k} {x}");
     }
     assert!(v["lesion_area_share"].as_f64().unwrap() > 0.0);
+    // The same model's binarised descriptors in a Hamming index: the query's code is the
+    // row `encode --binary` wrote, and distances are Hamming distances.
+    ok(&[
+        "index",
+        "build",
+        "--store",
+        s(&store),
+        "--name",
+        "dr-codes",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "train",
+        "--binary",
+    ]);
+    let codes_npy = tmp.path().join("c.npy");
+    ok(&[
+        "encode",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "test",
+        "--binary",
+        "--out",
+        s(&codes_npy),
+        "--ids-out",
+        s(&ids),
+    ]);
+    let codes = codes(&codes_npy);
+    assert_eq!(codes[0].len(), 4);
+    let out = ok(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "dr-codes",
+        "--image",
+        &first,
+        "-k",
+        "4",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for r in v["results"].as_array().unwrap() {
+        let d = r["distance"].as_f64().unwrap();
+        assert!(d.fract() == 0.0 && d <= 32.0, "Hamming distance {d}");
+    }
+    let out = ok(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "dr-codes",
+        "--image",
+        &first,
+        "--radius",
+        "32",
+        "--json",
+    ]);
+    let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        all["results"].as_array().unwrap().len() >= 4,
+        "radius 32 holds every case"
+    );
+    let out = ok(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "dr-codes",
+        "--image",
+        &first,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["query"]["code"],
+        hex(&codes[0]),
+        "search and encode --binary disagree"
+    );
     // Radius search is for codes only.
     let err = fails(&[
         "search",

@@ -42,12 +42,17 @@ pub struct Encoded {
     pub saliency: Option<Saliency>,
     /// The crop box in input pixels (with `explain`).
     pub crop: Option<CropBox>,
+    /// For a descriptor model with `binary_bits`: the binarised descriptor (packed bytes).
+    pub code: Option<Vec<u8>>,
 }
 
 // Boxed: the networks are large structs of modules, and one encoder holds one of them.
 enum Net {
     CxrHash(FusionHashConfig, Box<FusionHashNet>),
-    Fundus(Box<FundusMetricNet>),
+    Fundus(
+        Box<FundusMetricNet>,
+        Option<crate::fundus_metric::binarise::SignProjection>,
+    ),
 }
 
 /// Loads a fundus model's weights (the backbone under `backbone.`, torchvision names).
@@ -96,9 +101,10 @@ impl Encoder {
                 cfg.clone(),
                 Box::new(load_fusion_hash(cfg, &weights, device)?),
             ),
-            Method::FundusMetric(cfg) => {
-                Net::Fundus(Box::new(load_fundus_metric(cfg, &weights, device)?))
-            }
+            Method::FundusMetric(cfg) => Net::Fundus(
+                Box::new(load_fundus_metric(cfg, &weights, device)?),
+                cfg.projection(),
+            ),
         };
         let pipeline = Pipeline::new(card.preprocessing.clone(), 0);
         let display = Pipeline::new(
@@ -116,6 +122,15 @@ impl Encoder {
             pipeline,
             display,
         })
+    }
+
+    /// Bits of the binarised descriptors, for a descriptor model trained with
+    /// `binary_bits`.
+    pub fn binary_bits(&self) -> Option<usize> {
+        match &self.net {
+            Net::Fundus(_, p) => p.as_ref().map(|p| p.bits),
+            Net::CxrHash(..) => None,
+        }
     }
 
     /// The input side in pixels.
@@ -175,11 +190,12 @@ impl Encoder {
                             } else {
                                 None
                             },
+                            code: None,
                         }
                     })
                     .collect()
             }
-            Net::Fundus(net) => {
+            Net::Fundus(net, projection) => {
                 let out = net.forward(x, explain);
                 let d = out.descriptor.dims()[1];
                 let desc = to_vec(out.descriptor);
@@ -192,6 +208,7 @@ impl Encoder {
                 (0..n)
                     .map(|i| {
                         let raw = desc[i * d..(i + 1) * d].to_vec();
+                        let code = projection.as_ref().map(|p| p.code(&raw));
                         Encoded {
                             vector: raw.iter().flat_map(|v| v.to_le_bytes()).collect(),
                             raw,
@@ -201,6 +218,7 @@ impl Encoder {
                                 .unwrap_or_default(),
                             saliency: if explain { saliency.next() } else { None },
                             crop: None,
+                            code,
                         }
                     })
                     .collect()
@@ -228,6 +246,18 @@ impl Encoder {
         batch: usize,
         progress: &dyn Fn(usize),
     ) -> Result<Vec<Vec<u8>>, EncodeError> {
+        self.encode_records_as(records, batch, false, progress)
+    }
+
+    /// [`Encoder::encode_records`], taking the binarised descriptors when `binary` (a
+    /// descriptor model trained with `binary_bits`).
+    pub fn encode_records_as(
+        &self,
+        records: &[Record],
+        batch: usize,
+        binary: bool,
+        progress: &dyn Fn(usize),
+    ) -> Result<Vec<Vec<u8>>, EncodeError> {
         use rayon::prelude::*;
         let mut out = Vec::with_capacity(records.len());
         for chunk in records.chunks(batch.max(1)) {
@@ -238,7 +268,10 @@ impl Encoder {
             out.extend(
                 self.encode_images(images, false)
                     .into_iter()
-                    .map(|e| e.vector),
+                    .map(|e| match e.code {
+                        Some(code) if binary => code,
+                        _ => e.vector,
+                    }),
             );
             progress(out.len());
         }

@@ -29,15 +29,24 @@ pub fn case_from_record(r: &Record) -> NewCase {
     }
 }
 
-/// The store's model kind for a model card's output.
-pub fn model_kind(output: Output) -> ModelKind {
-    match output {
-        Output::Codes { bits } => ModelKind::Codes { bits },
-        Output::Descriptors { dim } => ModelKind::Descriptors {
+/// The store's model kind for an encoder: its card's output, or with `binary` the
+/// binarised descriptors of a descriptor model trained with `binary_bits`.
+pub fn model_kind(encoder: &Encoder, binary: bool) -> Result<ModelKind> {
+    Ok(match (encoder.card.output, binary) {
+        (Output::Codes { bits }, _) => ModelKind::Codes { bits },
+        (Output::Descriptors { .. }, true) => ModelKind::Codes {
+            bits: encoder.binary_bits().ok_or_else(|| {
+                SearchError::Invalid(format!(
+                    "{}: this model has no binary codes; train it with --binary-bits to index them",
+                    encoder.dir.display()
+                ))
+            })?,
+        },
+        (Output::Descriptors { dim }, false) => ModelKind::Descriptors {
             dim,
             metric: Metric::Cosine,
         },
-    }
+    })
 }
 
 /// Encodes `records` with `encoder` (all of them, before the store is touched), then
@@ -51,6 +60,7 @@ pub fn ingest_with_model(
     encoder: &Encoder,
     records: &[Record],
     build: bool,
+    binary: bool,
     batch: usize,
     progress: &dyn Fn(usize),
 ) -> Result<Vec<u64>> {
@@ -60,7 +70,7 @@ pub fn ingest_with_model(
         ));
     }
     let binding = ModelBinding::new(&encoder.dir, &encoder.card);
-    let kind = model_kind(encoder.card.output);
+    let kind = model_kind(encoder, binary)?;
     match store.model(name) {
         Ok(existing) if build => {
             return Err(SearchError::Model {
@@ -69,6 +79,17 @@ pub fn ingest_with_model(
                 message: format!(
                     "already exists ({}); use `medret index add`",
                     serde_json::to_string(&existing.kind).unwrap_or_default()
+                ),
+            });
+        }
+        Ok(existing) if existing.kind != kind => {
+            return Err(SearchError::Model {
+                model: name.into(),
+                store: store_name.into(),
+                message: format!(
+                    "stores {}, but this ingest would add {}",
+                    serde_json::to_string(&existing.kind).unwrap_or_default(),
+                    serde_json::to_string(&kind).unwrap_or_default()
                 ),
             });
         }
@@ -91,7 +112,7 @@ pub fn ingest_with_model(
         }
         Err(_) => {}
     }
-    let vectors = encoder.encode_records(records, batch, progress)?;
+    let vectors = encoder.encode_records_as(records, batch, binary, progress)?;
     let items: Vec<(NewCase, Vec<u8>)> =
         records.iter().map(case_from_record).zip(vectors).collect();
     if build {

@@ -94,6 +94,8 @@ pub fn open_model_encoder(
 /// What an image query gives.
 pub struct ImageResults {
     pub hits: Vec<Hit>,
+    /// The query as the archive compares it: packed code bytes or f32 descriptor bytes.
+    pub vector: Vec<u8>,
     /// The query's code or descriptor, probabilities and explanation.
     pub query: Encoded,
     /// The query as the model saw it (before normalisation), for overlays.
@@ -112,9 +114,14 @@ pub fn search_image<S: CaseStore>(
     explain: bool,
 ) -> Result<ImageResults> {
     let (shown, query) = encoder.encode_file(image, explain)?;
+    // A descriptor model's archive may hold its binarised codes instead of the floats.
+    let vector = match (archive.model().kind, &query.code) {
+        (medret_store::ModelKind::Codes { .. }, Some(code)) => code.clone(),
+        _ => query.vector.clone(),
+    };
     let found = match radius {
-        Some(r) => archive.radius(&query.vector, r)?,
-        None => archive.search(&query.vector, k)?,
+        Some(r) => archive.radius(&vector, r)?,
+        None => archive.search(&vector, k)?,
     };
     let hits = collect_hits(
         archive.store(),
@@ -123,5 +130,10 @@ pub fn search_image<S: CaseStore>(
         radius.is_none().then_some(k),
         show_ids,
     )?;
-    Ok(ImageResults { hits, query, shown })
+    Ok(ImageResults {
+        hits,
+        vector,
+        query,
+        shown,
+    })
 }

@@ -6,6 +6,7 @@
 //! descriptor at step 0 is `[GeM(F), GeM(F)]`: the plain backbone's, so the two start from
 //! the same retrieval.
 
+pub mod binarise;
 pub mod gem;
 pub mod mirror_attention;
 
@@ -54,6 +55,12 @@ pub struct FundusMetricConfig {
     pub gem_p: f32,
     /// An optional classification head over the grades (the authors' code trains one).
     pub classes: Option<usize>,
+    /// Also binarise descriptors to this many bits (sign of a seeded random projection),
+    /// for a compact Hamming index.
+    #[serde(default)]
+    pub binary_bits: Option<usize>,
+    #[serde(default)]
+    pub binary_seed: u64,
 }
 
 impl FundusMetricConfig {
@@ -65,6 +72,8 @@ impl FundusMetricConfig {
             dim: None,
             gem_p: 3.0,
             classes: None,
+            binary_bits: None,
+            binary_seed: 0,
         }
     }
 
@@ -80,6 +89,12 @@ impl FundusMetricConfig {
     /// Width of the stored descriptor.
     pub fn descriptor_dim(&self) -> usize {
         self.dim.unwrap_or_else(|| self.pooled_dim())
+    }
+
+    /// The binarising projection, when `binary_bits` is set.
+    pub fn projection(&self) -> Option<binarise::SignProjection> {
+        self.binary_bits
+            .map(|b| binarise::SignProjection::new(self.descriptor_dim(), b, self.binary_seed))
     }
 
     pub fn init(&self, device: &Device) -> FundusMetricNet {
