@@ -36,18 +36,33 @@ pub fn draw_box(img: &mut RgbImage, b: &CropBox, colour: [u8; 3]) {
     }
 }
 
+/// Overlays are drawn at least this many pixels wide: a 96-pixel model input is too small
+/// to read on a screen.
+const MIN_OVERLAY_SIDE: usize = 384;
+
 fn overlay_png(
     shown: &ImageF32,
     saliency: Option<&[f32]>,
     crop: Option<&CropBox>,
     path: &Path,
 ) -> Result<()> {
-    let mut img = match saliency {
-        Some(s) => medret_data::overlay::overlay(shown, s, 0.45)?,
-        None => medret_data::overlay::overlay(shown, &vec![0.0; shown.height * shown.width], 0.0)?,
+    let (h, w) = (shown.height, shown.width);
+    let f = MIN_OVERLAY_SIDE.div_ceil(w.max(1)).max(1);
+    let big = medret_data::transform::resize(shown, h * f, w * f);
+    let map = match saliency {
+        Some(s) => medret_models::grad_cam::upsample_bilinear(s, h, w, h * f, w * f),
+        None => vec![0.0; h * f * w * f],
     };
+    let mut img =
+        medret_data::overlay::overlay(&big, &map, if saliency.is_some() { 0.45 } else { 0.0 })?;
     if let Some(b) = crop {
-        draw_box(&mut img, b, [255, 255, 0]);
+        let scaled = CropBox {
+            x: b.x * f,
+            y: b.y * f,
+            w: b.w * f,
+            h: b.h * f,
+        };
+        draw_box(&mut img, &scaled, [255, 255, 0]);
     }
     img.save(path).map_err(|e| SearchError::File {
         path: path.to_path_buf(),
@@ -88,8 +103,12 @@ pub fn write_explanations(
             tracing::warn!(rank = h.rank, "result image unreadable; no overlay written");
             continue;
         };
-        let safe: String = h
-            .case_id
+        // `00000001_000.png` names the file `rank-01-00000001_000.png`, not `...png.png`.
+        let id = ["png", "jpg", "jpeg", "dcm"]
+            .iter()
+            .find_map(|e| h.case_id.strip_suffix(&format!(".{e}")))
+            .unwrap_or(&h.case_id);
+        let safe: String = id
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
