@@ -357,6 +357,10 @@ fn parse_hex(s: &str, bytes: usize) -> Result<Vec<u8>> {
             bytes * 2
         );
     }
+    // Checked before slicing: byte offsets would split a multi-byte character.
+    if let Some(c) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
+        bail!("--code: `{c}` is not a hex digit");
+    }
     (0..bytes)
         .map(|i| {
             u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
@@ -502,5 +506,22 @@ fn print_hits(hits: &[Hit]) {
             "{:>3}  {:<24} distance {:<8} {}  patient {}  {}",
             h.rank, h.case_id, h.distance, labels, h.patient_id, h.path
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_hex;
+
+    #[test]
+    fn hex_codes_parse_and_bad_ones_are_errors_not_panics() {
+        assert_eq!(parse_hex("0x0aFf", 2).unwrap(), vec![0x0a, 0xff]);
+        // "aé0" is four bytes, the length of two hex bytes; slicing it at byte 2 would cut
+        // "é" in half and panic.
+        let e = parse_hex("aé0", 2).unwrap_err().to_string();
+        assert!(e.contains("not a hex digit"), "{e}");
+        assert!(parse_hex("0g", 1).unwrap_err().to_string().contains("`g`"));
+        let e = parse_hex("0a", 2).unwrap_err().to_string();
+        assert!(e.contains("need 4"), "{e}");
     }
 }

@@ -31,11 +31,24 @@ pub fn write_f32_matrix(path: &Path, rows: &[Vec<f32>]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
 
+/// Opens a `.npy` in C (row-major) order. A Fortran-order file would be read with its
+/// rows scrambled into columns, so it is refused with the fix named.
+fn open_c_order<'a>(path: &Path, bytes: &'a [u8]) -> Result<npyz::NpyFile<&'a [u8]>> {
+    let npy = npyz::NpyFile::new(bytes)
+        .map_err(|e| DataError::format(path, format!("not a .npy file: {e}")))?;
+    if npy.order() == npyz::Order::Fortran {
+        return Err(DataError::format(
+            path,
+            "stored in Fortran (column-major) order; save it with numpy.ascontiguousarray(a) first",
+        ));
+    }
+    Ok(npy)
+}
+
 /// Reads a float32 `N x D` `.npy` (for tests and later commands).
 pub fn read_f32_matrix(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let npy = npyz::NpyFile::new(&bytes[..])
-        .map_err(|e| DataError::format(path, format!("not a .npy file: {e}")))?;
+    let npy = open_c_order(path, &bytes)?;
     let shape = npy.shape().iter().map(|&s| s as usize).collect();
     let data = npy
         .into_vec::<f32>()
@@ -46,8 +59,7 @@ pub fn read_f32_matrix(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
 /// Reads a 2-D uint8 `.npy` (packed binary codes, `N x bits/8`): the shape and the bytes.
 pub fn read_u8_matrix(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let npy = npyz::NpyFile::new(&bytes[..])
-        .map_err(|e| DataError::format(path, format!("not a .npy file: {e}")))?;
+    let npy = open_c_order(path, &bytes)?;
     let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
     if shape.len() != 2 {
         return Err(DataError::format(
@@ -82,4 +94,48 @@ pub fn write_u8_matrix(path: &Path, rows: usize, cols: usize, data: &[u8]) -> Re
         w.finish().map_err(|e| DataError::io(path, e))?;
     }
     std::fs::write(path, out).map_err(|e| DataError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-written version 1.0 `.npy` header with `fortran_order` set as given.
+    fn npy(fortran: bool, descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut header = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+            if fortran { "True" } else { "False" }
+        );
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn fortran_order_is_refused_not_scrambled() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("codes.npy");
+        std::fs::write(&p, npy(false, "|u1", "(2, 3)", &[1, 2, 3, 4, 5, 6])).unwrap();
+        assert_eq!(
+            read_u8_matrix(&p).unwrap(),
+            (vec![2, 3], vec![1, 2, 3, 4, 5, 6])
+        );
+        std::fs::write(&p, npy(true, "|u1", "(2, 3)", &[1, 4, 2, 5, 3, 6])).unwrap();
+        let e = read_u8_matrix(&p).unwrap_err().to_string();
+        assert!(e.contains("codes.npy") && e.contains("Fortran"), "{e}");
+        let f: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(&p, npy(true, "<f4", "(1, 2)", &f)).unwrap();
+        assert!(
+            read_f32_matrix(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("Fortran")
+        );
+    }
 }
