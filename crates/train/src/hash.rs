@@ -20,7 +20,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use medret_data::loader::BatchLoader;
@@ -512,11 +511,6 @@ impl Task for HashTask {
     fn load_weights(&self, model: FusionHashNet, path: &Path) -> Result<FusionHashNet> {
         load_fusion(model, &self.settings.net, path)
     }
-}
-
-/// Keeps `Module` in scope for `valid()` callers of this module's API.
-pub fn eval_model(model: &FusionHashNet) -> FusionHashNet {
-    model.valid()
 }
 
 /// Retrieval figures of a trained model: `queries` (the test split) against `database`
