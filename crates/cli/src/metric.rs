@@ -8,12 +8,12 @@ use clap::Args;
 use medret_data::Split;
 use medret_models::Arch;
 use medret_models::fundus_metric::Attention;
-use medret_models::model_card::{Method, ModelCard, Output, WEIGHTS_FILE};
+use medret_models::model_card::WEIGHTS_FILE;
+use medret_train::export::export_model;
 use medret_train::metric::{MetricLoss, MetricSettings, MetricTask, check_init, retrieval_report};
 
 use crate::train::{
-    DataArg, Defaults, EngineArgs, OptimizerArg, final_weights, run_options, train_config,
-    train_with_progress,
+    DataArg, Defaults, EngineArgs, OptimizerArg, run_options, train_config, train_with_progress,
 };
 
 #[derive(Args)]
@@ -122,23 +122,9 @@ pub fn run(a: &MetricArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let outcome = train_with_progress(&task, &cfg, &opts)?;
     let train_seconds = started.elapsed().as_secs_f64();
-    let weights = final_weights(&outcome, &a.out)?;
+    let card = export_model(&outcome, &a.out, task.model_card(&cfg))?;
     let model_path = a.out.join(WEIGHTS_FILE);
-    std::fs::copy(&weights, &model_path)
-        .with_context(|| format!("cannot write {}", model_path.display()))?;
     let dim = task.settings.net.descriptor_dim();
-    let card = ModelCard::new(
-        Method::FundusMetric(task.settings.net.clone()),
-        Output::Descriptors { dim },
-        (0..medret_train::classify::GRADES)
-            .map(|g| format!("grade{g}"))
-            .collect(),
-        task.settings.eval_transform(),
-        serde_json::json!({"engine": cfg, "task": task.settings}),
-        medret_train::Task::fingerprint(&task),
-        cfg.seed,
-    )
-    .write(&a.out)?;
     let device = &opts.devices[0];
     let model =
         medret_models::encoder::load_fundus_metric(&task.settings.net, &model_path, device)?;

@@ -283,15 +283,7 @@ pub fn train_with_progress<T: medret_train::Task>(
     })?)
 }
 
-/// The best epoch's weights, or the last checkpoint's when nothing was validated.
-pub fn final_weights(outcome: &medret_train::Outcome, out: &Path) -> Result<PathBuf> {
-    if outcome.best_weights.is_file() {
-        return Ok(outcome.best_weights.clone());
-    }
-    Ok(medret_train::checkpoint::latest(&out.join("checkpoints"))?
-        .context("no checkpoint was written")?
-        .join("model.safetensors"))
-}
+pub use medret_train::export::final_weights;
 
 const CLASSIFY_DEFAULTS: Defaults = Defaults {
     batch_size: 16,

@@ -3,35 +3,11 @@
 //! `search --image` encodes a query exactly as `encode` did and explains it; and each bad
 //! input stops with a message naming the file and the problem.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn medret(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_medret"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = medret(args);
-    assert!(
-        o.status.success(),
-        "medret {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let o = medret(args);
-    assert!(!o.status.success(), "medret {args:?} should have failed");
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{fails, ok, s};
 
 fn train_hash(data: &Path, out: &Path, seed: &str, extra: &[&str]) -> String {
     let mut args = vec![

@@ -1,6 +1,6 @@
 //! Which trained model made a store model's vectors. Kept in the store's `config_hash`
-//! field as JSON: the model folder, the SHA-256 of its weights, the checksum of its
-//! `model.json` and the card itself. A query image is encoded only by a model folder that
+//! field as JSON: the model folder and its `model.json`, whose `weights_sha256` and
+//! `checksum` identify the model. A query image is encoded only by a model folder that
 //! matches all of them; anything else is refused by name, since codes of another model are
 //! meaningless against the archive.
 
@@ -14,8 +14,7 @@ use crate::error::{Result, SearchError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelBinding {
     pub model_dir: PathBuf,
-    pub weights_sha256: String,
-    pub card_checksum: String,
+    /// The card as it was; its `weights_sha256` and `checksum` identify the model.
     pub card: ModelCard,
 }
 
@@ -23,8 +22,6 @@ impl ModelBinding {
     pub fn new(dir: &Path, card: &ModelCard) -> Self {
         ModelBinding {
             model_dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
-            weights_sha256: card.weights_sha256.clone(),
-            card_checksum: card.checksum.clone(),
             card: card.clone(),
         }
     }
@@ -44,14 +41,14 @@ impl ModelBinding {
 
     /// Refuses `card` unless it is the card and weights that built the archive.
     pub fn check(&self, card: &ModelCard, dir: &Path, model: &str, store: &str) -> Result<()> {
-        if card.weights_sha256 != self.weights_sha256 || card.checksum != self.card_checksum {
+        if card.weights_sha256 != self.card.weights_sha256 || card.checksum != self.card.checksum {
             return Err(SearchError::Model {
                 model: model.into(),
                 store: store.into(),
                 message: format!(
                     "was built by the model in {} (weights SHA-256 {}), but {} holds weights {}: a query must be encoded by the model that built the archive",
                     self.model_dir.display(),
-                    short(&self.weights_sha256),
+                    short(&self.card.weights_sha256),
                     dir.display(),
                     short(&card.weights_sha256)
                 ),

@@ -251,6 +251,23 @@ impl HashTask {
         })
     }
 
+    /// The model card of a run of this task with `cfg`: codes of `bits` bits, the class
+    /// names, the evaluation transform, every hyper-parameter.
+    pub fn model_card(&self, cfg: &crate::TrainConfig) -> medret_models::model_card::ModelCard {
+        use medret_models::model_card::{Method, ModelCard, Output};
+        ModelCard::new(
+            Method::CxrFusionHash(self.settings.net.clone()),
+            Output::Codes {
+                bits: self.settings.net.bits,
+            },
+            self.settings.classes.clone(),
+            self.settings.eval_transform(),
+            serde_json::json!({"engine": cfg, "task": self.settings}),
+            self.fingerprint.clone(),
+            cfg.seed,
+        )
+    }
+
     fn truth(&self, r: &Record) -> Truth {
         Truth::labels(
             r.labels

@@ -17,6 +17,7 @@ pub mod classify;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod fingerprint;
 pub mod hash;
 pub mod log;

@@ -176,6 +176,25 @@ impl MetricTask {
         })
     }
 
+    /// The model card of a run of this task with `cfg`: float descriptors, grade names,
+    /// the evaluation transform, every hyper-parameter.
+    pub fn model_card(&self, cfg: &crate::TrainConfig) -> medret_models::model_card::ModelCard {
+        use medret_models::model_card::{Method, ModelCard, Output};
+        ModelCard::new(
+            Method::FundusMetric(self.settings.net.clone()),
+            Output::Descriptors {
+                dim: self.settings.net.descriptor_dim(),
+            },
+            (0..crate::classify::GRADES)
+                .map(|g| format!("grade{g}"))
+                .collect(),
+            self.settings.eval_transform(),
+            serde_json::json!({"engine": cfg, "task": self.settings}),
+            self.fingerprint.clone(),
+            cfg.seed,
+        )
+    }
+
     fn grades_present(&self) -> usize {
         let mut g: Vec<u8> = self.train.iter().filter_map(|r| r.grade).collect();
         g.sort_unstable();

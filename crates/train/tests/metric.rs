@@ -200,7 +200,28 @@ fn every_loss_and_the_plain_backbone_train() {
             .unwrap()
             .parse()
             .unwrap();
-        assert!(l.is_finite(), "{loss:?} {attention:?}: {l}");
+        // A trained pair loss on a three-grade batch is positive (every anchor has both a
+        // positive and a negative), and the weights it wrote give unit descriptors of the
+        // configured width that tell images apart.
+        assert!(l.is_finite() && l > 0.0, "{loss:?} {attention:?}: {l}");
+        let dev = Device::flex();
+        let model = medret_models::encoder::load_fundus_metric(
+            &task.settings.net,
+            &out.path().join("checkpoints/epoch-0001/model.safetensors"),
+            &dev,
+        )
+        .unwrap();
+        let d = task.describe(&model, &split(&ds, true), &dev).unwrap();
+        let want = match attention {
+            Attention::Mirror => 2 * task.settings.net.backbone.feature_dim(),
+            Attention::None => task.settings.net.backbone.feature_dim(),
+        };
+        assert!(d.iter().all(|v| v.len() == want), "{loss:?} {attention:?}");
+        for v in &d {
+            let n: f32 = v.iter().map(|x| x * x).sum();
+            assert!((n - 1.0).abs() < 1e-4, "{n}");
+        }
+        assert!(d.windows(2).any(|w| w[0] != w[1]), "descriptors all equal");
     }
 }
 
