@@ -139,6 +139,10 @@ pub struct SearchArgs {
     /// Codes only: every case within this Hamming distance instead of the top k.
     #[arg(long)]
     radius: Option<u32>,
+    /// Float descriptors: `exact` scan, `hnsw` graph (approximate, built at open), or
+    /// `auto` (the exact scan up to 200,000 cases, the graph above).
+    #[arg(long, default_value = "auto")]
+    float_index: medret_store::archive::FloatSearch,
     /// Show patient ids (masked by default).
     #[arg(long)]
     show_ids: bool,
@@ -385,7 +389,7 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
             a.model_dir.as_deref(),
             &device,
         )?;
-        let mut archive = Archive::open(store, &a.model)?;
+        let mut archive = Archive::open_with(store, &a.model, a.float_index)?;
         let res = search_image(
             &mut archive,
             &encoder,
@@ -398,7 +402,13 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
         let mut written = Vec::new();
         if let Some(dir) = &a.explain {
             written = medret_search::explain::write_explanations(
-                dir, &encoder, &res.shown, &res.query, &res.hits, None,
+                dir,
+                &encoder,
+                &res.shown,
+                &res.query,
+                Some(&res.decoded),
+                &res.hits,
+                None,
             )?;
         }
         let crop = res.query.crop;
@@ -472,7 +482,7 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
         _ => bail!("give a query: --image, --code, --descriptor-file or --case"),
     };
     let extra = usize::from(exclude.is_some());
-    let mut archive = Archive::open(store, &a.model)?;
+    let mut archive = Archive::open_with(store, &a.model, a.float_index)?;
     let found = match a.radius {
         Some(r) => archive.radius(&query, r)?,
         None => archive.search(&query, a.k + extra)?,

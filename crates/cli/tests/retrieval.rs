@@ -563,6 +563,24 @@ fn fundus_descriptors_in_similar_cases_out() {
         assert!((0.0..=2.0).contains(&d), "cosine distance {d}");
     }
     assert!(explain.join("query.png").is_file());
+    // A descriptor model explains twice: where the attention falls, and the Grad-CAM of
+    // the similarity (the query's to its results, each result's to the query).
+    let written: Vec<&str> = v["explanations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let cams: Vec<&&str> = written
+        .iter()
+        .filter(|p| p.ends_with("-gradcam.png"))
+        .collect();
+    assert_eq!(cams.len(), 5, "{written:?}");
+    assert!(explain.join("query-gradcam.png").is_file());
+    for p in &written {
+        let img = image::open(p).unwrap().to_rgb8();
+        assert!(img.width() >= 384, "{p}: {}", img.width());
+    }
     // Where the attention falls, on the phantoms' lesion masks.
     let out = ok(&[
         "bench",

@@ -1,45 +1,91 @@
 //! Approximate nearest neighbours over float descriptors with HNSW (Malkov and Yashunin),
-//! through the `instant-distance` crate, for archives where the exact scan is too slow.
-//! Its recall against the exact scan is measured, not assumed: see the tests and
-//! `medret bench search-float --hnsw`.
+//! through `usearch`, for archives where the exact scan is too slow. Its recall against
+//! the exact scan is measured, not assumed: see the tests and
+//! `medret bench search-float --hnsw` (`bench/float_graph.sh` runs it on real descriptors).
 //!
-//! The graph is built once from all descriptors (the crate has no incremental insert);
-//! the exact [`crate::FloatIndex`] remains the reference and the default.
+//! The exact [`crate::FloatIndex`] remains the reference and the default: on this
+//! project's descriptors the graph only wins above [`EXACT_SCAN_LIMIT`] cases (the
+//! crossover is measured in `docs/search.md`).
+//!
+//! Why `usearch` and not `instant-distance` (used before): that crate fixed `ef_search` at
+//! build time, built single-threaded in practice (663 s for 100k x 128) and had no
+//! incremental insert, removal or persistence; `usearch` builds in parallel, inserts and
+//! removes in place, tunes `ef_search` per query batch, stores vectors as f32, f16 or i8,
+//! and serves a saved graph memory-mapped.
 
-use instant_distance::{Builder, HnswMap, Point, Search};
+use std::path::Path;
+
+use rayon::prelude::*;
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::error::{IndexError, Result};
 use crate::float::{FloatHit, Metric};
 
-#[derive(Clone, Debug)]
-struct Vector {
-    v: Vec<f32>,
-    metric: Metric,
+/// Below this many cases the exact scan is as fast as the graph at full recall, so the
+/// search path keeps it (see `docs/search.md` for the measurements behind the figure).
+pub const EXACT_SCAN_LIMIT: usize = 200_000;
+
+/// How the graph stores vectors: f32 keeps the distances exact, f16 halves the memory,
+/// i8 quarters it (cosine only), each at some cost in recall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    #[default]
+    F32,
+    F16,
+    I8,
 }
 
-impl Point for Vector {
-    fn distance(&self, other: &Self) -> f32 {
-        match self.metric {
-            // Vectors are normalised on the way in.
-            Metric::Cosine => 1.0 - self.v.iter().zip(&other.v).map(|(a, b)| a * b).sum::<f32>(),
-            Metric::L2 => self
-                .v
-                .iter()
-                .zip(&other.v)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum(),
+impl std::str::FromStr for Storage {
+    type Err = IndexError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Storage::F32),
+            "f16" => Ok(Storage::F16),
+            "i8" => Ok(Storage::I8),
+            _ => Err(IndexError::Parameter(format!(
+                "vector storage {s:?}: expected f32, f16 or i8"
+            ))),
         }
     }
 }
 
-/// An HNSW graph over descriptors, each with a case id.
+/// The graph's parameters, with the paper's names. Larger values: better recall, slower.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HnswParams {
+    /// M: edges per node on the upper layers (2M on the base layer).
+    pub connectivity: usize,
+    /// efConstruction: candidate list length while inserting.
+    pub ef_construction: usize,
+    /// efSearch: candidate list length while searching (raised to `k` when smaller).
+    pub ef_search: usize,
+    pub storage: Storage,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams {
+            connectivity: 16,
+            ef_construction: 128,
+            ef_search: 64,
+            storage: Storage::F32,
+        }
+    }
+}
+
+/// An HNSW graph over descriptors, each with a case id. Safe to search from many threads
+/// at once; inserts take `&self` too (the library locks per node).
 pub struct HnswIndex {
-    map: HnswMap<Vector, u64>,
+    index: Index,
     dim: usize,
     metric: Metric,
 }
 
-fn prepare(v: &[f32], dim: usize, metric: Metric) -> Result<Vector> {
+fn backend(what: &str, e: impl std::fmt::Display) -> IndexError {
+    IndexError::Parameter(format!("HNSW {what}: {e}"))
+}
+
+fn check(v: &[f32], dim: usize) -> Result<()> {
     if v.len() != dim {
         return Err(IndexError::Dimension {
             expected: dim,
@@ -49,63 +95,227 @@ fn prepare(v: &[f32], dim: usize, metric: Metric) -> Result<Vector> {
     if v.iter().any(|x| !x.is_finite()) {
         return Err(IndexError::NonFinite);
     }
-    let mut v = v.to_vec();
-    if metric == Metric::Cosine {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if n > 0.0 {
-            v.iter_mut().for_each(|x| *x /= n);
-        }
+    Ok(())
+}
+
+fn metric_kind(metric: Metric) -> MetricKind {
+    match metric {
+        Metric::Cosine => MetricKind::Cos,
+        Metric::L2 => MetricKind::L2sq,
     }
-    Ok(Vector { v, metric })
 }
 
 impl HnswIndex {
-    /// Builds the graph. `ef_construction` and `ef_search` are the paper's parameters
-    /// (larger: better recall, slower); `seed` makes the build reproducible.
-    pub fn build(
-        dim: usize,
-        metric: Metric,
-        items: &[(u64, Vec<f32>)],
-        ef_construction: usize,
-        ef_search: usize,
-        seed: u64,
-    ) -> Result<Self> {
+    /// An empty graph.
+    pub fn new(dim: usize, metric: Metric, params: HnswParams) -> Result<Self> {
         if dim == 0 {
             return Err(IndexError::Parameter(
                 "descriptor dimension must be at least 1".into(),
             ));
         }
-        let mut points = Vec::with_capacity(items.len());
-        let mut ids = Vec::with_capacity(items.len());
-        for (id, v) in items {
-            points.push(prepare(v, dim, metric)?);
-            ids.push(*id);
+        if params.connectivity < 2 || params.ef_construction == 0 || params.ef_search == 0 {
+            return Err(IndexError::Parameter(format!(
+                "HNSW parameters {params:?}: connectivity must be at least 2 and both ef at least 1"
+            )));
         }
-        let map = Builder::default()
-            .ef_construction(ef_construction)
-            .ef_search(ef_search)
-            .seed(seed)
-            .build(points, ids);
-        Ok(HnswIndex { map, dim, metric })
+        if params.storage == Storage::I8 && metric != Metric::Cosine {
+            return Err(IndexError::Parameter(
+                "i8 storage needs the cosine metric (it quantises unit vectors)".into(),
+            ));
+        }
+        let options = IndexOptions {
+            dimensions: dim,
+            metric: metric_kind(metric),
+            quantization: match params.storage {
+                Storage::F32 => ScalarKind::F32,
+                Storage::F16 => ScalarKind::F16,
+                Storage::I8 => ScalarKind::I8,
+            },
+            connectivity: params.connectivity,
+            expansion_add: params.ef_construction,
+            expansion_search: params.ef_search,
+            multi: false,
+        };
+        let index = Index::new(&options).map_err(|e| backend("creation", e))?;
+        Ok(HnswIndex { index, dim, metric })
     }
 
-    /// Approximate `k` nearest, ranked by (distance, id) among those found. `k` is capped
-    /// by the build's `ef_search`.
+    /// Builds the graph from all `items`, inserting on every rayon thread. The result
+    /// depends on the insertion interleaving, so two builds may differ slightly in recall
+    /// (never in correctness of the distances they report).
+    pub fn build(
+        dim: usize,
+        metric: Metric,
+        params: HnswParams,
+        items: &[(u64, Vec<f32>)],
+    ) -> Result<Self> {
+        let graph = HnswIndex::new(dim, metric, params)?;
+        for (_, v) in items {
+            check(v, dim)?;
+        }
+        let mut seen = std::collections::HashSet::with_capacity(items.len());
+        if let Some((id, _)) = items.iter().find(|(id, _)| !seen.insert(*id)) {
+            return Err(IndexError::DuplicateId(*id));
+        }
+        graph.reserve(items.len())?;
+        items
+            .par_iter()
+            .try_for_each(|(id, v)| graph.insert(*id, v))?;
+        Ok(graph)
+    }
+
+    /// Builds from a row-major `n x dim` matrix, case ids `0..n`.
+    pub fn build_rows(
+        dim: usize,
+        metric: Metric,
+        params: HnswParams,
+        rows: &[f32],
+    ) -> Result<Self> {
+        if dim == 0 || !rows.len().is_multiple_of(dim) {
+            return Err(IndexError::Parameter(format!(
+                "{} values do not make rows of dimension {dim}",
+                rows.len()
+            )));
+        }
+        let graph = HnswIndex::new(dim, metric, params)?;
+        rows.par_chunks_exact(dim).try_for_each(|r| check(r, dim))?;
+        graph.reserve(rows.len() / dim)?;
+        rows.par_chunks_exact(dim)
+            .enumerate()
+            .try_for_each(|(i, r)| graph.insert(i as u64, r))?;
+        Ok(graph)
+    }
+
+    fn reserve(&self, n: usize) -> Result<()> {
+        // One slot per rayon worker plus the calling thread: the library hands each
+        // concurrent insert its own scratch space.
+        self.index
+            .reserve_capacity_and_threads(n, rayon::current_num_threads() + 1)
+            .map_err(|e| backend("reserve", e))
+    }
+
+    fn insert(&self, id: u64, v: &[f32]) -> Result<()> {
+        self.index.add(id, v).map_err(|e| backend("insert", e))
+    }
+
+    /// Inserts one descriptor; the graph grows as needed.
+    pub fn add(&self, id: u64, descriptor: &[f32]) -> Result<()> {
+        check(descriptor, self.dim)?;
+        if self.index.contains(id) {
+            return Err(IndexError::DuplicateId(id));
+        }
+        if self.index.size() + 1 > self.index.capacity() {
+            self.reserve((self.index.capacity() * 2).max(64))?;
+        }
+        self.insert(id, descriptor)
+    }
+
+    /// Removes a case; `false` when it was not there.
+    pub fn remove(&self, id: u64) -> Result<bool> {
+        let n = self.index.remove(id).map_err(|e| backend("removal", e))?;
+        Ok(n > 0)
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.index.contains(id)
+    }
+
+    /// Sets efSearch for later searches.
+    pub fn set_ef_search(&self, ef: usize) {
+        self.index.change_expansion_search(ef.max(1));
+    }
+
+    /// Approximate `k` nearest, ranked by (distance, id) among those found. Distances are
+    /// those of [`crate::FloatIndex`] (`1 - cosine`, squared L2), up to the storage's
+    /// rounding.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<FloatHit>> {
-        let q = prepare(query, self.dim, self.metric)?;
-        let mut search = Search::default();
-        let mut hits: Vec<FloatHit> = self
-            .map
-            .search(&q, &mut search)
-            .take(k)
-            .map(|item| FloatHit {
-                distance: item.distance,
-                id: *item.value,
-            })
+        check(query, self.dim)?;
+        if k == 0 || self.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.index.expansion_search() < k {
+            self.index.change_expansion_search(k);
+        }
+        let m = self
+            .index
+            .search(query, k)
+            .map_err(|e| backend("search", e))?;
+        let mut hits: Vec<FloatHit> = m
+            .keys
+            .iter()
+            .zip(&m.distances)
+            .map(|(&id, &distance)| FloatHit { distance, id })
             .collect();
         hits.sort_unstable();
         Ok(hits)
     }
+
+    /// Writes the graph and its vectors to `path` (the library's own format).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let s = utf8(path)?;
+        self.index
+            .save(s)
+            .map_err(|e| IndexError::Parameter(format!("{}: cannot save: {e}", path.display())))
+    }
+
+    /// Loads a saved graph into memory.
+    pub fn load(path: &Path) -> Result<Self> {
+        Self::open(path, false)
+    }
+
+    /// Serves a saved graph memory-mapped: opening costs no reading, pages load on use,
+    /// and the graph is read-only (inserts fail).
+    pub fn view(path: &Path) -> Result<Self> {
+        Self::open(path, true)
+    }
+
+    fn open(path: &Path, mapped: bool) -> Result<Self> {
+        let s = utf8(path)?;
+        let bad = |e: &dyn std::fmt::Display| {
+            IndexError::Parameter(format!(
+                "{}: not a readable HNSW graph: {e}",
+                path.display()
+            ))
+        };
+        let meta = Index::metadata(s).map_err(|e| bad(&e))?;
+        let metric = match meta.metric {
+            MetricKind::Cos => Metric::Cosine,
+            MetricKind::L2sq => Metric::L2,
+            other => return Err(bad(&format!("metric {other:?} is not one medret writes"))),
+        };
+        let index = if mapped {
+            Index::restore_view(s)
+        } else {
+            Index::restore(s)
+        }
+        .map_err(|e| bad(&e))?;
+        Ok(HnswIndex {
+            dim: index.dimensions(),
+            index,
+            metric,
+        })
+    }
+}
+
+fn utf8(path: &Path) -> Result<&str> {
+    path.to_str()
+        .ok_or_else(|| IndexError::Parameter(format!("{}: the path is not UTF-8", path.display())))
 }
 
 /// Fraction of the exact top-k ids that the approximate top-k found.
@@ -125,35 +335,169 @@ mod tests {
     use super::*;
     use crate::FloatIndex;
 
-    #[test]
-    fn recall_at_10_against_the_exact_scan() {
-        let (n, dim) = (3000usize, 32usize);
-        let mut s = 5u64;
-        let mut rnd = || {
+    /// Clustered data (like trained descriptors), where a graph index should do well.
+    fn clustered(n: usize, dim: usize, seed: u64) -> Vec<(u64, Vec<f32>)> {
+        let mut s = seed;
+        let mut rnd = move || {
             s = s
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
-        let items: Vec<(u64, Vec<f32>)> = (0..n as u64)
-            .map(|id| (id, (0..dim).map(|_| rnd()).collect()))
-            .collect();
-        let mut exact = FloatIndex::new(dim, Metric::Cosine).unwrap();
-        for (id, v) in &items {
+        let centres: Vec<Vec<f32>> = (0..20).map(|_| (0..dim).map(|_| rnd()).collect()).collect();
+        (0..n as u64)
+            .map(|id| {
+                let c = &centres[id as usize % centres.len()];
+                (id, c.iter().map(|x| x + 0.3 * rnd()).collect())
+            })
+            .collect()
+    }
+
+    fn mean_recall(graph: &HnswIndex, exact: &FloatIndex, queries: &[(u64, Vec<f32>)]) -> f64 {
+        queries
+            .iter()
+            .map(|(_, q)| {
+                let e = exact.search(q, 10).unwrap();
+                let a = graph.search(q, 10).unwrap();
+                assert_eq!(a.len(), 10);
+                recall(&e, &a)
+            })
+            .sum::<f64>()
+            / queries.len() as f64
+    }
+
+    fn exact_of(items: &[(u64, Vec<f32>)], dim: usize, metric: Metric) -> FloatIndex {
+        let mut exact = FloatIndex::new(dim, metric).unwrap();
+        for (id, v) in items {
             exact.add(*id, v).unwrap();
         }
-        let hnsw = HnswIndex::build(dim, Metric::Cosine, &items, 100, 100, 1).unwrap();
-        let mut total = 0.0;
-        let queries = 50;
-        for _ in 0..queries {
-            let q: Vec<f32> = (0..dim).map(|_| rnd()).collect();
-            let e = exact.search(&q, 10).unwrap();
-            let a = hnsw.search(&q, 10).unwrap();
-            assert_eq!(a.len(), 10);
-            total += recall(&e, &a);
+        exact
+    }
+
+    #[test]
+    fn recall_at_10_and_distances_agree_with_the_exact_scan() {
+        let dim = 32;
+        let items = clustered(3000, dim, 5);
+        let queries = clustered(50, dim, 99);
+        for metric in [Metric::Cosine, Metric::L2] {
+            let exact = exact_of(&items, dim, metric);
+            let graph = HnswIndex::build(dim, metric, HnswParams::default(), &items).unwrap();
+            assert_eq!(graph.len(), items.len());
+            let r = mean_recall(&graph, &exact, &queries);
+            assert!(r >= 0.95, "{metric:?}: recall@10 {r}");
+            // The graph reports the exact scan's distances for the ids it finds.
+            let e = exact.search(&queries[0].1, 10).unwrap();
+            for h in graph.search(&queries[0].1, 10).unwrap() {
+                if let Some(x) = e.iter().find(|x| x.id == h.id) {
+                    let tol = 1e-4 * (1.0 + x.distance.abs());
+                    assert!(
+                        (x.distance - h.distance).abs() < tol,
+                        "{metric:?} {x:?} {h:?}"
+                    );
+                }
+            }
         }
-        let r = total / queries as f64;
-        assert!(r >= 0.9, "recall@10 {r}");
         assert_eq!(recall(&[], &[]), 1.0);
+    }
+
+    #[test]
+    fn compact_storage_keeps_most_of_the_recall() {
+        let dim = 32;
+        let items = clustered(2000, dim, 7);
+        let queries = clustered(40, dim, 8);
+        let exact = exact_of(&items, dim, Metric::Cosine);
+        for storage in [Storage::F16, Storage::I8] {
+            let p = HnswParams {
+                storage,
+                ..HnswParams::default()
+            };
+            let graph = HnswIndex::build(dim, Metric::Cosine, p, &items).unwrap();
+            let r = mean_recall(&graph, &exact, &queries);
+            assert!(r >= 0.85, "{storage:?}: recall@10 {r}");
+        }
+        assert!(
+            HnswIndex::new(
+                dim,
+                Metric::L2,
+                HnswParams {
+                    storage: Storage::I8,
+                    ..HnswParams::default()
+                }
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn inserts_and_removals_in_place() {
+        let dim = 8;
+        let items = clustered(300, dim, 3);
+        let graph = HnswIndex::new(dim, Metric::L2, HnswParams::default()).unwrap();
+        for (id, v) in &items {
+            graph.add(*id, v).unwrap();
+        }
+        assert_eq!(graph.len(), 300);
+        assert_eq!(graph.add(5, &items[5].1), Err(IndexError::DuplicateId(5)));
+        // A case finds itself at distance 0 until it is removed.
+        let top = graph.search(&items[17].1, 1).unwrap();
+        assert_eq!((top[0].id, top[0].distance), (17, 0.0));
+        assert!(graph.remove(17).unwrap());
+        assert!(!graph.contains(17));
+        assert!(
+            graph
+                .search(&items[17].1, 10)
+                .unwrap()
+                .iter()
+                .all(|h| h.id != 17)
+        );
+        assert!(!graph.remove(17).unwrap());
+        assert_eq!(
+            graph.add(1000, &[0.0; 7]),
+            Err(IndexError::Dimension {
+                expected: 8,
+                got: 7
+            })
+        );
+        assert_eq!(graph.add(1000, &[f32::NAN; 8]), Err(IndexError::NonFinite));
+        let dup = vec![(1, vec![0.0; 8]), (1, vec![1.0; 8])];
+        assert_eq!(
+            HnswIndex::build(8, Metric::L2, HnswParams::default(), &dup).err(),
+            Some(IndexError::DuplicateId(1))
+        );
+    }
+
+    #[test]
+    fn saved_graph_loads_and_maps_with_the_same_answers_and_truncation_is_an_error() {
+        let dim = 16;
+        let items = clustered(1000, dim, 11);
+        let graph = HnswIndex::build(dim, Metric::Cosine, HnswParams::default(), &items).unwrap();
+        let dir = std::env::temp_dir().join(format!("medret-hnsw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("graph.usearch");
+        graph.save(&path).unwrap();
+        let q = &items[42].1;
+        let want = graph.search(q, 10).unwrap();
+        for opened in [
+            HnswIndex::load(&path).unwrap(),
+            HnswIndex::view(&path).unwrap(),
+        ] {
+            assert_eq!(
+                (opened.dim(), opened.metric(), opened.len()),
+                (dim, Metric::Cosine, 1000)
+            );
+            assert_eq!(opened.search(q, 10).unwrap(), want);
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = dir.join("cut.usearch");
+        for keep in [10, bytes.len() / 2, bytes.len() - 1] {
+            std::fs::write(&cut, &bytes[..keep]).unwrap();
+            for mapped in [false, true] {
+                let e = HnswIndex::open(&cut, mapped)
+                    .err()
+                    .expect("a truncated graph opened");
+                assert!(e.to_string().contains("cut.usearch"), "{e}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,7 +7,8 @@
 //!   a counting selection;
 //! - [`multi_index`]: multi-index hashing, exact and sub-linear for large N;
 //! - [`float`]: exact top-k over float descriptors by cosine or L2;
-//! - [`hnsw`]: approximate float top-k for large N (HNSW, through `instant-distance`).
+//! - [`hnsw`]: approximate float top-k for large N (HNSW, through `usearch`), saved and
+//!   served memory-mapped.
 //!
 //! Every index ranks by ascending distance, then ascending case id, and updates in place
 //! on add and remove.
@@ -22,5 +23,5 @@ pub mod popcount;
 pub use error::{IndexError, Result};
 pub use float::{FloatHit, FloatIndex, Metric};
 pub use hamming::{HammingIndex, Hit};
-pub use hnsw::HnswIndex;
+pub use hnsw::{HnswIndex, HnswParams, Storage};
 pub use multi_index::MultiIndex;

@@ -148,17 +148,8 @@ impl Encoder {
         if images.is_empty() {
             return Vec::new();
         }
-        let prepared: Vec<ImageF32> = images
-            .into_iter()
-            .map(|img| self.pipeline.apply(img, 0, 0))
-            .collect();
-        let (c, h, w) = (prepared[0].channels, prepared[0].height, prepared[0].width);
-        let n = prepared.len();
-        let mut data = Vec::with_capacity(n * c * h * w);
-        for p in &prepared {
-            data.extend_from_slice(&p.data);
-        }
-        let x = Tensor::<4>::from_data(TensorData::new(data, [n, c, h, w]), &self.device);
+        let x = self.input(images);
+        let n = x.dims()[0];
         match &self.net {
             Net::CxrHash(cfg, net) => {
                 let pass = if explain {
@@ -223,6 +214,37 @@ impl Encoder {
                     })
                     .collect()
             }
+        }
+    }
+
+    /// Decoded images through the card's preprocessing, as one batch.
+    fn input(&self, images: Vec<ImageF32>) -> Tensor<4> {
+        let prepared: Vec<ImageF32> = images
+            .into_iter()
+            .map(|img| self.pipeline.apply(img, 0, 0))
+            .collect();
+        let (c, h, w) = (prepared[0].channels, prepared[0].height, prepared[0].width);
+        let n = prepared.len();
+        let mut data = Vec::with_capacity(n * c * h * w);
+        for p in &prepared {
+            data.extend_from_slice(&p.data);
+        }
+        Tensor::<4>::from_data(TensorData::new(data, [n, c, h, w]), &self.device)
+    }
+
+    /// For a descriptor model: Grad-CAM of each image's cosine similarity to its target
+    /// descriptor (see [`FundusMetricNet::similarity_grad_cam`]), at the input size.
+    /// `None` for a hashing model, whose explanation is already its class Grad-CAM.
+    pub fn similarity_cam(
+        &self,
+        images: Vec<ImageF32>,
+        targets: &[Vec<f32>],
+    ) -> Option<Vec<Saliency>> {
+        match &self.net {
+            Net::Fundus(net, _) if !images.is_empty() => {
+                Some(net.similarity_grad_cam(self.input(images), targets))
+            }
+            _ => None,
         }
     }
 

@@ -70,20 +70,47 @@ fn overlay_png(
     })
 }
 
-/// Writes `query.png` (saliency overlay and crop box) and `rank-NN-<case>.png` for each
-/// result whose image can be read, into `dir`. Returns the files written.
+fn file_error(path: &Path, e: impl std::fmt::Display) -> SearchError {
+    SearchError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// A case id as a file-name part: `00000001_000.png` gives `00000001_000`, and anything
+/// but ASCII letters, digits, `-`, `_` and `.` becomes `_`.
+fn file_stem(case_id: &str) -> String {
+    let id = ["png", "jpg", "jpeg", "dcm"]
+        .iter()
+        .find_map(|e| case_id.strip_suffix(&format!(".{e}")))
+        .unwrap_or(case_id);
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Writes `query.png` (the model's saliency: class Grad-CAM with the crop box for a chest
+/// hashing model, where mirror attention falls for a fundus model) and
+/// `rank-NN-<case>.png` for each result whose image can be read, into `dir`. For a
+/// descriptor model, also `query-gradcam.png` and `rank-NN-<case>-gradcam.png`: Grad-CAM
+/// of the cosine similarity, each result's to the query, the query's to its results' mean
+/// descriptor (this needs `query_image`, the decoded query). Returns the files written.
 pub fn write_explanations(
     dir: &Path,
     encoder: &Encoder,
     shown: &ImageF32,
     query: &medret_models::encoder::Encoded,
+    query_image: Option<&ImageF32>,
     hits: &[Hit],
     root: Option<&Path>,
 ) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| SearchError::File {
-        path: dir.to_path_buf(),
-        message: format!("cannot create: {e}"),
-    })?;
+    std::fs::create_dir_all(dir).map_err(|e| file_error(dir, format!("cannot create: {e}")))?;
     let mut written = Vec::new();
     let q = dir.join("query.png");
     overlay_png(
@@ -93,32 +120,21 @@ pub fn write_explanations(
         &q,
     )?;
     written.push(q);
+    let mut result_raws = Vec::new();
     for h in hits {
         let p = Path::new(&h.path);
         let p = match root {
             Some(r) if p.is_relative() => r.join(p),
             _ => p.to_path_buf(),
         };
-        let Ok((shown, e)) = encoder.encode_file(&p, true) else {
+        let Ok(img) = medret_data::decode::decode_any(&p) else {
             tracing::warn!(rank = h.rank, "result image unreadable; no overlay written");
             continue;
         };
-        // `00000001_000.png` names the file `rank-01-00000001_000.png`, not `...png.png`.
-        let id = ["png", "jpg", "jpeg", "dcm"]
-            .iter()
-            .find_map(|e| h.case_id.strip_suffix(&format!(".{e}")))
-            .unwrap_or(&h.case_id);
-        let safe: String = id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let out = dir.join(format!("rank-{:02}-{safe}.png", h.rank));
+        let shown = encoder.display_image(img.clone());
+        let e = encoder.encode_images(vec![img.clone()], true).remove(0);
+        let stem = format!("rank-{:02}-{}", h.rank, file_stem(&h.case_id));
+        let out = dir.join(format!("{stem}.png"));
         overlay_png(
             &shown,
             e.saliency.as_ref().map(|s| s.data.as_slice()),
@@ -126,6 +142,24 @@ pub fn write_explanations(
             &out,
         )?;
         written.push(out);
+        if let Some(cam) = encoder.similarity_cam(vec![img], std::slice::from_ref(&query.raw)) {
+            let out = dir.join(format!("{stem}-gradcam.png"));
+            overlay_png(&shown, Some(&cam[0].data), None, &out)?;
+            written.push(out);
+        }
+        result_raws.push(e.raw);
+    }
+    if let (Some(img), false) = (query_image, result_raws.is_empty()) {
+        let d = query.raw.len();
+        let mut mean = vec![0.0f32; d];
+        for r in &result_raws {
+            mean.iter_mut().zip(r).for_each(|(m, x)| *m += x);
+        }
+        if let Some(cam) = encoder.similarity_cam(vec![img.clone()], &[mean]) {
+            let out = dir.join("query-gradcam.png");
+            overlay_png(shown, Some(&cam[0].data), None, &out)?;
+            written.push(out);
+        }
     }
     Ok(written)
 }

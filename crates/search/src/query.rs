@@ -100,6 +100,8 @@ pub struct ImageResults {
     pub query: Encoded,
     /// The query as the model saw it (before normalisation), for overlays.
     pub shown: ImageF32,
+    /// The query as decoded, for explanations that run the model again.
+    pub decoded: ImageF32,
 }
 
 /// Searches `archive` with an image file (PNG, JPEG, DICOM): the top `k`, or every case
@@ -113,7 +115,11 @@ pub fn search_image<S: CaseStore>(
     show_ids: bool,
     explain: bool,
 ) -> Result<ImageResults> {
-    let (shown, query) = encoder.encode_file(image, explain)?;
+    let decoded = medret_data::decode::decode_any(image)?;
+    let shown = encoder.display_image(decoded.clone());
+    let query = encoder
+        .encode_images(vec![decoded.clone()], explain)
+        .remove(0);
     // A descriptor model's archive may hold its binarised codes instead of the floats.
     let vector = match (archive.model().kind, &query.code) {
         (medret_store::ModelKind::Codes { .. }, Some(code)) => code.clone(),
@@ -135,5 +141,6 @@ pub fn search_image<S: CaseStore>(
         vector,
         query,
         shown,
+        decoded,
     })
 }

@@ -6,7 +6,7 @@
 //! the index never holds a case the store does not.
 
 use medret_eval::codes::pack_bytes;
-use medret_index::{FloatHit, FloatIndex, HammingIndex, Hit};
+use medret_index::{FloatHit, FloatIndex, HammingIndex, Hit, HnswIndex, HnswParams};
 
 use crate::error::{Result, StoreError};
 use crate::{CaseStore, Metric, ModelInfo, ModelKind, NewCase};
@@ -22,6 +22,33 @@ pub struct Found {
 enum Index {
     Codes(HammingIndex),
     Floats(FloatIndex),
+    Graph(HnswIndex),
+}
+
+/// How an archive searches float descriptors. Binary codes always use the exact scan
+/// (it runs at memory speed; multi-index hashing is there for larger archives).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum FloatSearch {
+    /// The exact scan up to [`medret_index::hnsw::EXACT_SCAN_LIMIT`] descriptors at open,
+    /// an HNSW graph with default parameters above it.
+    #[default]
+    Auto,
+    /// Always the exact scan.
+    Exact,
+    /// Always an HNSW graph with these parameters (approximate: recall below 1).
+    Graph(HnswParams),
+}
+
+impl std::str::FromStr for FloatSearch {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(FloatSearch::Auto),
+            "exact" => Ok(FloatSearch::Exact),
+            "hnsw" => Ok(FloatSearch::Graph(HnswParams::default())),
+            _ => Err(format!("float search {s:?}: expected auto, exact or hnsw")),
+        }
+    }
 }
 
 pub struct Archive<S: CaseStore> {
@@ -44,32 +71,55 @@ fn index_err(model: &str) -> impl Fn(medret_index::IndexError) -> StoreError + '
 }
 
 impl<S: CaseStore> Archive<S> {
-    /// Loads `model`'s vectors from `store` into an index.
-    pub fn open(mut store: S, model: &str) -> Result<Self> {
+    /// Loads `model`'s vectors from `store` into an index ([`FloatSearch::Auto`]).
+    pub fn open(store: S, model: &str) -> Result<Self> {
+        Self::open_with(store, model, FloatSearch::Auto)
+    }
+
+    /// Loads `model`'s vectors from `store` into the index `float` asks for.
+    pub fn open_with(mut store: S, model: &str, float: FloatSearch) -> Result<Self> {
         let model = store.model(model)?;
         let name = model.name.clone();
         let err = index_err(&name);
+        let vectors = store.vectors(&model.name)?;
         let mut index = match model.kind {
             ModelKind::Codes { bits } => Index::Codes(HammingIndex::new(bits).map_err(&err)?),
-            ModelKind::Descriptors { dim, metric } => Index::Floats(
-                FloatIndex::new(
-                    dim,
-                    match metric {
-                        Metric::Cosine => medret_index::Metric::Cosine,
-                        Metric::L2 => medret_index::Metric::L2,
-                    },
-                )
-                .map_err(&err)?,
-            ),
+            ModelKind::Descriptors { dim, metric } => {
+                let metric = match metric {
+                    Metric::Cosine => medret_index::Metric::Cosine,
+                    Metric::L2 => medret_index::Metric::L2,
+                };
+                let graph = match float {
+                    FloatSearch::Exact => None,
+                    FloatSearch::Graph(p) => Some(p),
+                    FloatSearch::Auto => (vectors.len() > medret_index::hnsw::EXACT_SCAN_LIMIT)
+                        .then(HnswParams::default),
+                };
+                match graph {
+                    Some(p) => {
+                        let items: Vec<(u64, Vec<f32>)> =
+                            vectors.iter().map(|(id, v)| (*id, floats(v))).collect();
+                        Index::Graph(HnswIndex::build(dim, metric, p, &items).map_err(&err)?)
+                    }
+                    None => Index::Floats(FloatIndex::new(dim, metric).map_err(&err)?),
+                }
+            }
         };
-        for (id, v) in store.vectors(&model.name)? {
-            add(&mut index, id, &v).map_err(&err)?;
+        if !matches!(index, Index::Graph(_)) {
+            for (id, v) in &vectors {
+                add(&mut index, *id, v).map_err(&err)?;
+            }
         }
         Ok(Archive {
             store,
             model,
             index,
         })
+    }
+
+    /// Whether float searches are approximate (an HNSW graph).
+    pub fn is_approximate(&self) -> bool {
+        matches!(self.index, Index::Graph(_))
     }
 
     pub fn model(&self) -> &ModelInfo {
@@ -84,6 +134,7 @@ impl<S: CaseStore> Archive<S> {
         match &self.index {
             Index::Codes(i) => i.len(),
             Index::Floats(i) => i.len(),
+            Index::Graph(i) => i.len(),
         }
     }
 
@@ -111,6 +162,7 @@ impl<S: CaseStore> Archive<S> {
             match &mut self.index {
                 Index::Codes(i) => i.remove(case.id),
                 Index::Floats(i) => i.remove(case.id),
+                Index::Graph(i) => i.remove(case.id).map_err(index_err(&self.model.name))?,
             };
         }
         Ok(deleted)
@@ -122,6 +174,7 @@ impl<S: CaseStore> Archive<S> {
         Ok(match &self.index {
             Index::Codes(i) => found(i.search(&pack_bytes(query), k).map_err(&err)?),
             Index::Floats(i) => found(i.search(&floats(query), k).map_err(&err)?),
+            Index::Graph(i) => found(i.search(&floats(query), k).map_err(&err)?),
         })
     }
 
@@ -132,7 +185,7 @@ impl<S: CaseStore> Archive<S> {
                 i.radius(&pack_bytes(query), radius)
                     .map_err(index_err(&self.model.name))?,
             )),
-            Index::Floats(_) => Err(StoreError::InvalidCase(
+            Index::Floats(_) | Index::Graph(_) => Err(StoreError::InvalidCase(
                 "radius search applies to binary codes only".into(),
             )),
         }
@@ -166,5 +219,6 @@ fn add(index: &mut Index, id: u64, v: &[u8]) -> medret_index::Result<()> {
     match index {
         Index::Codes(i) => i.add(id, &pack_bytes(v)),
         Index::Floats(i) => i.add(id, &floats(v)),
+        Index::Graph(i) => i.add(id, &floats(v)),
     }
 }

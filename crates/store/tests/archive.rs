@@ -81,3 +81,72 @@ fn index_follows_ingest_and_delete() {
     assert!(archive.ingest(&dup).is_err());
     assert_eq!(archive.len(), before);
 }
+
+/// A descriptor archive served by the HNSW graph follows ingests and deletes like the
+/// exact one: on few, well-separated descriptors the graph's top hits equal the exact
+/// scan's, deleted cases never come back, and `auto` keeps the exact scan at this size.
+#[test]
+fn graph_archive_follows_ingest_and_delete() {
+    use medret_store::Metric;
+    use medret_store::archive::FloatSearch;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    let mut store = SqliteStore::open(&path).unwrap();
+    store
+        .add_model(&ModelInfo {
+            name: "d".into(),
+            kind: ModelKind::Descriptors {
+                dim: 8,
+                metric: Metric::Cosine,
+            },
+            config_hash: String::new(),
+        })
+        .unwrap();
+    let mut s = 9u64;
+    let vector = |s: &mut u64| -> Vec<f32> {
+        (0..8)
+            .map(|_| (lcg(s) >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            .collect()
+    };
+    let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let first: Vec<(NewCase, Vec<u8>)> = (0..200)
+        .map(|i| (case(&format!("a{i}")), bytes(&vector(&mut s))))
+        .collect();
+    store.ingest("d", &first).unwrap();
+    let graph = FloatSearch::Graph(Default::default());
+    let mut archive = Archive::open_with(store, "d", graph).unwrap();
+    assert!(archive.is_approximate());
+    let more: Vec<(NewCase, Vec<u8>)> = (0..50)
+        .map(|i| (case(&format!("b{i}")), bytes(&vector(&mut s))))
+        .collect();
+    archive.ingest(&more).unwrap();
+    assert!(archive.delete("a3").unwrap());
+    assert!(archive.delete("b7").unwrap());
+    assert_eq!(archive.len(), 248);
+    let exact =
+        Archive::open_with(SqliteStore::open(&path).unwrap(), "d", FloatSearch::Exact).unwrap();
+    let auto = Archive::open(SqliteStore::open(&path).unwrap(), "d").unwrap();
+    assert!(!exact.is_approximate() && !auto.is_approximate());
+    let mut agree = 0;
+    for _ in 0..20 {
+        let q = bytes(&vector(&mut s));
+        let g = archive.search(&q, 5).unwrap();
+        let e = exact.search(&q, 5).unwrap();
+        assert_eq!(g.len(), 5);
+        agree += usize::from(g.iter().map(|f| f.id).eq(e.iter().map(|f| f.id)));
+        for f in &g {
+            // Every hit is a live case at the distance the exact scan gives it.
+            let d = exact.search(&q, 248).unwrap();
+            let x = d
+                .iter()
+                .find(|x| x.id == f.id)
+                .expect("a deleted case came back");
+            assert!((x.distance - f.distance).abs() < 1e-5);
+        }
+    }
+    assert!(
+        agree >= 18,
+        "graph and exact top-5 agree on {agree}/20 queries"
+    );
+    assert!(archive.radius(&bytes(&[0.0; 8]), 1).is_err());
+}

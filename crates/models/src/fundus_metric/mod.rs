@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::Arch;
 use crate::densenet::{DenseNet, DenseNetConfig};
-use crate::grad_cam::{Saliency, to_saliency};
+use crate::grad_cam::{Saliency, grad_cam_raw, to_saliency};
 use gem::Gem;
 use mirror_attention::{MirrorAttention, MirrorAttentionConfig, mirror_views, unflip_h, unflip_v};
 
@@ -193,5 +193,64 @@ impl FundusMetricNet {
             logits,
             saliency,
         }
+    }
+
+    /// Grad-CAM of similarity: for image `i`, the gradient of `<descriptor_i, targets[i]>`
+    /// with respect to the original view's feature maps (the flipped views' maps held
+    /// fixed), weighted and summed as in [`crate::grad_cam`]. A descriptor model has no
+    /// class to explain, so the score is the cosine similarity to what it is compared
+    /// with: for a result, the query's descriptor; for the query, its results' mean (the
+    /// explanation of "why these match", as in Stylianou et al., WACV 2019).
+    pub fn similarity_grad_cam(&self, x: Tensor<4>, targets: &[Vec<f32>]) -> Vec<Saliency> {
+        let [n, _, hh, ww] = x.dims();
+        assert_eq!(targets.len(), n, "one target descriptor per image");
+        let d = targets.first().map_or(0, Vec::len);
+        let flat: Vec<f32> = targets
+            .iter()
+            .flat_map(|t| {
+                assert_eq!(
+                    t.len(),
+                    d,
+                    "target of dimension {} for descriptors of {d}",
+                    t.len()
+                );
+                t.iter().copied()
+            })
+            .collect();
+        let (f, mirrored) = match (&self.att_h, &self.att_v) {
+            (Some(_), Some(_)) => {
+                let [o, h, v] = mirror_views(x);
+                let f = self.maps(o);
+                (f, Some((unflip_h(self.maps(h)), unflip_v(self.maps(v)))))
+            }
+            _ => (self.maps(x), None),
+        };
+        let [_, _, h, w] = f.dims();
+        let head = |leaf: Tensor<4>| -> Tensor<2> {
+            let pooled = match (&self.att_h, &self.att_v, &mirrored) {
+                (Some(ah), Some(av), Some((fh, fv))) => {
+                    let dev = leaf.device();
+                    let yh = ah.forward(fh.clone().to_device(&dev), leaf.clone());
+                    let yv = av.forward(fv.clone().to_device(&dev), leaf);
+                    Tensor::cat(vec![self.gem.forward(yh), self.gem.forward(yv)], 1)
+                }
+                _ => self.gem.forward(leaf),
+            };
+            let projected = match &self.proj {
+                Some(p) => p.forward(pooled),
+                None => pooled,
+            };
+            let desc = crate::ops::l2_normalise(projected);
+            assert_eq!(
+                desc.dims()[1],
+                d,
+                "target descriptors of the wrong dimension"
+            );
+            let t = Tensor::<2>::from_data(TensorData::new(flat.clone(), [n, d]), &desc.device());
+            (desc * t).sum_dim(1)
+        };
+        let raw = grad_cam_raw(f, head, &vec![vec![0]; n]);
+        let v = raw.into_data().try_into_vec::<f32>().expect("f32 maps");
+        to_saliency(&v, n, h, w, hh, ww)
     }
 }
