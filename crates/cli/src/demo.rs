@@ -179,10 +179,12 @@ fn baseline(ds: &Dataset, graded: bool, seed: u64) -> Result<(f64, Report, Repor
         &HammingSet {
             codes: &qc,
             truth: &qt,
+            bits: proj.len(),
         },
         &HammingSet {
             codes: &dc,
             truth: &dt,
+            bits: proj.len(),
         },
         rule,
         false,

@@ -139,9 +139,10 @@ pub struct SearchArgs {
     /// Codes only: every case within this Hamming distance instead of the top k.
     #[arg(long)]
     radius: Option<u32>,
-    /// Float descriptors: `exact` scan, `hnsw` graph (approximate, built at open), or
-    /// `auto` (the exact scan up to 200,000 cases, the graph above).
-    #[arg(long, default_value = "auto")]
+    /// Float descriptors: the `exact` scan; an `hnsw` graph (approximate, and built on
+    /// every call: minutes at 1M cases); or `auto`, the graph only above 100M stored floats
+    /// (cases x dimension). The graph pays in a long-running server, not per command.
+    #[arg(long, default_value = "exact")]
     float_index: medret_store::archive::FloatSearch,
     /// Show patient ids (masked by default).
     #[arg(long)]

@@ -50,6 +50,9 @@ pub struct Report {
 pub struct HammingSet<'a> {
     pub codes: &'a [Vec<u64>],
     pub truth: &'a [Truth],
+    /// The code length: the precision-recall curve over radii stops here (a 48-bit code
+    /// packed in a 64-bit word has no radius beyond 48).
+    pub bits: usize,
 }
 
 struct PerQuery {
@@ -158,11 +161,11 @@ pub fn evaluate_hamming(
     rule: Relevance,
     exclude_self: bool,
 ) -> Report {
-    let bits = database
-        .codes
-        .first()
-        .or(queries.codes.first())
-        .map_or(0, |c| c.len() * 64) as u32;
+    assert_eq!(
+        queries.bits, database.bits,
+        "queries and database of different code lengths"
+    );
+    let bits = database.bits as u32;
     let per: Vec<PerQuery> = (0..queries.codes.len())
         .into_par_iter()
         .map(|i| {

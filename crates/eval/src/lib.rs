@@ -14,6 +14,7 @@ pub mod localisation;
 pub mod metrics;
 pub mod ranking;
 pub mod relevance;
+pub mod report;
 
 pub use evaluate::{HammingSet, Protocol, Report, evaluate_cosine, evaluate_hamming};
 pub use relevance::{Relevance, Truth};

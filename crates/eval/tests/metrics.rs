@@ -230,10 +230,12 @@ fn whole_hamming_protocol_by_hand() {
         &HammingSet {
             codes: &q,
             truth: &qt,
+            bits: 3,
         },
         &HammingSet {
             codes: &db,
             truth: &dt,
+            bits: 3,
         },
         Relevance::SharesLabel,
         false,
@@ -246,7 +248,13 @@ fn whole_hamming_protocol_by_hand() {
     // P@H<=2: query 0 ball {0,1,2}: 2/3; query 1 ball {3,2,1}: 1/3.
     assert_close!(rep.precision_hamming_radius_2.unwrap(), 0.5);
     assert_eq!(rep.protocol.queries, 2);
-    assert_eq!(rep.pr_curve.as_ref().unwrap().len(), 65);
+    // Radii 0..=3 for 3-bit codes, though they are packed in 64-bit words.
+    let curve = rep.pr_curve.as_ref().unwrap();
+    assert_eq!(curve.len(), 4);
+    // The ball of radius = code length holds everything: recall 1, precision 1/2.
+    assert_eq!(curve[3].0, 3);
+    assert_close!(curve[3].1, 0.5);
+    assert_close!(curve[3].2, 1.0);
     assert_close!(rep.map_all_expected_over_ties, rep.map["all"]);
 
     // Queries drawn from the database never see themselves.
@@ -254,10 +262,12 @@ fn whole_hamming_protocol_by_hand() {
         &HammingSet {
             codes: &db,
             truth: &dt,
+            bits: 3,
         },
         &HammingSet {
             codes: &db,
             truth: &dt,
+            bits: 3,
         },
         Relevance::SharesLabel,
         true,

@@ -3,9 +3,11 @@
 //! the exact scan is measured, not assumed: see the tests and
 //! `medret bench search-float --hnsw` (`bench/float_graph.sh` runs it on real descriptors).
 //!
-//! The exact [`crate::FloatIndex`] remains the reference and the default: on this
-//! project's descriptors the graph only wins above [`EXACT_SCAN_LIMIT`] cases (the
-//! crossover is measured in `docs/search.md`).
+//! The exact [`crate::FloatIndex`] remains the reference and the default. The graph is
+//! faster from about 10,000 descriptors, but its recall falls as the archive grows and
+//! collapses where near-duplicates crowd together, while the exact scan still answers in
+//! about 30 ms at 1M x 68 on 2 cores; so [`prefers_graph`] switches only where the scan
+//! gets slow (`docs/search.md` has the measurements).
 //!
 //! Why `usearch` and not `instant-distance` (used before): that crate fixed `ef_search` at
 //! build time, built single-threaded in practice (663 s for 100k x 128) and had no
@@ -21,9 +23,16 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 use crate::error::{IndexError, Result};
 use crate::float::{FloatHit, Metric};
 
-/// Below this many cases the exact scan is as fast as the graph at full recall, so the
-/// search path keeps it (see `docs/search.md` for the measurements behind the figure).
-pub const EXACT_SCAN_LIMIT: usize = 200_000;
+/// Stored floats (cases x dimension) above which [`prefers_graph`] picks the graph: about
+/// 45 ms per exact query on the 2-core reference machine (1.5M x 68, or 100k x 1024).
+pub const EXACT_SCAN_FLOATS: usize = 100_000_000;
+
+/// Whether an archive of `n` descriptors of dimension `dim` is better served by the graph
+/// than by the exact scan: only where the scan's latency becomes noticeable, since the
+/// graph gives up exactness (see the module documentation).
+pub fn prefers_graph(n: usize, dim: usize) -> bool {
+    n.saturating_mul(dim) > EXACT_SCAN_FLOATS
+}
 
 /// How the graph stores vectors: f32 keeps the distances exact, f16 halves the memory,
 /// i8 quarters it (cosine only), each at some cost in recall.

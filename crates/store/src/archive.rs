@@ -29,8 +29,9 @@ enum Index {
 /// (it runs at memory speed; multi-index hashing is there for larger archives).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum FloatSearch {
-    /// The exact scan up to [`medret_index::hnsw::EXACT_SCAN_LIMIT`] descriptors at open,
-    /// an HNSW graph with default parameters above it.
+    /// The exact scan unless the archive is large enough for the graph to pay
+    /// ([`medret_index::hnsw::prefers_graph`]), then an HNSW graph with default parameters.
+    /// For long-running holders (a server): the graph is built at open.
     #[default]
     Auto,
     /// Always the exact scan.
@@ -92,7 +93,7 @@ impl<S: CaseStore> Archive<S> {
                 let graph = match float {
                     FloatSearch::Exact => None,
                     FloatSearch::Graph(p) => Some(p),
-                    FloatSearch::Auto => (vectors.len() > medret_index::hnsw::EXACT_SCAN_LIMIT)
+                    FloatSearch::Auto => medret_index::hnsw::prefers_graph(vectors.len(), dim)
                         .then(HnswParams::default),
                 };
                 match graph {

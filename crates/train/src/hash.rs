@@ -360,6 +360,7 @@ impl HashTask {
         let set = HammingSet {
             codes: &codes,
             truth: &truth,
+            bits: k,
         };
         let report = evaluate_hamming(&set, &set, Relevance::SharesLabel, true);
         report.map.get("100").copied().unwrap_or(f64::NAN)
@@ -559,10 +560,12 @@ pub fn retrieval_report(
         &HammingSet {
             codes: &qc,
             truth: &qt,
+            bits: k,
         },
         &HammingSet {
             codes: &dc,
             truth: &dt,
+            bits: k,
         },
         rule,
         false,
@@ -572,10 +575,12 @@ pub fn retrieval_report(
         &HammingSet {
             codes: &qc,
             truth: &qt,
+            bits: k,
         },
         &HammingSet {
             codes: &dc,
             truth: &dt,
+            bits: k,
         },
         Relevance::SameLabelSet,
         false,
@@ -600,6 +605,7 @@ pub fn retrieval_report(
 
 /// mAP@100, P@10 and P@H<=2 of codes, shared-label relevance.
 fn hamming_figures(
+    bits: usize,
     qc: &[Vec<u64>],
     qt: &[Truth],
     dc: &[Vec<u64>],
@@ -609,10 +615,12 @@ fn hamming_figures(
         &HammingSet {
             codes: qc,
             truth: qt,
+            bits,
         },
         &HammingSet {
             codes: dc,
             truth: dt,
+            bits,
         },
         Relevance::SharesLabel,
         false,
@@ -655,7 +663,7 @@ pub fn baseline_report(
     let (pd, pq) = (load(database)?, load(queries)?);
     let lsh =
         |fit: &[Vec<f32>], v: &[Vec<f32>]| medret_eval::baseline::lsh_codes(fit, v, bits, seed);
-    let raw = hamming_figures(&lsh(&pd, &pq), &qt, &lsh(&pd, &pd), &dt);
+    let raw = hamming_figures(bits, &lsh(&pd, &pq), &qt, &lsh(&pd, &pd), &dt);
 
     let cfg = task.settings.net.local_config();
     device.seed(seed);
@@ -671,7 +679,7 @@ pub fn baseline_report(
         )
     };
     let (fd, fq) = (feats(database)?, feats(queries)?);
-    let rand_feat = hamming_figures(&lsh(&fd, &fq), &qt, &lsh(&fd, &fd), &dt);
+    let rand_feat = hamming_figures(bits, &lsh(&fd, &fq), &qt, &lsh(&fd, &fd), &dt);
     Ok(serde_json::json!({
         "raw_pixel_lsh": raw,
         "random_init_feature_lsh": rand_feat,
