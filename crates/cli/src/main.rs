@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod encode;
+mod eval;
 mod hash;
 mod index;
 mod metric;
@@ -58,6 +59,10 @@ enum Command {
     /// Encode a dataset's images with a trained model: packed codes (or descriptors) and
     /// an ids file in the same order.
     Encode(encode::EncodeArgs),
+    /// Score a trained model on a dataset (test split against training split by default):
+    /// mAP@k, P@k, NDCG@k with bootstrap intervals, chance and always-majority levels,
+    /// optional baselines, timings and a gallery, as report.json and report.html.
+    Eval(eval::EvalArgs),
     /// Speed benchmarks that print comparable figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -261,6 +266,7 @@ fn run(command: Command) -> Result<()> {
         Command::Pretrain(p) => pretrain::run(&p),
         Command::Train(t) => train::run(&t),
         Command::Encode(a) => encode::run(&a),
+        Command::Eval(a) => eval::run(&a),
         Command::Bench(b) => bench::run(&b),
         Command::Index(i) => index::run_index(&i),
         Command::Search(a) => index::run_search(&a),

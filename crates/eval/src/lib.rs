@@ -10,6 +10,7 @@ pub mod baseline;
 pub mod classification;
 pub mod codes;
 pub mod evaluate;
+pub mod html;
 pub mod localisation;
 pub mod metrics;
 pub mod ranking;

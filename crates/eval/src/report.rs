@@ -69,6 +69,23 @@ pub struct Scores {
     pub per_class_ap: BTreeMap<String, f64>,
 }
 
+impl Scores {
+    /// Metric names in reading order: by metric, then by ascending k (`map@10` before
+    /// `map@100`), where the map's string order would put `map@100` before `map@50`.
+    pub fn ordered_metrics(&self) -> Vec<&String> {
+        let mut names: Vec<&String> = self.metrics.keys().collect();
+        names.sort_by_key(|n| {
+            let (m, k) = n.split_once('@').unwrap_or((n.as_str(), ""));
+            (
+                m.to_string(),
+                k.parse::<usize>().unwrap_or(usize::MAX),
+                k.to_string(),
+            )
+        });
+        names
+    }
+}
+
 /// The per-query values of every metric, in a fixed order of names.
 struct PerQuery {
     names: Vec<String>,

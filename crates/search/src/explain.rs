@@ -40,12 +40,13 @@ pub fn draw_box(img: &mut RgbImage, b: &CropBox, colour: [u8; 3]) {
 /// to read on a screen.
 const MIN_OVERLAY_SIDE: usize = 384;
 
-fn overlay_png(
+/// The image as the model saw it, enlarged to at least [`MIN_OVERLAY_SIDE`], with the
+/// saliency blended in and the crop box drawn.
+pub fn overlay_image(
     shown: &ImageF32,
     saliency: Option<&[f32]>,
     crop: Option<&CropBox>,
-    path: &Path,
-) -> Result<()> {
+) -> Result<RgbImage> {
     let (h, w) = (shown.height, shown.width);
     let f = MIN_OVERLAY_SIDE.div_ceil(w.max(1)).max(1);
     let big = medret_data::transform::resize(shown, h * f, w * f);
@@ -64,10 +65,18 @@ fn overlay_png(
         };
         draw_box(&mut img, &scaled, [255, 255, 0]);
     }
-    img.save(path).map_err(|e| SearchError::File {
-        path: path.to_path_buf(),
-        message: format!("cannot write: {e}"),
-    })
+    Ok(img)
+}
+
+fn overlay_png(
+    shown: &ImageF32,
+    saliency: Option<&[f32]>,
+    crop: Option<&CropBox>,
+    path: &Path,
+) -> Result<()> {
+    overlay_image(shown, saliency, crop)?
+        .save(path)
+        .map_err(|e| file_error(path, format!("cannot write: {e}")))
 }
 
 fn file_error(path: &Path, e: impl std::fmt::Display) -> SearchError {

@@ -8,10 +8,13 @@
 //!   all-or-nothing step that records which model made the vectors ([`binding`]);
 //! - [`query`]: an image file (PNG, JPEG, DICOM) to ranked hits with case metadata, the
 //!   query encoded by exactly the model that built the archive;
-//! - [`explain`]: the query's saliency overlay with its crop box, and the results'.
+//! - [`explain`]: the query's saliency overlay with its crop box, and the results';
+//! - [`evaluate`]: a model scored on a dataset's splits, with reference levels,
+//!   baselines, timings and a gallery, as `report.json` and `report.html`.
 
 pub mod binding;
 pub mod error;
+pub mod evaluate;
 pub mod explain;
 pub mod ingest;
 pub mod open;

@@ -1,0 +1,128 @@
+//! `medret eval`: score a trained model on a dataset's query split against its database
+//! split, beside the chance and always-majority levels (and model-free baselines with
+//! `--baselines`), and write `report.json` and a self-contained `report.html`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use medret_eval::report::Sampling;
+use medret_search::evaluate::{EvalOptions, evaluate, write_report};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A trained model folder (model.json, model.safetensors).
+    #[arg(long = "model")]
+    model_dir: PathBuf,
+    #[command(flatten)]
+    data: crate::train::DataArg,
+    /// The queries.
+    #[arg(long, value_enum, default_value = "test")]
+    query_split: EvalSplit,
+    /// The database the queries are ranked against.
+    #[arg(long, value_enum, default_value = "train")]
+    database_split: EvalSplit,
+    /// Depths k of mAP@k, P@k and NDCG@k.
+    #[arg(short, long, value_delimiter = ',', default_value = "10,50,100")]
+    k: Vec<usize>,
+    /// Also score the model-free baselines on the same splits: LSH over raw pixels and
+    /// over a random-init backbone's pooled features.
+    #[arg(long)]
+    baselines: bool,
+    /// Queries shown in the report's gallery, each with its top 5.
+    #[arg(long, default_value_t = 8)]
+    gallery: usize,
+    /// Bootstrap resamples for the 95% intervals.
+    #[arg(long, default_value_t = 1000)]
+    resamples: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Compute device (cpu, or cuda:N in a GPU build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Where report.json and report.html go.
+    #[arg(long, default_value = "eval-report")]
+    out: PathBuf,
+    /// Print report.json to stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum EvalSplit {
+    Train,
+    Test,
+}
+
+impl From<EvalSplit> for medret_data::Split {
+    fn from(s: EvalSplit) -> Self {
+        match s {
+            EvalSplit::Train => medret_data::Split::Train,
+            EvalSplit::Test => medret_data::Split::Test,
+        }
+    }
+}
+
+pub fn run(a: &EvalArgs) -> Result<()> {
+    let device = medret_models::device::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let encoder = medret_models::encoder::Encoder::open(&a.model_dir, &device)
+        .with_context(|| format!("cannot open the model {}", a.model_dir.display()))?;
+    let ds = a.data.open()?;
+    let opts = EvalOptions {
+        query_split: a.query_split.into(),
+        database_split: a.database_split.into(),
+        ks: a.k.clone(),
+        baselines: a.baselines,
+        gallery: a.gallery,
+        sampling: Sampling {
+            resamples: a.resamples,
+            seed: a.seed,
+            ..Sampling::default()
+        },
+        batch: a.batch,
+    };
+    let name = a.data.path.display().to_string();
+    let bar = crate::progress::bar(0, "evaluating");
+    let (report, gallery) = evaluate(&encoder, &ds.records, &name, &opts, &device, &|stage| {
+        bar.set_message(stage.to_string());
+        bar.tick();
+    })?;
+    bar.finish_and_clear();
+    let title = format!("medret evaluation: {} on {name}", a.model_dir.display());
+    let (json, html) = write_report(&a.out, &report, gallery, &title)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let s = &report.scores;
+    println!(
+        "{} queries against {} database images ({})",
+        s.queries,
+        s.database,
+        report.protocol["relevance"].as_str().unwrap_or("")
+    );
+    println!(
+        "{:<10} {:>8} {:>19} {:>8} {:>9}",
+        "metric", "model", "95% interval", "chance", "majority"
+    );
+    for k in s.ordered_metrics() {
+        let v = s.metrics[k];
+        let [lo, hi] = s.intervals[k];
+        println!(
+            "{k:<10} {v:>8.4} [{lo:>7.4}, {hi:>7.4}] {:>8.4} {:>9.4}",
+            s.chance[k], s.majority[k]
+        );
+    }
+    for (name, b) in &report.baselines {
+        let key = format!("map@{}", a.k.iter().max().unwrap_or(&100));
+        println!(
+            "baseline {name}: {key} {:.4}",
+            b.metrics.get(&key).copied().unwrap_or(f64::NAN)
+        );
+    }
+    println!("report: {} and {}", html.display(), json.display());
+    Ok(())
+}

@@ -1,0 +1,495 @@
+//! `medret eval`: a trained model scored on a dataset's query split against its database
+//! split, with the reference levels, optional model-free baselines on the same splits,
+//! timings, the saliency localisation and a gallery, as `report.json` and a
+//! self-contained `report.html`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use medret_data::{Record, Split};
+use medret_eval::codes::{cosine, pack_bytes};
+use medret_eval::html::{GalleryRow, Page, Thumb};
+use medret_eval::ranking::{Ranked, rank_hamming, rank_similarity};
+use medret_eval::report::{Sampling, Scores, score};
+use medret_eval::{Relevance, Truth};
+use medret_models::encoder::Encoder;
+use medret_models::model_card::{Method, Output};
+use serde::Serialize;
+
+use crate::error::{Result, SearchError};
+use crate::explain::{overlay_image, saliency_localisation};
+
+/// What `medret eval` was asked.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalOptions {
+    pub query_split: Split,
+    pub database_split: Split,
+    pub ks: Vec<usize>,
+    pub baselines: bool,
+    /// Queries shown in the gallery, each with its top 5.
+    pub gallery: usize,
+    pub sampling: Sampling,
+    pub batch: usize,
+}
+
+/// The report, as written to `report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub protocol: serde_json::Value,
+    /// `{"map@10": ..., "p@10": ..., "ndcg@10": ..., ...}`.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    pub scores: Scores,
+    pub baselines: std::collections::BTreeMap<String, Scores>,
+    pub saliency_localisation: Option<crate::explain::SaliencyLocalisation>,
+    pub timing: serde_json::Value,
+    pub model_card: serde_json::Value,
+    /// What could not be scored, and why.
+    pub notes: Vec<String>,
+}
+
+fn split_name(s: Split) -> &'static str {
+    match s {
+        Split::Train => "train",
+        Split::Test => "test",
+        _ => "other",
+    }
+}
+
+/// Relevance and ground truth from the model's method: shared label for the chest
+/// model (label indices in the card's class order), same grade for the fundus model.
+fn truth_of(encoder: &Encoder, r: &Record) -> Option<Truth> {
+    match encoder.card.method {
+        Method::FundusMetric(_) => r.grade.map(Truth::grade),
+        Method::CxrFusionHash(_) => {
+            let l: Vec<u32> = r
+                .labels
+                .iter()
+                .filter_map(|x| encoder.card.class_names.iter().position(|c| c == x))
+                .map(|i| i as u32)
+                .collect();
+            (!l.is_empty()).then(|| Truth::labels(l))
+        }
+    }
+}
+
+fn rule_of(encoder: &Encoder) -> Relevance {
+    match encoder.card.method {
+        Method::FundusMetric(_) => Relevance::SameGrade,
+        Method::CxrFusionHash(_) => Relevance::SharesLabel,
+    }
+}
+
+enum Vectors {
+    Codes(Vec<Vec<u64>>),
+    Floats(Vec<Vec<f32>>),
+}
+
+fn rank_all(q: &Vectors, d: &Vectors) -> Vec<Vec<Ranked>> {
+    use rayon::prelude::*;
+    match (q, d) {
+        (Vectors::Codes(q), Vectors::Codes(d)) => {
+            q.par_iter().map(|c| rank_hamming(c, d, None)).collect()
+        }
+        (Vectors::Floats(q), Vectors::Floats(d)) => q
+            .par_iter()
+            .map(|v| {
+                let sims: Vec<f32> = d.iter().map(|x| cosine(v, x)).collect();
+                rank_similarity(&sims, None)
+            })
+            .collect(),
+        _ => unreachable!("queries and database come from one model"),
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
+}
+
+fn png(img: &image::RgbImage) -> Result<Vec<u8>> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| SearchError::Invalid(format!("cannot encode a thumbnail: {e}")))?;
+    Ok(out.into_inner())
+}
+
+/// A record's overlay thumbnail (the model's saliency and crop box), shrunk to 192 px.
+fn thumbnail(
+    encoder: &Encoder,
+    r: &Record,
+    caption: String,
+    relevant: Option<bool>,
+) -> Result<Thumb> {
+    let img = medret_data::decode::load_image(&r.source)?;
+    let shown = encoder.display_image(img.clone());
+    let e = encoder.encode_images(vec![img], true).remove(0);
+    let big = overlay_image(
+        &shown,
+        e.saliency.as_ref().map(|s| s.data.as_slice()),
+        e.crop.as_ref(),
+    )?;
+    let small = image::imageops::resize(&big, 192, 192, image::imageops::FilterType::Triangle);
+    Ok(Thumb {
+        png: png(&small)?,
+        caption,
+        relevant,
+    })
+}
+
+fn describe(r: &Record) -> String {
+    match r.grade {
+        Some(g) => format!("grade {g}"),
+        None if r.labels.is_empty() => "unlabelled".into(),
+        None => r.labels.join(", "),
+    }
+}
+
+/// A baseline's name, query codes and database codes.
+type BaselineCodes = (String, Vec<Vec<u64>>, Vec<Vec<u64>>);
+
+/// Model-free baselines on the same splits: LSH (sign random projections, mean-centred)
+/// over 32 x 32 grey pixels, and over the pooled features of a randomly initialised
+/// backbone of the model's architecture; `bits` as the model's codes (64 for a
+/// descriptor model).
+fn baselines(
+    encoder: &Encoder,
+    queries: &[Record],
+    database: &[Record],
+    bits: usize,
+    seed: u64,
+    device: &burn::prelude::Device,
+) -> Result<Vec<BaselineCodes>> {
+    use medret_data::transform::{Channels, Pipeline, TransformConfig};
+    use rayon::prelude::*;
+    let pixels = Pipeline::new(
+        TransformConfig {
+            size: 32,
+            channels: Channels::Grey,
+            ..Default::default()
+        },
+        seed,
+    );
+    let load = |records: &[Record]| -> Result<Vec<Vec<f32>>> {
+        records
+            .par_iter()
+            .map(|r| Ok(pixels.load(r, 0, 0)?.data))
+            .collect()
+    };
+    let (pd, pq) = (load(database)?, load(queries)?);
+    let lsh = medret_eval::baseline::lsh_codes;
+    let mut out = vec![(
+        "raw-pixel LSH".to_string(),
+        lsh(&pd, &pq, bits, seed),
+        lsh(&pd, &pd, bits, seed),
+    )];
+    let cfg = match &encoder.card.method {
+        Method::CxrFusionHash(c) => c.local_config(),
+        Method::FundusMetric(c) => c.backbone.clone(),
+    };
+    device.seed(seed);
+    let random = cfg.init(device);
+    let pipeline = Pipeline::new(encoder.card.preprocessing.clone(), seed);
+    let feats = |records: &[Record]| {
+        medret_models::features::pooled_features(&random, records, &pipeline, 32, device, &|| {})
+    };
+    let (fd, fq) = (feats(database)?, feats(queries)?);
+    out.push((
+        "random-init feature LSH".to_string(),
+        lsh(&fd, &fq, bits, seed),
+        lsh(&fd, &fd, bits, seed),
+    ));
+    Ok(out)
+}
+
+/// Scores `encoder` on `records`; `progress` gets a message per stage.
+pub fn evaluate(
+    encoder: &Encoder,
+    records: &[Record],
+    data_name: &str,
+    opts: &EvalOptions,
+    device: &burn::prelude::Device,
+    progress: &dyn Fn(&str),
+) -> Result<(EvalReport, Vec<GalleryRow>)> {
+    if opts.ks.is_empty() || opts.ks.contains(&0) {
+        return Err(SearchError::Invalid(
+            "-k needs positive depths, e.g. 10,50,100".into(),
+        ));
+    }
+    let pick = |split: Split| -> (Vec<Record>, Vec<Truth>, usize) {
+        let (mut rs, mut ts, mut skipped) = (Vec::new(), Vec::new(), 0);
+        for r in records.iter().filter(|r| r.split == Some(split)) {
+            match truth_of(encoder, r) {
+                Some(t) => {
+                    rs.push(r.clone());
+                    ts.push(t);
+                }
+                None => skipped += 1,
+            }
+        }
+        (rs, ts, skipped)
+    };
+    let (queries, qt, q_skipped) = pick(opts.query_split);
+    let (database, dt, d_skipped) = pick(opts.database_split);
+    for (name, split, n, skipped) in [
+        ("query", opts.query_split, queries.len(), q_skipped),
+        ("database", opts.database_split, database.len(), d_skipped),
+    ] {
+        if n == 0 {
+            return Err(SearchError::Invalid(format!(
+                "{data_name}: the {name} split ({}) holds no usable image ({skipped} without a label or grade the model knows)",
+                split_name(split)
+            )));
+        }
+    }
+    let rule = rule_of(encoder);
+    let bits = match encoder.card.output {
+        Output::Codes { bits } => Some(bits),
+        Output::Descriptors { .. } => None,
+    };
+    progress("encoding the database");
+    let t = Instant::now();
+    let dv = encoder.encode_records(&database, opts.batch, &|_| {})?;
+    let encode_s = t.elapsed().as_secs_f64();
+    progress("encoding the queries");
+    let qv = encoder.encode_records(&queries, opts.batch, &|_| {})?;
+    let as_vectors = |v: Vec<Vec<u8>>| match bits {
+        Some(_) => Vectors::Codes(v.iter().map(|c| pack_bytes(c)).collect()),
+        None => Vectors::Floats(
+            v.iter()
+                .map(|b| {
+                    b.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect()
+                })
+                .collect(),
+        ),
+    };
+    let (dvec, qvec) = (as_vectors(dv), as_vectors(qv));
+
+    // Query latency through the index a store would use, top max(k).
+    let kmax = *opts.ks.iter().max().unwrap_or(&10);
+    let mut lat = Vec::with_capacity(queries.len());
+    match (&dvec, &qvec) {
+        (Vectors::Codes(d), Vectors::Codes(q)) => {
+            let mut index = medret_index::HammingIndex::new(bits.unwrap_or(64))
+                .map_err(|e| SearchError::Invalid(e.to_string()))?;
+            for (i, c) in d.iter().enumerate() {
+                index
+                    .add(i as u64, c)
+                    .map_err(|e| SearchError::Invalid(e.to_string()))?;
+            }
+            for c in q {
+                let t = Instant::now();
+                let _ = index.search(c, kmax);
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        (Vectors::Floats(d), Vectors::Floats(q)) => {
+            let dim = d[0].len();
+            let mut index = medret_index::FloatIndex::new(dim, medret_index::Metric::Cosine)
+                .map_err(|e| SearchError::Invalid(e.to_string()))?;
+            for (i, v) in d.iter().enumerate() {
+                index
+                    .add(i as u64, v)
+                    .map_err(|e| SearchError::Invalid(e.to_string()))?;
+            }
+            for v in q {
+                let t = Instant::now();
+                let _ = index.search(v, kmax);
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        _ => unreachable!("queries and database come from one model"),
+    }
+    lat.sort_by(f64::total_cmp);
+
+    progress("scoring");
+    let lists = rank_all(&qvec, &dvec);
+    let class_names: Vec<String> = match rule {
+        Relevance::SameGrade => (0..5).map(|g| format!("grade {g}")).collect(),
+        _ => encoder.card.class_names.clone(),
+    };
+    let (scores, _) = score(
+        &lists,
+        &qt,
+        &dt,
+        rule,
+        &opts.ks,
+        bits,
+        &class_names,
+        opts.sampling,
+    );
+
+    let mut base = std::collections::BTreeMap::new();
+    if opts.baselines {
+        progress("baselines");
+        let b = bits.unwrap_or(64);
+        for (name, q, d) in baselines(encoder, &queries, &database, b, opts.sampling.seed, device)?
+        {
+            let lists: Vec<Vec<Ranked>> = q.iter().map(|c| rank_hamming(c, &d, None)).collect();
+            let (s, _) = score(
+                &lists,
+                &qt,
+                &dt,
+                rule,
+                &opts.ks,
+                Some(b),
+                &class_names,
+                opts.sampling,
+            );
+            base.insert(name, s);
+        }
+    }
+
+    progress("saliency localisation and gallery");
+    let with_masks: Vec<Record> = queries
+        .iter()
+        .filter(|r| !r.masks.is_empty() || !r.boxes.is_empty())
+        .cloned()
+        .collect();
+    let mut notes = Vec::new();
+    let localisation = if with_masks.is_empty() {
+        notes.push("no query image has a lesion mask or box: no saliency localisation".into());
+        None
+    } else {
+        match saliency_localisation(encoder, &with_masks) {
+            Ok(s) => Some(s),
+            // An untrained or collapsed model can give flat maps everywhere: say so.
+            Err(SearchError::Invalid(why)) => {
+                notes.push(format!("saliency localisation not scored: {why}"));
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let mut gallery = Vec::new();
+    for (qi, q) in queries.iter().enumerate().take(opts.gallery) {
+        let query = thumbnail(encoder, q, format!("query: {}", describe(q)), None)?;
+        let mut results = Vec::new();
+        for x in lists[qi].iter().take(5) {
+            let r = &database[x.index];
+            let relevant = rule.is_relevant(&qt[qi], &dt[x.index]);
+            let caption = format!("{} (distance {:.3})", describe(r), x.distance);
+            results.push(thumbnail(encoder, r, caption, Some(relevant))?);
+        }
+        gallery.push(GalleryRow { query, results });
+    }
+
+    let protocol = serde_json::json!({
+        "data": data_name,
+        "queries": format!("{} split, {} images ({} skipped: no label or grade the model knows)", split_name(opts.query_split), queries.len(), q_skipped),
+        "database": format!("{} split, {} images ({} skipped)", split_name(opts.database_split), database.len(), d_skipped),
+        "relevance": rule.describe(),
+        "distance": if bits.is_some() { "Hamming" } else { "1 - cosine" },
+        "tie_rule": "ascending distance, then ascending database index",
+        "ndcg_gain": match rule { Relevance::SameGrade => "max(0, 2 - |g_q - g_d|)", _ => "1 if relevant" },
+        "ks": opts.ks,
+        "intervals": format!("percentile bootstrap over queries, {} resamples, seed {}", opts.sampling.resamples, opts.sampling.seed),
+        "chance": format!("mean of {} seeded random rankings", opts.sampling.chance_rankings),
+    });
+    let timing = serde_json::json!({
+        "encode_images_per_second": database.len() as f64 / encode_s.max(1e-9),
+        "query_latency_ms_p50": percentile(&lat, 0.5),
+        "query_latency_ms_p99": percentile(&lat, 0.99),
+        "latency_index": if bits.is_some() { "exact Hamming scan" } else { "exact cosine scan" },
+        "database": database.len(),
+        "top": kmax,
+        "threads": rayon::current_num_threads(),
+    });
+    let report = EvalReport {
+        protocol,
+        metrics: scores.metrics.clone(),
+        scores,
+        baselines: base,
+        saliency_localisation: localisation,
+        timing,
+        model_card: serde_json::to_value(&encoder.card)
+            .map_err(|e| SearchError::Invalid(e.to_string()))?,
+        notes,
+    };
+    Ok((report, gallery))
+}
+
+/// Writes `report.json` and `report.html` into `dir`; returns their paths.
+pub fn write_report(
+    dir: &Path,
+    report: &EvalReport,
+    gallery: Vec<GalleryRow>,
+    title: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let err = |p: &Path, e: &dyn std::fmt::Display| SearchError::File {
+        path: p.to_path_buf(),
+        message: format!("cannot write: {e}"),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
+    let json = dir.join("report.json");
+    let text = serde_json::to_string_pretty(report).map_err(|e| err(&json, &e))?;
+    std::fs::write(&json, text).map_err(|e| err(&json, &e))?;
+    let rows = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v.as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| {
+                        let s = match v {
+                            serde_json::Value::String(s) => s.clone(),
+                            serde_json::Value::Number(n) => match n.as_f64() {
+                                Some(x) if n.is_f64() => format!("{x:.3}"),
+                                _ => n.to_string(),
+                            },
+                            other => other.to_string(),
+                        };
+                        (k.clone(), s)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let localisation = report
+        .saliency_localisation
+        .as_ref()
+        .map(|s| {
+            vec![
+                (
+                    "images with lesion masks or boxes".into(),
+                    s.images.to_string(),
+                ),
+                (
+                    "pointing game (maximum on a lesion)".into(),
+                    format!("{:.1}%", 100.0 * s.pointing_hit_rate),
+                ),
+                (
+                    "saliency mass on lesions".into(),
+                    format!("{:.1}%", 100.0 * s.energy_in_lesions),
+                ),
+                (
+                    "lesion area share (a random map's expectation of both)".into(),
+                    format!("{:.1}%", 100.0 * s.lesion_area_share),
+                ),
+            ]
+        })
+        .unwrap_or_default();
+    let mut localisation = localisation;
+    for n in &report.notes {
+        localisation.push(("note".into(), n.clone()));
+    }
+    let page = Page {
+        title: title.to_string(),
+        protocol: rows(&report.protocol),
+        scores: &report.scores,
+        baselines: report
+            .baselines
+            .iter()
+            .map(|(k, v)| (k.clone(), v))
+            .collect(),
+        localisation,
+        timing: rows(&report.timing),
+        gallery,
+        card: report.model_card.clone(),
+    };
+    let html = dir.join("report.html");
+    let body = medret_eval::html::render(&page).map_err(|e| err(&html, &e))?;
+    std::fs::write(&html, body).map_err(|e| err(&html, &e))?;
+    Ok((json, html))
+}
