@@ -1,430 +1,382 @@
-//! `medret demo`: the main job on embedded defaults. It generates both phantom sets, reads
-//! them back through the real readers, summarises them, draws contact sheets, scores a
-//! model-free retrieval baseline (raw-pixel thumbnails, cosine and 64-bit
-//! sign-random-projection codes) with the evaluation protocol, and trains a small DenseNet
-//! classifier on each set with the training engine (test-split AUC, and a Grad-CAM overlay
-//! of one test image). The retrieval methods replace the baseline as they land.
+//! `medret demo`: the main job end to end on embedded defaults, through the same commands
+//! a user runs (parsed and dispatched in process, so the demo cannot drift from them):
+//! chest and fundus phantoms; brief C2L pretraining on the chest phantoms; the chest
+//! fusion-hashing model from that backbone; the fundus mirror-attention model with the
+//! fine triplet loss; one archive holding both; a sample search per method with its
+//! explanations; `medret eval` of both with the model-free baselines; and `report.html`
+//! linking everything, with a five-line summary.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::Args;
-use medret_data::transform::{Channels, Pipeline, TransformConfig};
-use medret_data::{Dataset, ReadOptions, Split, open_dataset, summarise};
-use medret_eval::codes::pack_signs;
-use medret_eval::{HammingSet, Relevance, Report, Truth, evaluate_cosine, evaluate_hamming};
-use rand::SeedableRng;
-use rand_distr::{Distribution, StandardNormal};
-use rayon::prelude::*;
-use serde::Serialize;
-
-use crate::SynthArgs;
+use clap::{Args, Parser};
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Output folder (phantoms, contact sheets, report.json).
+    /// Output folder.
     #[arg(long, default_value = "medret-demo")]
     out: PathBuf,
-    /// Images per phantom set.
+    /// Images per phantom set. At 400 the chest model does not beat raw-pixel LSH (too
+    /// few training images for 15 multi-label classes); at 800 it does.
     #[arg(long, default_value_t = 800)]
     n: usize,
-    /// Image side in pixels.
-    #[arg(long, default_value_t = 192)]
+    /// Side of the generated images in pixels.
+    #[arg(long, default_value_t = 128)]
     size: usize,
+    /// Input side of the models.
+    #[arg(long, default_value_t = 96)]
+    input: usize,
+    /// Training epochs of both models.
+    #[arg(long, default_value_t = 12)]
+    epochs: usize,
+    /// C2L pretraining epochs (0 skips it: the chest model starts from random weights).
+    #[arg(long, default_value_t = 6)]
+    pretrain_epochs: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Training epochs of the demo classifiers (0 skips training).
-    #[arg(long, default_value_t = 6)]
-    epochs: usize,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-/// Input side of the demo classifiers: small enough to train in seconds on a CPU.
-const DEMO_INPUT: usize = 96;
-
-/// The demo classifier's outcome on one phantom set.
-#[derive(Serialize)]
-struct TrainReport {
-    run_dir: PathBuf,
-    epochs: usize,
-    seconds: f64,
-    /// Test split: mean per-finding AUC (chest) or referable-DR AUC (fundus).
-    test_auc: Option<f64>,
-    test_metrics: medret_train::Metrics,
-    grad_cam_overlay: Option<PathBuf>,
 }
 
 /// Indices `0..len` spread evenly, at most `n` of them.
 pub fn evenly_spaced(len: usize, n: usize) -> Vec<usize> {
-    if len == 0 || n == 0 {
+    if n == 0 || len == 0 {
         return Vec::new();
     }
     let n = n.min(len);
     (0..n).map(|i| i * len / n).collect()
 }
 
-#[derive(Serialize)]
-struct SetReport {
-    name: String,
-    generated: usize,
-    images_per_second: f64,
-    summary: medret_data::Summary,
-    contact_sheet: PathBuf,
-    /// Mean fraction of the database relevant to a query: the precision of a random ranking.
-    chance_precision: f64,
-    baseline_cosine: Report,
-    baseline_hamming_64: Report,
-    classifier: Option<TrainReport>,
+fn p(path: &Path) -> String {
+    path.display().to_string()
 }
 
-fn truth(ds: &Dataset, graded: bool) -> Vec<Truth> {
-    ds.records
-        .iter()
-        .map(|r| {
-            if graded {
-                Truth::grade(r.grade.unwrap_or(0))
-            } else {
-                Truth::labels(
-                    r.labels
-                        .iter()
-                        .filter_map(|l| ds.label_names.iter().position(|n| n == l))
-                        .map(|i| i as u32)
-                        .collect(),
-                )
-            }
-        })
-        .collect()
+/// Runs one `medret` command line in process.
+pub(crate) fn medret(args: &[String]) -> Result<()> {
+    let argv = std::iter::once("medret".to_string()).chain(args.iter().cloned());
+    let cli = crate::Cli::try_parse_from(argv)
+        .with_context(|| format!("demo step `medret {}`", args.join(" ")))?;
+    crate::run(cli.command).with_context(|| format!("demo step `medret {}`", args.join(" ")))
 }
 
-/// Raw-pixel thumbnails (16x16), centred by the database mean.
-fn thumbnails(ds: &Dataset, channels: Channels) -> Result<Vec<Vec<f32>>> {
-    let cfg = TransformConfig {
-        size: 16,
-        channels,
-        fundus_crop: channels == Channels::Rgb,
-        ..Default::default()
-    };
-    let p = Pipeline::new(cfg, 0);
-    let v: Vec<Vec<f32>> = ds
-        .records
-        .par_iter()
-        .enumerate()
-        .map(|(i, r)| p.load(r, 0, i as u64).map(|im| im.data))
-        .collect::<Result<_, _>>()?;
-    Ok(v)
+fn step(title: &str, args: Vec<String>) -> Result<f64> {
+    println!("== {title}\n   medret {}", args.join(" "));
+    let t = Instant::now();
+    medret(&args)?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
-fn baseline(ds: &Dataset, graded: bool, seed: u64) -> Result<(f64, Report, Report)> {
-    let thumbs = thumbnails(
-        ds,
-        if graded {
-            Channels::Rgb
-        } else {
-            Channels::Grey
-        },
-    )?;
-    let t = truth(ds, graded);
-    let (mut q, mut qt, mut d, mut dt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (i, r) in ds.records.iter().enumerate() {
-        if r.is_unlabelled() {
-            continue;
-        }
-        if r.split == Some(Split::Test) {
-            q.push(thumbs[i].clone());
-            qt.push(t[i].clone());
-        } else {
-            d.push(thumbs[i].clone());
-            dt.push(t[i].clone());
-        }
-    }
-    anyhow::ensure!(
-        !q.is_empty() && !d.is_empty(),
-        "demo needs both test and train images"
-    );
-    let dim = d[0].len();
-    let mut mean = vec![0.0f32; dim];
-    for v in &d {
-        for (m, x) in mean.iter_mut().zip(v) {
-            *m += x / d.len() as f32;
-        }
-    }
-    for v in q.iter_mut().chain(d.iter_mut()) {
-        for (x, m) in v.iter_mut().zip(&mean) {
-            *x -= m;
-        }
-    }
-    let rule = if graded {
-        Relevance::SameGrade
-    } else {
-        Relevance::SharesLabel
-    };
-    let cos = evaluate_cosine(&q, &qt, &d, &dt, rule, false);
-    // Sign random projections (Charikar's LSH for cosine) as a model-free hashing baseline.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let proj: Vec<Vec<f32>> = (0..64)
-        .map(|_| (0..dim).map(|_| StandardNormal.sample(&mut rng)).collect())
-        .collect();
-    let code = |v: &Vec<f32>| {
-        let h: Vec<f32> = proj
-            .iter()
-            .map(|p| p.iter().zip(v).map(|(a, b)| a * b).sum())
-            .collect();
-        pack_signs(&h)
-    };
-    let qc: Vec<Vec<u64>> = q.iter().map(code).collect();
-    let dc: Vec<Vec<u64>> = d.iter().map(code).collect();
-    let ham = evaluate_hamming(
-        &HammingSet {
-            codes: &qc,
-            truth: &qt,
-            bits: proj.len(),
-        },
-        &HammingSet {
-            codes: &dc,
-            truth: &dt,
-            bits: proj.len(),
-        },
-        rule,
-        false,
-    );
-    let chance = qt
-        .iter()
-        .map(|a| dt.iter().filter(|b| rule.is_relevant(a, b)).count() as f64 / dt.len() as f64)
-        .sum::<f64>()
-        / qt.len() as f64;
-    Ok((chance, cos, ham))
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
 }
 
-fn one_set(args: &DemoArgs, name: &str, dir: &Path) -> Result<SetReport> {
-    let synth = SynthArgs {
-        n: args.n,
-        size: args.size,
-        seed: args.seed,
-        test_fraction: 0.2,
-        out: dir.to_path_buf(),
-        json: false,
-    };
-    let t = std::time::Instant::now();
-    let generated = if name == "cxr" {
-        crate::synth_cxr(&synth)?.len()
-    } else {
-        crate::synth_fundus(&synth)?.len()
-    };
-    let rate = generated as f64 / t.elapsed().as_secs_f64().max(1e-9);
-    let ds = open_dataset(dir, None, &ReadOptions::default())
-        .with_context(|| format!("reading back {}", dir.display()))?;
-    anyhow::ensure!(
-        ds.records.len() == generated,
-        "read back {} of {generated} images",
-        ds.records.len()
-    );
-    let summary = summarise(&ds, true);
-    let sheet_path = args.out.join(format!("{name}_contact_sheet.png"));
-    let sheet = medret_data::contact_sheet::contact_sheet(
-        &ds,
-        &evenly_spaced(ds.records.len(), 24),
-        6,
-        128,
-        true,
-    )?;
-    sheet
-        .save(&sheet_path)
-        .with_context(|| format!("cannot write {}", sheet_path.display()))?;
-    let (chance, cos, ham) = baseline(&ds, name == "fundus", args.seed)?;
-    let classifier = if args.epochs > 0 {
-        Some(train_classifier(args, name, &ds)?)
-    } else {
-        None
-    };
-    Ok(SetReport {
-        name: name.into(),
-        generated,
-        images_per_second: rate,
-        summary,
-        contact_sheet: sheet_path,
-        chance_precision: chance,
-        baseline_cosine: cos,
-        baseline_hamming_64: ham,
-        classifier,
-    })
-}
-
-/// Trains the small DenseNet at 96 px with the engine's defaults, scores the test split
-/// with the best weights and draws Grad-CAM over the first positive test image.
-fn train_classifier(args: &DemoArgs, name: &str, ds: &Dataset) -> Result<TrainReport> {
-    use burn::prelude::*;
-    use medret_train::Task;
-    use medret_train::classify::{ClassifySettings, ClassifyTask, load_trained};
-
-    let run_dir = args.out.join(format!("{name}_classifier"));
-    if run_dir.exists() {
-        std::fs::remove_dir_all(&run_dir)
-            .with_context(|| format!("cannot clear {}", run_dir.display()))?;
-    }
-    let settings = ClassifySettings::for_dataset(ds, "tiny", DEMO_INPUT)?;
-    let task = ClassifyTask::new(ds, settings, args.seed)?;
-    let cfg = medret_train::TrainConfig {
-        epochs: args.epochs,
-        batch_size: 32,
-        lr: 3e-3,
-        warmup_epochs: 0.5,
-        seed: args.seed,
-        early_stopping: medret_train::EarlyStopping {
-            metric: "auc".into(),
-            higher_is_better: true,
-            patience: None,
-            min_delta: 0.0,
-        },
-        ..Default::default()
-    };
-    let device = Device::flex();
-    let opts = medret_train::RunOptions {
-        out: run_dir.clone(),
-        devices: vec![device.clone()],
-        resume: false,
-        keep_checkpoints: Some(1),
-        stop_after_epochs: None,
-    };
-    let steps = task.steps_per_epoch(cfg.batch_size) * cfg.epochs;
-    let bar = crate::progress::bar(steps as u64, &format!("{name} classifier"));
-    let t = std::time::Instant::now();
-    let outcome = medret_train::train(&task, &cfg, &opts, &mut |e| {
-        if let medret_train::Event::Step(_) = e {
-            bar.inc(1)
-        }
-    })?;
-    bar.finish_and_clear();
-    let seconds = t.elapsed().as_secs_f64();
-    let weights = if outcome.best_weights.is_file() {
-        outcome.best_weights.clone()
-    } else {
-        medret_train::checkpoint::latest(&run_dir.join("checkpoints"))?
-            .context("no checkpoint was written")?
-            .join("model.safetensors")
-    };
-    let (_, model) = load_trained(&run_dir, &weights, &device)?;
-    let test: Vec<_> = ds
+/// The first test-split image of a phantom set (the chest layout lists them in
+/// `test_list.txt`; the fundus layout in `retinopathy_solution.csv`).
+fn first_test_image(data: &Path) -> Result<PathBuf> {
+    let ds = crate::OpenArgs::for_path(data).open()?;
+    let r = ds
         .records
         .iter()
-        .filter(|r| r.split == Some(Split::Test))
-        .cloned()
-        .collect();
-    let probs = task.predict(&model, &test, &device, 32)?;
-    let test_metrics = task.score(&probs, &test);
-
-    // Explain the first test image with a finding (chest) or referable DR (fundus).
-    let target = test.iter().find_map(|r| {
-        let classes = &task.settings.classes;
-        match r.grade {
-            Some(g) if g >= 2 => Some((r, vec![g as usize])),
-            Some(_) => None,
-            None => {
-                let t: Vec<usize> = r
-                    .labels
-                    .iter()
-                    .filter_map(|l| classes.iter().position(|c| c == l))
-                    .collect();
-                (!t.is_empty()).then_some((r, t))
-            }
-        }
-    });
-    let grad_cam_overlay = match target {
-        Some((r, classes)) => {
-            let pipeline = medret_models::features::torchvision_pipeline(DEMO_INPUT);
-            let img = pipeline.load(r, 0, 0)?;
-            let x = Tensor::<4>::from_data(
-                TensorData::new(img.data.clone(), [1, img.channels, img.height, img.width]),
-                &device,
-            );
-            let cam = &medret_models::grad_cam::grad_cam(&model, x, &[classes])[0];
-            // Overlay on the unnormalised picture, at the size the clinician sees.
-            let shown = medret_data::transform::Pipeline::new(
-                TransformConfig {
-                    size: 256,
-                    channels: Channels::Rgb,
-                    fundus_crop: task.settings.transform.fundus_crop,
-                    ..Default::default()
-                },
-                0,
-            )
-            .load(r, 0, 0)?;
-            let map = medret_models::grad_cam::upsample_bilinear(
-                &cam.data, cam.height, cam.width, 256, 256,
-            );
-            let png = medret_data::overlay::overlay(&shown, &map, 0.45)?;
-            let path = args.out.join(format!("{name}_grad_cam.png"));
-            png.save(&path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            Some(path)
-        }
-        None => None,
-    };
-    Ok(TrainReport {
-        run_dir,
-        epochs: outcome.epochs,
-        seconds,
-        test_auc: test_metrics.get("auc").copied(),
-        test_metrics,
-        grad_cam_overlay,
-    })
+        .find(|r| r.split == Some(medret_data::Split::Test))
+        .with_context(|| format!("{}: no test image", data.display()))?;
+    match &r.source {
+        medret_data::ImageSource::File(f) => Ok(f.clone()),
+        _ => anyhow::bail!("{}: the test image is not a file", data.display()),
+    }
 }
 
-pub fn run(args: &DemoArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let sets = vec![
-        one_set(args, "cxr", &args.out.join("cxr"))?,
-        one_set(args, "fundus", &args.out.join("fundus"))?,
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
+}
+
+/// `map@K 0.381 [0.35, 0.41]` with the levels and baselines beside it.
+fn headline(r: &serde_json::Value, k: &str) -> String {
+    let s = &r["scores"];
+    let f = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |x| format!("{x:.3}"));
+    let b = &r["baselines"];
+    format!(
+        "{k} {} [{}, {}]; raw-pixel LSH {}, random-init feature LSH {}; chance {}, always-majority {}",
+        f(&s["metrics"][k]),
+        f(&s["intervals"][k][0]),
+        f(&s["intervals"][k][1]),
+        f(&b["raw-pixel LSH"]["metrics"][k]),
+        f(&b["random-init feature LSH"]["metrics"][k]),
+        f(&s["chance"][k]),
+        f(&s["majority"][k]),
+    )
+}
+
+pub fn run(a: &DemoArgs) -> Result<()> {
+    let o = &a.out;
+    std::fs::create_dir_all(o).with_context(|| format!("cannot create {}", o.display()))?;
+    let start = Instant::now();
+    let (n, size, input, seed) = (
+        a.n.to_string(),
+        a.size.to_string(),
+        a.input.to_string(),
+        a.seed.to_string(),
+    );
+    let epochs = a.epochs.to_string();
+    let (cxr, fundus) = (o.join("cxr"), o.join("fundus"));
+    let (c2l, hash, metric) = (o.join("c2l"), o.join("cxr-hash"), o.join("fundus-metric"));
+    let store = o.join("archive.db");
+    let mut timings = serde_json::Map::new();
+    let mut time = |name: &str, s: f64| {
+        timings.insert(name.into(), serde_json::json!(s));
+    };
+
+    for (kind, dir, s) in [("cxr", &cxr, 11u64), ("fundus", &fundus, 12)] {
+        let t = step(
+            &format!("{kind} phantoms"),
+            vec![
+                "synth".into(),
+                kind.into(),
+                "--n".into(),
+                n.clone(),
+                "--size".into(),
+                size.clone(),
+                "--seed".into(),
+                (a.seed + s).to_string(),
+                "--out".into(),
+                p(dir),
+            ],
+        )?;
+        time(&format!("synth_{kind}_s"), t);
+    }
+    let mut hash_args = strings(&["train", "hash", "--data"]);
+    hash_args.extend([p(&cxr)]);
+    hash_args.extend(strings(&[
+        "--arch",
+        "densenet-tiny",
+        "--bits",
+        "48",
+        "--batch-size",
+        "32",
+        "--lr",
+        "3e-3",
+    ]));
+    hash_args.extend([
+        "--size".into(),
+        input.clone(),
+        "--epochs".into(),
+        epochs.clone(),
+    ]);
+    hash_args.extend(["--seed".into(), seed.clone(), "--out".into(), p(&hash)]);
+    if a.pretrain_epochs > 0 {
+        let t = step(
+            "C2L self-supervised pretraining on the chest phantoms (labels unused)",
+            vec![
+                "pretrain".into(),
+                "c2l".into(),
+                "--data".into(),
+                p(&cxr),
+                "--arch".into(),
+                "densenet-tiny".into(),
+                "--size".into(),
+                input.clone(),
+                "--batch-size".into(),
+                "32".into(),
+                "--epochs".into(),
+                a.pretrain_epochs.to_string(),
+                "--seed".into(),
+                seed.clone(),
+                "--out".into(),
+                p(&c2l),
+            ],
+        )?;
+        time("pretrain_c2l_s", t);
+        hash_args.extend(["--init".into(), p(&c2l.join("backbone.safetensors"))]);
+    }
+    let t = step(
+        "chest: saliency-guided global/local fusion hashing, 48 bits",
+        hash_args,
+    )?;
+    time("train_hash_s", t);
+    let t = step(
+        "fundus: mirror attention + fine triplet loss",
+        vec![
+            "train".into(),
+            "metric".into(),
+            "--data".into(),
+            p(&fundus),
+            "--arch".into(),
+            "densenet-tiny".into(),
+            "--size".into(),
+            input.clone(),
+            "--attention".into(),
+            "mirror".into(),
+            "--loss".into(),
+            "fine-triplet".into(),
+            "--batch-size".into(),
+            "20".into(),
+            "--lr".into(),
+            "1e-3".into(),
+            "--epochs".into(),
+            epochs.clone(),
+            "--seed".into(),
+            seed.clone(),
+            "--out".into(),
+            p(&metric),
+        ],
+    )?;
+    time("train_metric_s", t);
+
+    let _ = std::fs::remove_file(&store);
+    for (name, model, data) in [("cxr", &hash, &cxr), ("fundus", &metric, &fundus)] {
+        let t = step(
+            &format!("archive: the {name} training split, encoded by its model"),
+            vec![
+                "index".into(),
+                "build".into(),
+                "--store".into(),
+                p(&store),
+                "--name".into(),
+                name.into(),
+                "--model".into(),
+                p(model),
+                "--data".into(),
+                p(data),
+                "--split".into(),
+                "train".into(),
+            ],
+        )?;
+        time(&format!("index_{name}_s"), t);
+    }
+    let mut explained = Vec::new();
+    for (name, data) in [("cxr", &cxr), ("fundus", &fundus)] {
+        let image = first_test_image(data)?;
+        let dir = o.join(format!("explain-{name}"));
+        let t = step(
+            &format!("search: the {name} archive with a test image, explained"),
+            vec![
+                "search".into(),
+                "--store".into(),
+                p(&store),
+                "--model".into(),
+                name.into(),
+                "--image".into(),
+                p(&image),
+                "-k".into(),
+                "5".into(),
+                "--explain".into(),
+                p(&dir),
+            ],
+        )?;
+        time(&format!("search_{name}_s"), t);
+        explained.push(dir);
+    }
+    let mut reports = Vec::new();
+    for (name, model, data) in [("cxr", &hash, &cxr), ("fundus", &metric, &fundus)] {
+        let dir = o.join(format!("eval-{name}"));
+        let t = step(
+            &format!("evaluation: {name}, test split against the archive's training split"),
+            vec![
+                "eval".into(),
+                "--model".into(),
+                p(model),
+                "--data".into(),
+                p(data),
+                "--baselines".into(),
+                "-k".into(),
+                "10,100".into(),
+                "--gallery".into(),
+                "6".into(),
+                "--seed".into(),
+                seed.clone(),
+                "--out".into(),
+                p(&dir),
+            ],
+        )?;
+        time(&format!("eval_{name}_s"), t);
+        reports.push(read_json(&dir.join("report.json"))?);
+    }
+    let total = start.elapsed().as_secs_f64();
+    let cases: u64 = reports
+        .iter()
+        .map(|r| r["scores"]["database"].as_u64().unwrap_or(0))
+        .sum();
+    let summary = [
+        format!(
+            "chest (held-out phantoms): {}",
+            headline(&reports[0], "map@100")
+        ),
+        format!(
+            "fundus (held-out phantoms): {}",
+            headline(&reports[1], "map@10")
+        ),
+        format!(
+            "archive {}: {cases} cases under two models (`cxr`: 48-bit codes, `fundus`: descriptors)",
+            store.display()
+        ),
+        format!(
+            "explanations: {} and {}",
+            explained[0].display(),
+            explained[1].display()
+        ),
+        format!(
+            "report: {} ({total:.0} s in all)",
+            o.join("report.html").display()
+        ),
     ];
-    let report_path = args.out.join("report.json");
-    std::fs::write(&report_path, serde_json::to_string_pretty(&sets)?)
-        .with_context(|| format!("cannot write {}", report_path.display()))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&sets)?);
-        return Ok(());
+    write_index(o, &summary, &reports)?;
+    let json = serde_json::json!({
+        "summary": summary,
+        "seconds": timings,
+        "total_seconds": total,
+        "settings": {"n": a.n, "size": a.size, "input": a.input, "epochs": a.epochs, "pretrain_epochs": a.pretrain_epochs, "seed": a.seed},
+        "cxr": reports[0]["scores"],
+        "fundus": reports[1]["scores"],
+    });
+    std::fs::write(o.join("report.json"), serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("cannot write {}", o.join("report.json").display()))?;
+    println!("\n== summary");
+    for line in &summary {
+        println!("{line}");
     }
-    for s in &sets {
-        println!(
-            "== {} phantoms: {} generated ({:.0} images/s)",
-            s.name, s.generated, s.images_per_second
-        );
-        print!("{}", s.summary);
-        println!("  contact sheet: {}", s.contact_sheet.display());
-        let c = &s.baseline_cosine;
-        let h = &s.baseline_hamming_64;
-        println!(
-            "  raw-pixel baseline, test -> train ({}; {}):",
-            c.protocol.relevance_rule, c.protocol.tie_rule
-        );
-        println!("    chance precision          {:.3}", s.chance_precision);
-        println!(
-            "    cosine:      mAP@100 {:.3}  mAP@all {:.3}  P@10 {:.3}  NDCG@10 {:.3}",
-            c.map["100"], c.map["all"], c.precision["10"], c.ndcg["10"]
-        );
-        println!(
-            "    64-bit LSH:  mAP@100 {:.3}  mAP@all {:.3}  P@10 {:.3}  P@H<=2 {:.3}  mAP@all over random tie orders {:.3}",
-            h.map["100"],
-            h.map["all"],
-            h.precision["10"],
-            h.precision_hamming_radius_2.unwrap_or(0.0),
-            h.map_all_expected_over_ties
-        );
-        if let Some(c) = &s.classifier {
-            println!(
-                "  small DenseNet classifier ({} epochs, {:.1} s): test AUC {}",
-                c.epochs,
-                c.seconds,
-                c.test_auc
-                    .map(|a| format!("{a:.3}"))
-                    .unwrap_or_else(|| "undefined".into())
-            );
-            if let Some(p) = &c.grad_cam_overlay {
-                println!("  Grad-CAM of a test image: {}", p.display());
-            }
-        }
-    }
-    println!("report: {}", report_path.display());
     Ok(())
+}
+
+/// `report.html`: the summary and links to both evaluation reports and explanations.
+fn write_index(o: &Path, summary: &[String], reports: &[serde_json::Value]) -> Result<()> {
+    use medret_eval::html::esc;
+    let mut h = String::from(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>medret demo</title>\
+<style>body{font-family:sans-serif;margin:2em;max-width:1000px}li{margin:.4em 0}</style></head><body>\
+<h1>medret demo</h1><ul>",
+    );
+    for line in summary {
+        h.push_str(&format!("<li>{}</li>", esc(line)));
+    }
+    h.push_str("</ul><h2>Reports</h2><ul>");
+    for (name, r) in ["cxr", "fundus"].iter().zip(reports) {
+        h.push_str(&format!(
+            "<li><a href=\"eval-{name}/report.html\">{name}: full evaluation</a> ({} queries, {} database images)</li>",
+            r["scores"]["queries"], r["scores"]["database"]
+        ));
+    }
+    h.push_str("</ul><h2>Sample searches, explained</h2>");
+    for name in ["cxr", "fundus"] {
+        let dir = o.join(format!("explain-{name}"));
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|f| f.ends_with(".png"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        h.push_str(&format!("<h3>{name}</h3><p>"));
+        for f in files {
+            h.push_str(&format!(
+                "<a href=\"explain-{name}/{0}\"><img src=\"explain-{name}/{0}\" alt=\"{0}\" width=\"160\"></a> ",
+                esc(&f)
+            ));
+        }
+        h.push_str("</p>");
+    }
+    h.push_str("</body></html>\n");
+    let path = o.join("report.html");
+    std::fs::write(&path, h).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -1,6 +1,7 @@
 //! `medret`: content-based medical image retrieval. A thin shell over the library crates:
 //! it parses arguments, sets up logging and progress bars, and prints results.
 
+mod ablate;
 mod bench;
 mod demo;
 mod encode;
@@ -36,8 +37,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the main job on embedded defaults: generate both phantom sets, read them back,
-    /// summarise them, draw contact sheets and score a raw-pixel retrieval baseline.
+    /// Run the main job on embedded defaults: phantoms, C2L pretraining, both methods
+    /// trained, one archive, explained searches, both evaluated with baselines, report.html.
     Demo(demo::DemoArgs),
     /// Generate synthetic phantoms in the real on-disk layouts.
     #[command(subcommand)]
@@ -63,6 +64,10 @@ enum Command {
     /// mAP@k, P@k, NDCG@k with bootstrap intervals, chance and always-majority levels,
     /// optional baselines, timings and a gallery, as report.json and report.html.
     Eval(eval::EvalArgs),
+    /// Train and evaluate every variant of a method's switches over seeds (and code
+    /// lengths): one table of means, sds and paired intervals against the full method.
+    /// Resumes where it stopped.
+    Ablate(ablate::AblateArgs),
     /// Speed benchmarks that print comparable figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -144,6 +149,16 @@ pub(crate) struct OpenArgs {
 }
 
 impl OpenArgs {
+    /// A dataset path with the default options (format detected, 14 NIH findings).
+    pub(crate) fn for_path(path: &std::path::Path) -> Self {
+        OpenArgs {
+            path: path.to_path_buf(),
+            format: None,
+            labels: 14,
+            skip_bad: false,
+        }
+    }
+
     fn open(&self) -> Result<medret_data::Dataset> {
         let nih = NihLabelSet::from_count(self.labels as usize)
             .with_context(|| format!("--labels must be 8 or 14, not {}", self.labels))?;
@@ -267,6 +282,7 @@ fn run(command: Command) -> Result<()> {
         Command::Train(t) => train::run(&t),
         Command::Encode(a) => encode::run(&a),
         Command::Eval(a) => eval::run(&a),
+        Command::Ablate(a) => ablate::run(&a),
         Command::Bench(b) => bench::run(&b),
         Command::Index(i) => index::run_index(&i),
         Command::Search(a) => index::run_search(&a),

@@ -6,6 +6,7 @@
 //! ([`evaluate`]); classification metrics for training ([`classification`]: ROC AUC,
 //! quadratic weighted kappa). Conventions are those of `docs/evaluation.md`.
 
+pub mod ablation;
 pub mod baseline;
 pub mod classification;
 pub mod codes;

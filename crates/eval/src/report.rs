@@ -220,7 +220,8 @@ fn rank_grid(n: usize) -> Vec<usize> {
 
 /// Scores `lists[i]`, the ranking of the whole database for query `i` (ascending
 /// distance; Hamming distances for codes). `bits` is the code length for codes (`None`
-/// for descriptors); `class_names[l]` names label index `l`.
+/// for descriptors); `class_names[l]` names label index `l`. Also returns each metric's
+/// per-query values, in query order.
 #[allow(clippy::too_many_arguments)]
 pub fn score(
     lists: &[Vec<Ranked>],
@@ -231,7 +232,7 @@ pub fn score(
     bits: Option<usize>,
     class_names: &[String],
     sampling: Sampling,
-) -> (Scores, Vec<Vec<f64>>) {
+) -> (Scores, BTreeMap<String, Vec<f64>>) {
     assert_eq!(lists.len(), qt.len(), "one ranking per query");
     let hamming = bits.is_some();
     let model = score_lists(lists, qt, dt, rule, ks, hamming);
@@ -362,7 +363,12 @@ pub fn score(
         pr_curve,
         per_class_ap,
     };
-    (scores, model.values)
+    let per_query = names
+        .iter()
+        .enumerate()
+        .map(|(j, n)| (n.clone(), model.values.iter().map(|v| v[j]).collect()))
+        .collect();
+    (scores, per_query)
 }
 
 #[cfg(test)]
@@ -447,7 +453,8 @@ mod tests {
         assert!((s.chance["p@4"] - 0.5).abs() < 1e-12);
         assert_eq!(s.per_class_ap["a"], s.metrics["map@4"]);
         assert!(!s.per_class_ap.contains_key("b"), "no query carries b");
-        assert_eq!(per.len(), 1);
+        assert_eq!(per["map@4"], vec![s.metrics["map@4"]]);
+        assert_eq!(per["p@1"], vec![1.0]);
         // One query: the interval is the value itself.
         let [lo, hi] = s.intervals["map@4"];
         assert!((lo - 5.0 / 6.0).abs() < 1e-12 && (hi - 5.0 / 6.0).abs() < 1e-12);

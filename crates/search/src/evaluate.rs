@@ -45,6 +45,9 @@ pub struct EvalReport {
     pub model_card: serde_json::Value,
     /// What could not be scored, and why.
     pub notes: Vec<String>,
+    /// Each metric's value per query, in query order: what paired comparisons between
+    /// models (`medret ablate`) resample.
+    pub per_query: std::collections::BTreeMap<String, Vec<f64>>,
 }
 
 fn split_name(s: Split) -> &'static str {
@@ -311,7 +314,7 @@ pub fn evaluate(
         Relevance::SameGrade => (0..5).map(|g| format!("grade {g}")).collect(),
         _ => encoder.card.class_names.clone(),
     };
-    let (scores, _) = score(
+    let (scores, per_query) = score(
         &lists,
         &qt,
         &dt,
@@ -408,6 +411,7 @@ pub fn evaluate(
         model_card: serde_json::to_value(&encoder.card)
             .map_err(|e| SearchError::Invalid(e.to_string()))?,
         notes,
+        per_query,
     };
     Ok((report, gallery))
 }
