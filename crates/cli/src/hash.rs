@@ -60,6 +60,11 @@ pub struct HashArgs {
     /// Minimum crop side, as a fraction of the image side.
     #[arg(long, default_value_t = 0.25)]
     crop_min_size: f32,
+    /// What trains the hash head: `classify` (the paper's classifier after the hash
+    /// layer), or the deep-hashing losses `dpsh` (pairwise likelihood) and `csq` (hash
+    /// centres), on the same head and trainer.
+    #[arg(long, default_value = "classify")]
+    loss: medret_train::hash::HashLoss,
     /// Weight of the quantization loss (0 turns it off).
     #[arg(long, default_value_t = 0.1)]
     alpha: f64,
@@ -106,6 +111,7 @@ pub fn settings(a: &HashArgs, ds: &medret_data::Dataset) -> Result<HashSettings>
     s.net.crop.min_size = a.crop_min_size;
     s.net.fc_dim = a.fc_dim;
     s.alpha = a.alpha;
+    s.loss = a.loss;
     s.beta = a.beta;
     s.val_fraction = a.val_fraction;
     anyhow::ensure!(

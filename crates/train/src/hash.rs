@@ -38,7 +38,9 @@ use crate::classify::{bce_with_logits, split_train_val};
 use crate::engine::{Metrics, Task};
 use crate::error::{Result, TrainError};
 use crate::fingerprint::dataset_fingerprint;
-use crate::loss::hash::{bit_balance_loss, quantization_loss};
+use crate::loss::hash::{
+    bit_balance_loss, csq_centres, csq_loss, csq_targets, dpsh_loss, quantization_loss,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,6 +84,36 @@ pub struct HashSettings {
     /// Fraction of the labelled training patients kept (seeded), to study scarce labels.
     #[serde(default = "one")]
     pub label_fraction: f64,
+    /// What trains the hash head beside quantization and bit balance.
+    #[serde(default)]
+    pub loss: HashLoss,
+}
+
+/// The loss on the hash head (`--loss`): the paper's classifier after the hash layer, or
+/// one of two deep-hashing losses on the codes themselves, same head, same trainer (see
+/// [`crate::loss::hash`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashLoss {
+    /// Classification through the head's classifier (Guan et al.).
+    #[default]
+    Classify,
+    /// DPSH pairwise likelihood on the codes.
+    Dpsh,
+    /// CSQ: codes pulled to their classes' hash centres.
+    Csq,
+}
+
+impl std::str::FromStr for HashLoss {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "classify" => Ok(HashLoss::Classify),
+            "dpsh" => Ok(HashLoss::Dpsh),
+            "csq" => Ok(HashLoss::Csq),
+            o => Err(format!("hash loss `{o}`: expected classify, dpsh or csq")),
+        }
+    }
 }
 
 fn one() -> f64 {
@@ -137,6 +169,7 @@ impl HashSettings {
             schedule: HashSchedule::Joint,
             init: None,
             label_fraction: 1.0,
+            loss: HashLoss::Classify,
         })
     }
 
@@ -474,7 +507,25 @@ impl Task for HashTask {
             },
         );
         let h = out.h.expect("codes");
-        let mut loss = self.cls_loss(out.logits.expect("logits"), batch, device);
+        let n = batch.shape[0];
+        let k = s.classes.len();
+        let mut loss = match s.loss {
+            HashLoss::Classify => self.cls_loss(out.logits.expect("logits"), batch, device),
+            HashLoss::Dpsh => {
+                let y = Tensor::<2>::from_data(
+                    TensorData::new(batch.multi_hot.clone(), [n, k]),
+                    device,
+                );
+                let sim = y.clone().matmul(y.transpose()).clamp(0.0, 1.0);
+                dpsh_loss(h.clone(), sim)
+            }
+            HashLoss::Csq => {
+                let centres = csq_centres(k, s.net.bits, 0);
+                let t = csq_targets(&batch.multi_hot, k, &centres);
+                let t = Tensor::<2>::from_data(TensorData::new(t, [n, s.net.bits]), device);
+                csq_loss(h.clone(), t)
+            }
+        };
         if s.alpha > 0.0 {
             loss = loss + quantization_loss(h.clone()).mul_scalar(s.alpha);
         }

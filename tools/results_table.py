@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Write docs/results.md from the runs of bench/real.sh (standard library only).
+
+Reads OUT/runs.txt (name|data|train seconds|training arguments) and each run's
+OUT/NAME/eval/report.json, and prints markdown: per dataset, the model's figures with
+their bootstrap 95% intervals beside the chance and always-majority levels and the
+model-free baselines on the same splits.
+"""
+
+import json
+import os
+import platform
+import random
+import sys
+
+
+def paired(a, b, resamples=2000, seed=0):
+    """Mean of a - b and its percentile bootstrap 95% interval over the same queries."""
+    d = [x - y for x, y in zip(a, b)]
+    rng = random.Random(seed)
+    n = len(d)
+    stats = sorted(sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return sum(d) / n, stats[round(0.025 * (resamples - 1))], stats[round(0.975 * (resamples - 1))]
+
+
+def fmt(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def main():
+    out = sys.argv[1]
+    runs = []
+    with open(os.path.join(out, "runs.txt")) as f:
+        for line in f:
+            name, data, secs, args = line.rstrip("\n").split("|", 3)
+            with open(os.path.join(out, name, "eval", "report.json")) as r:
+                runs.append((name, data, int(secs), args, json.load(r)))
+    print("# Results on the real image subsets\n")
+    print("Written by `bench/real.sh` (through `tools/results_table.py`); every figure is")
+    print("the test split scored against the training split with `medret eval`, with its")
+    print("bootstrap 95% interval over queries. Chance is the mean of 5 seeded random")
+    print("rankings, always-majority gives every query the most frequent label's cases first,")
+    print("and the baselines are LSH over raw 32 x 32 pixels and over a random-init backbone's")
+    print("pooled features, at the model's code length (64 bits for descriptor models), on the")
+    print("same splits. Settings were fixed before any test figure was seen; the epoch kept")
+    print("is the best on the validation part (15% of patients) of the training split.\n")
+    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only.\n")
+    by_data = {}
+    for r in runs:
+        by_data.setdefault(r[1], []).append(r)
+    for data, rs in by_data.items():
+        rep = rs[0][4]
+        prot = rep["protocol"]
+        ks = ["map@10", "map@100", "p@10", "ndcg@10"]
+        if "p@h<=2" in rep["metrics"]:
+            ks.append("p@h<=2")
+        print(f"## `{os.path.basename(data)}`\n")
+        print(f"Queries: {prot['queries']}. Database: {prot['database']}. Relevance: {prot['relevance']}.\n")
+        print("| run | " + " | ".join(ks) + " | train time |")
+        print("|---|" + "---|" * (len(ks) + 1))
+        for name, _, secs, _, rep in rs:
+            s = rep["scores"]
+            cells = [f"**{fmt(s['metrics'].get(k))}** [{fmt(s['intervals'].get(k, [None, None])[0])}, {fmt(s['intervals'].get(k, [None, None])[1])}]" for k in ks]
+            print(f"| {name} | " + " | ".join(cells) + f" | {secs} s |")
+        s = rs[0][4]["scores"]
+        print("| chance | " + " | ".join(fmt(s["chance"].get(k)) for k in ks) + " | |")
+        print("| always-majority | " + " | ".join(fmt(s["majority"].get(k)) for k in ks) + " | |")
+        for b, bs in rs[0][4]["baselines"].items():
+            print(f"| {b} | " + " | ".join(fmt(bs["metrics"].get(k)) for k in ks) + " | |")
+        print()
+        for name, _, secs, args, rep in rs:
+            print(f"- `{name}`: `medret {args}`")
+        print()
+        # The reading, mechanical: a level counts as beaten only when the interval's lower
+        # end is above it.
+        for name, _, _, _, rep in rs:
+            s = rep["scores"]
+            for k in ("map@100", "map@10", "p@10"):
+                lo, hi = s["intervals"][k]
+                refs = {"chance": s["chance"][k], "always-majority": s["majority"][k]}
+                refs.update({b: v["metrics"][k] for b, v in rep["baselines"].items()})
+                above = [r for r, v in refs.items() if lo > v]
+                inside = [r for r, v in refs.items() if lo <= v <= hi]
+                below = [r for r, v in refs.items() if v > hi]
+                parts = []
+                if above:
+                    parts.append("above " + ", ".join(above))
+                if inside:
+                    parts.append("not separated from " + ", ".join(inside))
+                if below:
+                    parts.append("below " + ", ".join(below))
+                print(f"- `{name}` {k}: " + "; ".join(parts) + ".")
+        # Runs on the same split against the first one, paired over queries.
+        first = rs[0]
+        for name, _, _, _, rep in rs[1:]:
+            for k in ("map@10", "map@100", "p@10", "ndcg@10"):
+                a, b = first[4]["per_query"][k], rep["per_query"][k]
+                m, lo, hi = paired(a, b)
+                mark = " (established)" if lo > 0 or hi < 0 else " (not established)"
+                print(f"- `{first[0]}` - `{name}`, {k}: {m:+.3f} [{lo:+.3f}, {hi:+.3f}], paired over queries{mark}.")
+        print()
+
+
+if __name__ == "__main__":
+    main()
