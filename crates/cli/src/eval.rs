@@ -25,10 +25,14 @@ pub struct EvalArgs {
     /// Depths k of mAP@k, P@k and NDCG@k.
     #[arg(short, long, value_delimiter = ',', default_value = "10,50,100")]
     k: Vec<usize>,
-    /// Also score the model-free baselines on the same splits: LSH over raw pixels and
-    /// over a random-init backbone's pooled features.
+    /// Also score the model-free baselines on the same splits: LSH and ITQ over raw
+    /// pixels and over a random-init backbone's pooled features.
     #[arg(long)]
     baselines: bool,
+    /// With --baselines, LSH and ITQ over this C2L backbone's pooled features too
+    /// (`medret pretrain c2l`'s backbone.safetensors).
+    #[arg(long, requires = "baselines")]
+    c2l: Option<PathBuf>,
     /// Queries shown in the report's gallery, each with its top 5.
     #[arg(long, default_value_t = 8)]
     gallery: usize,
@@ -83,6 +87,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             ..Sampling::default()
         },
         batch: a.batch,
+        c2l: a.c2l.clone(),
     };
     let name = a.data.path.display().to_string();
     let bar = crate::progress::bar(0, "evaluating");

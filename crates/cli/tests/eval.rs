@@ -95,7 +95,7 @@ fn report_for_a_tiny_model_and_bad_input() {
         "the whole ball holds every relevant case: {}",
         recall[16]
     );
-    for b in ["raw-pixel LSH", "random-init feature LSH"] {
+    for b in ["raw-pixel LSH", "raw-pixel ITQ", "random-init feature LSH"] {
         assert!(
             r["baselines"][b]["metrics"]["map@20"].as_f64().is_some(),
             "{b}"
@@ -148,6 +148,23 @@ fn report_for_a_tiny_model_and_bad_input() {
     // 2 gallery rows of a query and 5 results.
     assert_eq!(html.matches("<figure").count(), 12);
 
+    // A --c2l file that is not a backbone of the model's architecture.
+    let e = fails(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--baselines",
+        "--c2l",
+        s(&model.join("model.safetensors")),
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a C2L backbone"),
+        "{e}"
+    );
     // A tampered model folder: the card's checksum no longer matches.
     let card = model.join("model.json");
     let text = std::fs::read_to_string(&card).unwrap();

@@ -30,6 +30,9 @@ pub struct EvalOptions {
     pub gallery: usize,
     pub sampling: Sampling,
     pub batch: usize,
+    /// A C2L backbone (`medret pretrain c2l`'s `backbone.safetensors`): with
+    /// `baselines`, LSH and ITQ over its pooled features too.
+    pub c2l: Option<std::path::PathBuf>,
 }
 
 /// The report, as written to `report.json`.
@@ -152,20 +155,23 @@ fn describe(r: &Record) -> String {
 /// A baseline's name, query codes and database codes.
 type BaselineCodes = (String, Vec<Vec<u64>>, Vec<Vec<u64>>);
 
-/// Model-free baselines on the same splits: LSH (sign random projections, mean-centred)
-/// over 32 x 32 grey pixels, and over the pooled features of a randomly initialised
-/// backbone of the model's architecture; `bits` as the model's codes (64 for a
-/// descriptor model).
+/// Model-free baselines on the same splits, at `bits` bits (the model's code length, 64
+/// for a descriptor model): LSH and ITQ over 32 x 32 grey pixels, over the pooled
+/// features of a randomly initialised backbone of the model's architecture, and over a
+/// C2L backbone's when one is given. ITQ needs at least `bits` feature dimensions; where
+/// there are fewer it is left out and said so in `notes`.
 fn baselines(
     encoder: &Encoder,
     queries: &[Record],
     database: &[Record],
     bits: usize,
-    seed: u64,
+    opts: &EvalOptions,
     device: &burn::prelude::Device,
+    notes: &mut Vec<String>,
 ) -> Result<Vec<BaselineCodes>> {
     use medret_data::transform::{Channels, Pipeline, TransformConfig};
     use rayon::prelude::*;
+    let seed = opts.sampling.seed;
     let pixels = Pipeline::new(
         TransformConfig {
             size: 32,
@@ -180,29 +186,52 @@ fn baselines(
             .map(|r| Ok(pixels.load(r, 0, 0)?.data))
             .collect()
     };
+    let mut out = Vec::new();
+    let mut both = |name: &str, fd: &[Vec<f32>], fq: &[Vec<f32>], notes: &mut Vec<String>| {
+        let lsh = medret_eval::baseline::lsh_codes;
+        out.push((
+            format!("{name} LSH"),
+            lsh(fd, fq, bits, seed),
+            lsh(fd, fd, bits, seed),
+        ));
+        // One fit on the database, then both sides coded with it.
+        let all: Vec<Vec<f32>> = fd.iter().chain(fq).cloned().collect();
+        match medret_eval::baseline::itq_codes(fd, &all, bits, seed, 50) {
+            Some((mut codes, _)) => {
+                let q = codes.split_off(fd.len());
+                out.push((format!("{name} ITQ"), q, codes));
+            }
+            None => notes.push(format!(
+                "{name} ITQ left out: {} feature dimensions for {bits} bits",
+                fd.first().map_or(0, Vec::len)
+            )),
+        }
+    };
     let (pd, pq) = (load(database)?, load(queries)?);
-    let lsh = medret_eval::baseline::lsh_codes;
-    let mut out = vec![(
-        "raw-pixel LSH".to_string(),
-        lsh(&pd, &pq, bits, seed),
-        lsh(&pd, &pd, bits, seed),
-    )];
+    both("raw-pixel", &pd, &pq, notes);
     let cfg = match &encoder.card.method {
         Method::CxrFusionHash(c) => c.local_config(),
         Method::FundusMetric(c) => c.backbone.clone(),
     };
+    let pipeline = Pipeline::new(encoder.card.preprocessing.clone(), seed);
+    let feats = |net: &medret_models::DenseNet, records: &[Record]| {
+        medret_models::features::pooled_features(net, records, &pipeline, 32, device, &|| {})
+    };
     device.seed(seed);
     let random = cfg.init(device);
-    let pipeline = Pipeline::new(encoder.card.preprocessing.clone(), seed);
-    let feats = |records: &[Record]| {
-        medret_models::features::pooled_features(&random, records, &pipeline, 32, device, &|| {})
-    };
-    let (fd, fq) = (feats(database)?, feats(queries)?);
-    out.push((
-        "random-init feature LSH".to_string(),
-        lsh(&fd, &fq, bits, seed),
-        lsh(&fd, &fd, bits, seed),
-    ));
+    let (fd, fq) = (feats(&random, database)?, feats(&random, queries)?);
+    both("random-init feature", &fd, &fq, notes);
+    if let Some(path) = &opts.c2l {
+        let mut net = cfg.init(device);
+        medret_models::weights::load_torchvision(&mut net, &cfg, path).map_err(|e| {
+            SearchError::File {
+                path: path.clone(),
+                message: format!("not a C2L backbone of this model's architecture: {e}"),
+            }
+        })?;
+        let (fd, fq) = (feats(&net, database)?, feats(&net, queries)?);
+        both("C2L feature", &fd, &fq, notes);
+    }
     Ok(out)
 }
 
@@ -326,11 +355,11 @@ pub fn evaluate(
     );
 
     let mut base = std::collections::BTreeMap::new();
+    let mut notes = Vec::new();
     if opts.baselines {
         progress("baselines");
         let b = bits.unwrap_or(64);
-        for (name, q, d) in baselines(encoder, &queries, &database, b, opts.sampling.seed, device)?
-        {
+        for (name, q, d) in baselines(encoder, &queries, &database, b, opts, device, &mut notes)? {
             let lists: Vec<Vec<Ranked>> = q.iter().map(|c| rank_hamming(c, &d, None)).collect();
             let (s, _) = score(
                 &lists,
@@ -352,7 +381,6 @@ pub fn evaluate(
         .filter(|r| !r.masks.is_empty() || !r.boxes.is_empty())
         .cloned()
         .collect();
-    let mut notes = Vec::new();
     let localisation = if with_masks.is_empty() {
         notes.push("no query image has a lesion mask or box: no saliency localisation".into());
         None
