@@ -196,7 +196,36 @@ pub fn html(rows: &[Row], metrics: &[String], full: &str, title: &str) -> String
         }
         o.push_str("</tr>");
     }
-    o.push_str("</table></body></html>\n");
+    o.push_str("</table>");
+    // Each metric against the code length, one line per variant, where there are several
+    // lengths.
+    let mut lengths: Vec<usize> = rows.iter().filter_map(|r| r.bits).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    if lengths.len() > 1 {
+        for m in metrics {
+            let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+            for r in rows {
+                let (Some(b), Some(v)) = (r.bits, r.mean.get(m)) else {
+                    continue;
+                };
+                match series.iter_mut().find(|(n, _)| n == &r.variant) {
+                    Some((_, p)) => p.push((b as f64, *v)),
+                    None => series.push((r.variant.clone(), vec![(b as f64, *v)])),
+                }
+            }
+            series
+                .iter_mut()
+                .for_each(|(_, p)| p.sort_by(|a, b| a.0.total_cmp(&b.0)));
+            match crate::html::lines_svg(&format!("{m} against code length"), "bits", m, &series) {
+                Ok(svg) => o.push_str(&svg),
+                Err(e) => {
+                    let _ = write!(o, "<p>plot of {} not drawn: {}</p>", esc(m), esc(&e));
+                }
+            }
+        }
+    }
+    o.push_str("</body></html>\n");
     o
 }
 
@@ -240,5 +269,27 @@ mod tests {
             "{md}"
         );
         assert!(html(&rows, &metrics, "full", "t").contains("<td>global</td>"));
+        // Several code lengths: a plot of each metric against the length.
+        let mut more = runs.clone();
+        for r in &runs {
+            more.push(RunResult {
+                bits: Some(32),
+                ..r.clone()
+            });
+        }
+        let page = html(
+            &table(&more, "full", &metrics, 100, 0),
+            &metrics,
+            "full",
+            "t",
+        );
+        assert!(
+            page.contains("<svg") && page.contains("map@10 against code length"),
+            "{page}"
+        );
+        assert!(
+            !html(&rows, &metrics, "full", "t").contains("<svg"),
+            "one length, no plot"
+        );
     }
 }
