@@ -402,7 +402,11 @@ pub fn evaluate(
         for x in lists[qi].iter().take(5) {
             let r = &database[x.index];
             let relevant = rule.is_relevant(&qt[qi], &dt[x.index]);
-            let caption = format!("{} (distance {:.3})", describe(r), x.distance);
+            // Hamming distances are whole bits; cosine distances need decimals.
+            let caption = match bits {
+                Some(_) => format!("{} (Hamming {})", describe(r), x.distance as u32),
+                None => format!("{} (1 - cos {:.3})", describe(r), x.distance),
+            };
             results.push(thumbnail(encoder, r, caption, Some(relevant))?);
         }
         gallery.push(GalleryRow { query, results });
