@@ -145,6 +145,8 @@ fn report_for_a_tiny_model_and_bad_input() {
     ] {
         assert!(!html.contains(fetch), "report.html fetches: {fetch}");
     }
+    assert!(html.contains("(Hamming "), "code distances in whole bits");
+    assert!(!out.join("report.json.partial").exists());
     // 2 gallery rows of a query and 5 results.
     assert_eq!(html.matches("<figure").count(), 12);
 

@@ -462,7 +462,10 @@ pub fn write_report(
     std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
     let json = dir.join("report.json");
     let text = serde_json::to_string_pretty(report).map_err(|e| err(&json, &e))?;
-    std::fs::write(&json, text).map_err(|e| err(&json, &e))?;
+    // Written last and renamed into place, so a report.json that exists is complete:
+    // `medret ablate` takes its presence as "this run is done".
+    let partial = dir.join("report.json.partial");
+    std::fs::write(&partial, text).map_err(|e| err(&partial, &e))?;
     let rows = |v: &serde_json::Value| -> Vec<(String, String)> {
         v.as_object()
             .map(|o| {
@@ -527,5 +530,6 @@ pub fn write_report(
     let html = dir.join("report.html");
     let body = medret_eval::html::render(&page).map_err(|e| err(&html, &e))?;
     std::fs::write(&html, body).map_err(|e| err(&html, &e))?;
+    std::fs::rename(&partial, &json).map_err(|e| err(&json, &e))?;
     Ok((json, html))
 }
