@@ -121,6 +121,10 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             s.chance[k], s.majority[k]
         );
     }
+    println!(
+        "mAP@all {:.4} (ties in database order), {:.4} expected over random orders of tied items",
+        s.map_all, s.map_all_expected_over_ties
+    );
     for (name, b) in &report.baselines {
         let key = format!("map@{}", a.k.iter().max().unwrap_or(&100));
         println!(

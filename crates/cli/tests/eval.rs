@@ -81,6 +81,10 @@ fn report_for_a_tiny_model_and_bad_input() {
         }
     }
     assert!(r["metrics"].get("map@100").is_none(), "only the k asked");
+    for k in ["map_all", "map_all_expected_over_ties"] {
+        let v = r["scores"][k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{k} {v}");
+    }
     // The PR curve over radii stops at the code length: radii 0..=16.
     let pr = r["scores"]["pr_curve"].as_array().unwrap();
     assert_eq!(pr.len(), 17);

@@ -217,6 +217,11 @@ figcaption{{font-size:11px}}.rel{{border:3px solid #2a2}}.irr{{border:3px solid 
         o.push_str("</tr>");
     }
     o.push_str("</table>");
+    let _ = write!(
+        o,
+        "<p>mAP over the whole ranking: {:.4} with ties in database order, {:.4} expected over random orders of tied items.</p>",
+        p.scores.map_all, p.scores.map_all_expected_over_ties
+    );
 
     let mut curves: Vec<(String, &[PrPoint])> =
         vec![("model".to_string(), p.scores.pr_curve.as_slice())];

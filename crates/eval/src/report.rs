@@ -17,7 +17,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::baseline::majority_label;
-use crate::metrics::{average_precision, ndcg_at, precision_at, precision_within_radius};
+use crate::metrics::{
+    average_precision, expected_average_precision_ties, ndcg_at, precision_at,
+    precision_within_radius,
+};
 use crate::ranking::Ranked;
 use crate::relevance::{Relevance, Truth};
 
@@ -67,6 +70,11 @@ pub struct Scores {
     pub pr_curve: Vec<PrPoint>,
     /// Mean AP@k (k the largest asked) over the queries carrying each class.
     pub per_class_ap: BTreeMap<String, f64>,
+    /// mAP over the whole ranking, ties broken by database order (the tie rule)...
+    pub map_all: f64,
+    /// ...and its exact expectation over random orders of tied items: where codes collide
+    /// (many cases at one Hamming distance), the two differ and the second is the fair one.
+    pub map_all_expected_over_ties: f64,
 }
 
 impl Scores {
@@ -362,6 +370,16 @@ pub fn score(
         pr_over: pr_over.into(),
         pr_curve,
         per_class_ap,
+        map_all: rels.iter().map(|r| average_precision(r, None)).sum::<f64>() / nq,
+        map_all_expected_over_ties: lists
+            .par_iter()
+            .zip(&rels)
+            .map(|(l, r)| {
+                let dist: Vec<f64> = l.iter().map(|x| x.distance).collect();
+                expected_average_precision_ties(&dist, r)
+            })
+            .sum::<f64>()
+            / nq,
     };
     let per_query = names
         .iter()
@@ -455,6 +473,11 @@ mod tests {
         assert!(!s.per_class_ap.contains_key("b"), "no query carries b");
         assert_eq!(per["map@4"], vec![s.metrics["map@4"]]);
         assert_eq!(per["p@1"], vec![1.0]);
+        // mAP@all in database order: (1 + 2/3) / 2. Over random orders of the tie at
+        // distance 2 (items 2 relevant, 3 not): half the time the relevant one is 3rd
+        // (AP 5/6), half the time 4th (AP (1 + 2/4) / 2 = 3/4).
+        assert!((s.map_all - 5.0 / 6.0).abs() < 1e-12);
+        assert!((s.map_all_expected_over_ties - (5.0 / 6.0 + 0.75) / 2.0).abs() < 1e-12);
         // One query: the interval is the value itself.
         let [lo, hi] = s.intervals["map@4"];
         assert!((lo - 5.0 / 6.0).abs() < 1e-12 && (hi - 5.0 / 6.0).abs() < 1e-12);
