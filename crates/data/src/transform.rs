@@ -370,3 +370,22 @@ impl Pipeline {
         img
     }
 }
+
+/// Each record as `size x size` grey pixels in `[0, 1]`, flattened, decoded in parallel:
+/// the input of the raw-pixel retrieval baselines (LSH, ITQ), shared by the training
+/// report and `medret eval` so both score the same thing.
+pub fn grey_thumbnails(records: &[Record], size: usize, seed: u64) -> Result<Vec<Vec<f32>>> {
+    use rayon::prelude::*;
+    let pixels = Pipeline::new(
+        TransformConfig {
+            size,
+            channels: Channels::Grey,
+            ..Default::default()
+        },
+        seed,
+    );
+    records
+        .par_iter()
+        .map(|r| Ok(pixels.load(r, 0, 0)?.data))
+        .collect()
+}

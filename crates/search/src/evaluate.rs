@@ -169,23 +169,9 @@ fn baselines(
     device: &burn::prelude::Device,
     notes: &mut Vec<String>,
 ) -> Result<Vec<BaselineCodes>> {
-    use medret_data::transform::{Channels, Pipeline, TransformConfig};
-    use rayon::prelude::*;
+    use medret_data::transform::{Pipeline, grey_thumbnails};
     let seed = opts.sampling.seed;
-    let pixels = Pipeline::new(
-        TransformConfig {
-            size: 32,
-            channels: Channels::Grey,
-            ..Default::default()
-        },
-        seed,
-    );
-    let load = |records: &[Record]| -> Result<Vec<Vec<f32>>> {
-        records
-            .par_iter()
-            .map(|r| Ok(pixels.load(r, 0, 0)?.data))
-            .collect()
-    };
+    let load = |records: &[Record]| grey_thumbnails(records, 32, seed);
     let mut out = Vec::new();
     let mut both = |name: &str, fd: &[Vec<f32>], fq: &[Vec<f32>], notes: &mut Vec<String>| {
         let lsh = medret_eval::baseline::lsh_codes;

@@ -696,21 +696,7 @@ pub fn baseline_report(
     let bits = task.settings.net.bits;
     let dt: Vec<Truth> = database.iter().map(|r| task.truth(r)).collect();
     let qt: Vec<Truth> = queries.iter().map(|r| task.truth(r)).collect();
-    let pixels = Pipeline::new(
-        TransformConfig {
-            size: 32,
-            channels: Channels::Grey,
-            ..Default::default()
-        },
-        seed,
-    );
-    let load = |records: &[Record]| -> Result<Vec<Vec<f32>>> {
-        use rayon::prelude::*;
-        records
-            .par_iter()
-            .map(|r| Ok(pixels.load(r, 0, 0)?.data))
-            .collect()
-    };
+    let load = |records: &[Record]| medret_data::transform::grey_thumbnails(records, 32, seed);
     let (pd, pq) = (load(database)?, load(queries)?);
     let lsh =
         |fit: &[Vec<f32>], v: &[Vec<f32>]| medret_eval::baseline::lsh_codes(fit, v, bits, seed);
