@@ -3,13 +3,17 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use medret_data::npy::{read_f32_matrix, read_u8_matrix};
-use medret_search::ingest::{case_from_record, ingest_with_model, select_split};
+use medret_data::npy::read_f32_matrix;
+use medret_search::ingest::{
+    VectorFile, ingest_items, ingest_with_model, items_from_files, select_split,
+};
 use medret_search::open::{is_url, open_store, shown};
-use medret_search::query::{Hit, collect_hits, open_model_encoder, search_image};
-use medret_store::{Archive, Metric, ModelInfo, ModelKind, NewCase};
+use medret_search::query::{
+    Hit, hex, open_model_encoder, parse_hex_code, search_case, search_image, search_vector,
+};
+use medret_store::{Archive, Metric, ModelKind};
 
 #[derive(Subcommand)]
 pub enum IndexCommand {
@@ -151,86 +155,6 @@ pub struct SearchArgs {
     json: bool,
 }
 
-/// Reads the manifest and the vector file, and checks they agree, before anything is
-/// written.
-/// Cases with their stored vector bytes, in manifest order.
-type Items = Vec<(NewCase, Vec<u8>)>;
-
-fn read_items(a: &IngestArgs) -> Result<(ModelKind, Items)> {
-    let ds = medret_data::open_dataset(&a.manifest, None, &medret_data::ReadOptions::default())?;
-    let (kind, rows, bytes, data): (ModelKind, usize, usize, Vec<u8>) =
-        match (&a.codes, &a.descriptors) {
-            (Some(p), _) => {
-                let (shape, data) = read_u8_matrix(p)?;
-                let bits = shape[1] * 8;
-                if bits == 0 || bits > 1024 {
-                    bail!(
-                        "{}: {} bytes per code; codes are 1 to 128 bytes (8 to 1024 bits)",
-                        p.display(),
-                        shape[1]
-                    );
-                }
-                (ModelKind::Codes { bits }, shape[0], shape[1], data)
-            }
-            (None, Some(p)) => {
-                let (shape, data) = read_f32_matrix(p)?;
-                if shape.len() != 2 || shape[1] == 0 {
-                    bail!(
-                        "{}: expected a 2-D float32 array (N x d), found shape {shape:?}",
-                        p.display()
-                    );
-                }
-                if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-                    bail!(
-                        "{}: row {} holds a non-finite value",
-                        p.display(),
-                        i / shape[1]
-                    );
-                }
-                let metric = match a.metric {
-                    MetricArg::Cosine => Metric::Cosine,
-                    MetricArg::L2 => Metric::L2,
-                };
-                let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-                (
-                    ModelKind::Descriptors {
-                        dim: shape[1],
-                        metric,
-                    },
-                    shape[0],
-                    shape[1] * 4,
-                    bytes,
-                )
-            }
-            (None, None) => bail!("give --codes or --descriptors"),
-        };
-    let file = a
-        .codes
-        .as_ref()
-        .or(a.descriptors.as_ref())
-        .expect("one is set");
-    if rows != ds.records.len() {
-        bail!(
-            "{} has {rows} rows but {} lists {} cases; rows must follow the manifest's order one to one",
-            file.display(),
-            a.manifest.display(),
-            ds.records.len()
-        );
-    }
-    let items = ds
-        .records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            (
-                case_from_record(r),
-                data[i * bytes..(i + 1) * bytes].to_vec(),
-            )
-        })
-        .collect();
-    Ok((kind, items))
-}
-
 pub fn run_index(cmd: &IndexCommand) -> Result<()> {
     match cmd {
         IndexCommand::Build(a) | IndexCommand::Add(a) if a.model_dir.is_some() => {
@@ -270,36 +194,29 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
         }
         IndexCommand::Build(a) | IndexCommand::Add(a) => {
             let build = matches!(cmd, IndexCommand::Build(_));
-            let (kind, items) = read_items(a)?;
-            let mut store = open_store(&a.store)?;
-            let model = ModelInfo {
-                name: a.name.clone(),
-                kind,
-                config_hash: a.config_hash.clone(),
+            let file = match (&a.codes, &a.descriptors) {
+                (Some(p), _) => VectorFile::Codes(p),
+                (None, Some(p)) => VectorFile::Descriptors(
+                    p,
+                    match a.metric {
+                        MetricArg::Cosine => Metric::Cosine,
+                        MetricArg::L2 => Metric::L2,
+                    },
+                ),
+                (None, None) => bail!("give --codes, --descriptors or --model"),
             };
-            match store.model(&a.name) {
-                Ok(existing) if build => bail!(
-                    "model `{}` already exists in {} ({} ); use `medret index add`",
-                    a.name,
-                    shown(&a.store),
-                    serde_json::to_string(&existing.kind)?
-                ),
-                Ok(existing) if existing.kind != kind => bail!(
-                    "model `{}` stores {}, but the file holds {}",
-                    a.name,
-                    serde_json::to_string(&existing.kind)?,
-                    serde_json::to_string(&kind)?
-                ),
-                Ok(_) => {}
-                Err(_) if !build => bail!(
-                    "no model `{}` in {}; use `medret index build`",
-                    a.name,
-                    shown(&a.store)
-                ),
-                Err(_) => store.add_model(&model)?,
-            }
+            let (kind, items) = items_from_files(&a.manifest, file)?;
+            let mut store = open_store(&a.store)?;
             let t = std::time::Instant::now();
-            let ids = store.ingest(&a.name, &items)?;
+            let ids = ingest_items(
+                store.as_mut(),
+                &shown(&a.store),
+                &a.name,
+                kind,
+                &a.config_hash,
+                &items,
+                build,
+            )?;
             println!(
                 "{} {} cases into model `{}` of {} in {:.2} s",
                 if build { "indexed" } else { "added" },
@@ -351,27 +268,6 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn parse_hex(s: &str, bytes: usize) -> Result<Vec<u8>> {
-    let s = s.trim().trim_start_matches("0x");
-    if s.len() != bytes * 2 {
-        bail!(
-            "--code has {} hex digits; this model's codes need {}",
-            s.len(),
-            bytes * 2
-        );
-    }
-    // Checked before slicing: byte offsets would split a multi-byte character.
-    if let Some(c) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
-        bail!("--code: `{c}` is not a hex digit");
-    }
-    (0..bytes)
-        .map(|i| {
-            u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
-                .with_context(|| format!("--code: `{}` is not hex", &s[2 * i..2 * i + 2]))
-        })
-        .collect()
 }
 
 pub fn run_search(a: &SearchArgs) -> Result<()> {
@@ -444,18 +340,22 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let mut exclude = None;
-    let query: Vec<u8> = match (&a.code, &a.descriptor_file, &a.case_key, &a.image) {
-        (Some(h), _, _, _) => {
+    if let Some(key) = &a.case_key {
+        let mut archive = Archive::open_with(store, &a.model, a.float_index)?;
+        let hits = search_case(&mut archive, key, a.k, a.radius, a.show_ids)?;
+        return print_results(&hits, a.json);
+    }
+    let query: Vec<u8> = match (&a.code, &a.descriptor_file) {
+        (Some(h), _) => {
             if !matches!(model.kind, ModelKind::Codes { .. }) {
                 bail!(
                     "model `{}` stores descriptors; query with --descriptor-file or --case",
                     a.model
                 );
             }
-            parse_hex(h, bytes)?
+            parse_hex_code(h, bytes).map_err(|e| anyhow::anyhow!("--code: {e}"))?
         }
-        (_, Some(f), _, _) => {
+        (_, Some(f)) => {
             let (_, v) = read_f32_matrix(f)?;
             if v.len() * 4 != bytes {
                 bail!(
@@ -468,43 +368,20 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
             }
             v.iter().flat_map(|x| x.to_le_bytes()).collect()
         }
-        (_, _, Some(key), _) => {
-            let c = store
-                .case_by_key(key)?
-                .with_context(|| format!("no case `{key}` in {}", shown(&a.store)))?;
-            exclude = Some(c.id);
-            store
-                .vectors(&a.model)?
-                .into_iter()
-                .find(|(id, _)| *id == c.id)
-                .map(|(_, v)| v)
-                .with_context(|| format!("case `{key}` has no vector for model `{}`", a.model))?
-        }
         _ => bail!("give a query: --image, --code, --descriptor-file or --case"),
     };
-    let extra = usize::from(exclude.is_some());
     let mut archive = Archive::open_with(store, &a.model, a.float_index)?;
-    let found = match a.radius {
-        Some(r) => archive.radius(&query, r)?,
-        None => archive.search(&query, a.k + extra)?,
-    };
-    let hits = collect_hits(
-        archive.store(),
-        found,
-        exclude,
-        a.radius.is_none().then_some(a.k),
-        a.show_ids,
-    )?;
-    if a.json {
-        println!("{}", serde_json::json!({ "results": hits }));
-    } else {
-        print_hits(&hits);
-    }
-    Ok(())
+    let hits = search_vector(&mut archive, &query, a.k, a.radius, None, a.show_ids)?;
+    print_results(&hits, a.json)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+fn print_results(hits: &[Hit], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::json!({ "results": hits }));
+    } else {
+        print_hits(hits);
+    }
+    Ok(())
 }
 
 fn print_hits(hits: &[Hit]) {
@@ -517,22 +394,5 @@ fn print_hits(hits: &[Hit]) {
             "{:>3}  {:<24} distance {:<8} {}  patient {}  {}",
             h.rank, h.case_id, h.distance, labels, h.patient_id, h.path
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_hex;
-
-    #[test]
-    fn hex_codes_parse_and_bad_ones_are_errors_not_panics() {
-        assert_eq!(parse_hex("0x0aFf", 2).unwrap(), vec![0x0a, 0xff]);
-        // "aé0" is four bytes, the length of two hex bytes; slicing it at byte 2 would cut
-        // "é" in half and panic.
-        let e = parse_hex("aé0", 2).unwrap_err().to_string();
-        assert!(e.contains("not a hex digit"), "{e}");
-        assert!(parse_hex("0g", 1).unwrap_err().to_string().contains("`g`"));
-        let e = parse_hex("0a", 2).unwrap_err().to_string();
-        assert!(e.contains("need 4"), "{e}");
     }
 }

@@ -1,6 +1,6 @@
 //! `medret index` and `medret search` end to end, bad input, and crash safety: ingests
-//! killed with SIGKILL at random moments leave a store holding exactly the committed
-//! ingests.
+//! killed with SIGKILL inside their transaction leave a store holding exactly the
+//! committed ingests.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -214,7 +214,11 @@ fn build_search_delete_and_bad_input() {
     let e = err(&[
         "search", "--store", st, "--model", "h64", "--code", "zz", "-k", "1",
     ]);
-    assert!(e.contains("hex digits"), "{e}");
+    assert!(e.contains("`z` is not a hex digit"), "{e}");
+    let e = err(&[
+        "search", "--store", st, "--model", "h64", "--code", "0a", "-k", "1",
+    ]);
+    assert!(e.contains("2 hex digits") && e.contains("need 16"), "{e}");
 
     // Delete removes the case from the store and from search results.
     ok(&["index", "delete", "--store", st, &key]);
@@ -227,19 +231,60 @@ fn build_search_delete_and_bad_input() {
     assert!(e.contains("not in the store"), "{e}");
 }
 
+/// Spawns `medret index build` with the store's test hook set: halfway through its
+/// transaction the ingest creates `marker` and sleeps, so the kill that follows is known
+/// to land inside the transaction.
+fn build_paused(
+    store: &str,
+    name: &str,
+    codes: &Path,
+    data: &str,
+    marker: &Path,
+) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_medret"))
+        .args([
+            "index",
+            "build",
+            "--store",
+            store,
+            "--name",
+            name,
+            "--codes",
+            codes.to_str().unwrap(),
+            "--manifest",
+            data,
+        ])
+        .env("MEDRET_TEST_INGEST_PAUSE", marker)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn killed_ingests_leave_exactly_the_committed_cases() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("f");
-    let n = 3000;
+    let (data, other) = (tmp.path().join("f"), tmp.path().join("g"));
+    let n = 400;
     synth(&data, n);
+    // A second dataset with other case ids: its killed ingest must add no case.
+    ok(&[
+        "synth",
+        "fundus",
+        "--n",
+        "40",
+        "--size",
+        "32",
+        "--seed",
+        "5",
+        "--out",
+        other.to_str().unwrap(),
+    ]);
     let store = tmp.path().join("s.db");
     let st = store.to_str().unwrap();
     let d = data.to_str().unwrap();
-    // Time one complete ingest to aim the kills inside the next ones.
     let c0 = tmp.path().join("c0.npy");
     codes(&c0, n, 8, 10);
-    let t = Instant::now();
     ok(&[
         "index",
         "build",
@@ -252,60 +297,53 @@ fn killed_ingests_leave_exactly_the_committed_cases() {
         "--manifest",
         d,
     ]);
-    let full = t.elapsed();
-    let mut s = 99u64;
-    let mut killed = 0;
-    for i in 1..=8 {
-        let c = tmp.path().join(format!("c{i}.npy"));
-        codes(&c, n, 8, 10 + i as u64);
-        let name = format!("m{i}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_medret"))
-            .args([
-                "index",
-                "build",
-                "--store",
-                st,
-                "--name",
-                &name,
-                "--codes",
-                c.to_str().unwrap(),
-                "--manifest",
-                d,
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // Later builds reuse the cases and run faster than the timed first one, and a
-        // loaded machine stretches process start-up: aim early enough that most rounds
-        // land inside the ingest (0.1 to 0.8 of the first build's time).
-        let frac = 0.1 + (lcg(&mut s) >> 11) as f64 / (1u64 << 53) as f64 * 0.7;
-        std::thread::sleep(Duration::from_secs_f64(full.as_secs_f64() * frac));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            killed += 1;
-        }
-        child.wait().unwrap();
-        // The store opens, and each model holds all of its cases or none.
-        let mut st_open = SqliteStore::open(&store).unwrap();
-        let info = st_open.info().unwrap();
-        assert_eq!(
-            info.cases, n as u64,
-            "cases are shared: the first build's {n}"
-        );
-        for (m, count) in &info.models {
+    let rounds: [(&str, &Path, usize); 3] =
+        [("m1", &data, n), ("m2", &other, 40), ("m1", &data, n)];
+    for (i, (name, set, rows)) in rounds.into_iter().enumerate() {
+        let c = tmp.path().join(format!("c{}.npy", i + 1));
+        codes(&c, rows, 8, 11 + i as u64);
+        let marker = tmp.path().join(format!("in-tx-{i}"));
+        let mut child = build_paused(st, name, &c, set.to_str().unwrap(), &marker);
+        let t = Instant::now();
+        while !marker.exists() {
             assert!(
-                *count == 0 || *count == n as u64,
-                "model {} holds {count} of {n} vectors after a kill",
-                m.name
+                child.try_wait().unwrap().is_none(),
+                "round {i}: the ingest ended before reaching its transaction's midpoint"
             );
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "round {i}: no marker"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(st_open.vectors("m0").unwrap().len(), n);
+        child.kill().unwrap(); // SIGKILL, inside the transaction
+        child.wait().unwrap();
+        // The store opens and holds exactly what was committed before: the first build's
+        // cases and vectors, and no trace of the killed model (no empty model either,
+        // which would make the rerun fail with "already exists").
+        let mut s = SqliteStore::open(&store).unwrap();
+        let info = s.info().unwrap();
+        assert_eq!(info.cases, n as u64, "round {i}: cases after the kill");
+        let names: Vec<&str> = info.models.iter().map(|(m, _)| m.name.as_str()).collect();
+        assert_eq!(names, ["m0"], "round {i}: models after the kill");
+        assert_eq!(s.vectors("m0").unwrap().len(), n);
     }
-    assert!(
-        killed > 0,
-        "no ingest was interrupted; the test did not test anything"
-    );
+    // The same build, rerun without the hook, succeeds and commits every vector.
+    let c = tmp.path().join("c1.npy");
+    ok(&[
+        "index",
+        "build",
+        "--store",
+        st,
+        "--name",
+        "m1",
+        "--codes",
+        c.to_str().unwrap(),
+        "--manifest",
+        d,
+    ]);
+    let mut s = SqliteStore::open(&store).unwrap();
+    assert_eq!(s.vectors("m1").unwrap().len(), n);
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub enum SearchError {
     File { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 pub type Result<T, E = SearchError> = std::result::Result<T, E>;

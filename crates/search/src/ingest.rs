@@ -116,13 +116,138 @@ pub fn ingest_with_model(
     let items: Vec<(NewCase, Vec<u8>)> =
         records.iter().map(case_from_record).zip(vectors).collect();
     if build {
-        store.add_model(&ModelInfo {
-            name: name.into(),
-            kind,
-            config_hash: binding.to_config_hash(),
-        })?;
+        // Model and vectors in one transaction: a failed ingest leaves no empty model
+        // behind to make the rerun say "already exists".
+        Ok(store.create_and_ingest(
+            &ModelInfo {
+                name: name.into(),
+                kind,
+                config_hash: binding.to_config_hash(),
+            },
+            &items,
+        )?)
+    } else {
+        Ok(store.ingest(name, &items)?)
     }
-    Ok(store.ingest(name, &items)?)
+}
+
+/// Cases with their stored vector bytes, in manifest order.
+pub type Items = Vec<(NewCase, Vec<u8>)>;
+
+/// Where precomputed vectors come from: packed codes (uint8 `.npy`, N x bits/8) or
+/// float32 descriptors (`.npy`, N x d) compared by `metric`.
+pub enum VectorFile<'a> {
+    Codes(&'a Path),
+    Descriptors(&'a Path, Metric),
+}
+
+/// Reads a dataset and a vector file whose rows follow it one to one, and checks that
+/// they agree, before anything is written.
+pub fn items_from_files(manifest: &Path, vectors: VectorFile<'_>) -> Result<(ModelKind, Items)> {
+    use medret_data::npy::{read_f32_matrix, read_u8_matrix};
+    let ds = medret_data::open_dataset(manifest, None, &medret_data::ReadOptions::default())?;
+    let bad = |p: &Path, m: String| SearchError::File {
+        path: p.to_path_buf(),
+        message: m,
+    };
+    let (file, kind, rows, bytes, data) = match vectors {
+        VectorFile::Codes(p) => {
+            let (shape, data) = read_u8_matrix(p)?;
+            let bits = shape[1] * 8;
+            if bits == 0 || bits > 1024 {
+                return Err(bad(
+                    p,
+                    format!(
+                        "{} bytes per code; codes are 1 to 128 bytes (8 to 1024 bits)",
+                        shape[1]
+                    ),
+                ));
+            }
+            (p, ModelKind::Codes { bits }, shape[0], shape[1], data)
+        }
+        VectorFile::Descriptors(p, metric) => {
+            let (shape, data) = read_f32_matrix(p)?;
+            if shape.len() != 2 || shape[1] == 0 {
+                return Err(bad(
+                    p,
+                    format!("expected a 2-D float32 array (N x d), found shape {shape:?}"),
+                ));
+            }
+            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+                return Err(bad(
+                    p,
+                    format!("row {} holds a non-finite value", i / shape[1]),
+                ));
+            }
+            let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let dim = shape[1];
+            (
+                p,
+                ModelKind::Descriptors { dim, metric },
+                shape[0],
+                dim * 4,
+                bytes,
+            )
+        }
+    };
+    if rows != ds.records.len() {
+        return Err(bad(
+            file,
+            format!(
+                "{rows} rows, but {} lists {} cases; rows must follow the dataset's order one to one",
+                manifest.display(),
+                ds.records.len()
+            ),
+        ));
+    }
+    let items = ds
+        .records
+        .iter()
+        .zip(data.chunks_exact(bytes))
+        .map(|(r, v)| (case_from_record(r), v.to_vec()))
+        .collect();
+    Ok((kind, items))
+}
+
+/// Ingests precomputed vectors under `name`: `build` creates the model (refused if it
+/// exists) in the same transaction as the vectors; otherwise the model must exist and
+/// store the same kind.
+pub fn ingest_items(
+    store: &mut dyn CaseStore,
+    store_name: &str,
+    name: &str,
+    kind: ModelKind,
+    config_hash: &str,
+    items: &[(NewCase, Vec<u8>)],
+    build: bool,
+) -> Result<Vec<u64>> {
+    let model_err = |message: String| SearchError::Model {
+        model: name.into(),
+        store: store_name.into(),
+        message,
+    };
+    let shown = |k: &ModelKind| serde_json::to_string(k).unwrap_or_default();
+    match store.model(name) {
+        Ok(existing) if build => Err(model_err(format!(
+            "already exists ({}); use `medret index add`",
+            shown(&existing.kind)
+        ))),
+        Ok(existing) if existing.kind != kind => Err(model_err(format!(
+            "stores {}, but the file holds {}",
+            shown(&existing.kind),
+            shown(&kind)
+        ))),
+        Ok(_) => Ok(store.ingest(name, items)?),
+        Err(_) if !build => Err(model_err("does not exist; use `medret index build`".into())),
+        Err(_) => Ok(store.create_and_ingest(
+            &ModelInfo {
+                name: name.into(),
+                kind,
+                config_hash: config_hash.into(),
+            },
+            items,
+        )?),
+    }
 }
 
 /// Records of `split` (`None`: all).

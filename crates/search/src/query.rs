@@ -144,3 +144,102 @@ pub fn search_image<S: CaseStore>(
         decoded,
     })
 }
+
+/// Parses a query code given as hex (`bits / 8` bytes, byte 0 first, optional `0x`).
+pub fn parse_hex_code(s: &str, bytes: usize) -> Result<Vec<u8>> {
+    let s = s.trim().trim_start_matches("0x");
+    // Checked before slicing: byte offsets would split a multi-byte character.
+    if let Some(c) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(SearchError::Invalid(format!(
+            "query code: `{c}` is not a hex digit"
+        )));
+    }
+    if s.len() != bytes * 2 {
+        return Err(SearchError::Invalid(format!(
+            "query code has {} hex digits; this model's codes need {}",
+            s.len(),
+            bytes * 2
+        )));
+    }
+    Ok((0..bytes)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("checked hex digits"))
+        .collect())
+}
+
+/// Lowercase hex of code bytes.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Searches with a stored case's own vector (one row read); the case itself is left out
+/// of the results.
+pub fn search_case<S: CaseStore>(
+    archive: &mut Archive<S>,
+    key: &str,
+    k: usize,
+    radius: Option<u32>,
+    show_ids: bool,
+) -> Result<Vec<Hit>> {
+    let model = archive.model().name.clone();
+    let case = archive
+        .store()
+        .case_by_key(key)?
+        .ok_or_else(|| SearchError::NotFound(format!("no case `{key}` in the store")))?;
+    let vector = archive.vector(case.id)?.ok_or_else(|| {
+        SearchError::NotFound(format!("case `{key}` has no vector for model `{model}`"))
+    })?;
+    search_vector(archive, &vector, k, radius, Some(case.id), show_ids)
+}
+
+/// Searches with a query vector in the model's stored layout: the top `k` (leaving out
+/// case `exclude`), or every case within Hamming distance `radius`.
+pub fn search_vector<S: CaseStore>(
+    archive: &mut Archive<S>,
+    vector: &[u8],
+    k: usize,
+    radius: Option<u32>,
+    exclude: Option<u64>,
+    show_ids: bool,
+) -> Result<Vec<Hit>> {
+    let want = archive.model().kind.vector_bytes();
+    if vector.len() != want {
+        return Err(SearchError::Invalid(format!(
+            "query vector has {} bytes; model `{}` stores {want}",
+            vector.len(),
+            archive.model().name
+        )));
+    }
+    let found = match radius {
+        Some(r) => archive.radius(vector, r)?,
+        None => archive.search(vector, k + usize::from(exclude.is_some()))?,
+    };
+    collect_hits(
+        archive.store(),
+        found,
+        exclude,
+        radius.is_none().then_some(k),
+        show_ids,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_hex_code;
+
+    #[test]
+    fn hex_codes_parse_and_bad_ones_are_errors_not_panics() {
+        assert_eq!(parse_hex_code("0x0aFf", 2).unwrap(), vec![0x0a, 0xff]);
+        // "aé0" is four bytes, the length of two hex bytes; slicing it at byte 2 would cut
+        // "é" in half and panic.
+        let e = parse_hex_code("aé0", 2).unwrap_err().to_string();
+        assert!(e.contains("not a hex digit"), "{e}");
+        assert!(
+            parse_hex_code("0g", 1)
+                .unwrap_err()
+                .to_string()
+                .contains("`g`")
+        );
+        let e = parse_hex_code("0a", 2).unwrap_err().to_string();
+        assert!(e.contains("need 4"), "{e}");
+    }
+}

@@ -56,6 +56,9 @@ pub struct Archive<S: CaseStore> {
     store: S,
     model: ModelInfo,
     index: Index,
+    float: FloatSearch,
+    /// The store's generation the index reflects.
+    generation: u64,
 }
 
 fn floats(v: &[u8]) -> Vec<f32> {
@@ -79,43 +82,43 @@ impl<S: CaseStore> Archive<S> {
 
     /// Loads `model`'s vectors from `store` into the index `float` asks for.
     pub fn open_with(mut store: S, model: &str, float: FloatSearch) -> Result<Self> {
-        let model = store.model(model)?;
-        let name = model.name.clone();
-        let err = index_err(&name);
-        let vectors = store.vectors(&model.name)?;
-        let mut index = match model.kind {
-            ModelKind::Codes { bits } => Index::Codes(HammingIndex::new(bits).map_err(&err)?),
-            ModelKind::Descriptors { dim, metric } => {
-                let metric = match metric {
-                    Metric::Cosine => medret_index::Metric::Cosine,
-                    Metric::L2 => medret_index::Metric::L2,
-                };
-                let graph = match float {
-                    FloatSearch::Exact => None,
-                    FloatSearch::Graph(p) => Some(p),
-                    FloatSearch::Auto => medret_index::hnsw::prefers_graph(vectors.len(), dim)
-                        .then(HnswParams::default),
-                };
-                match graph {
-                    Some(p) => {
-                        let items: Vec<(u64, Vec<f32>)> =
-                            vectors.iter().map(|(id, v)| (*id, floats(v))).collect();
-                        Index::Graph(HnswIndex::build(dim, metric, p, &items).map_err(&err)?)
-                    }
-                    None => Index::Floats(FloatIndex::new(dim, metric).map_err(&err)?),
-                }
-            }
-        };
-        if !matches!(index, Index::Graph(_)) {
-            for (id, v) in &vectors {
-                add(&mut index, *id, v).map_err(&err)?;
-            }
-        }
+        // Read before the vectors: a write in between makes the index newer than its
+        // generation, which costs one needless reload, never a missed change.
+        let generation = store.generation()?;
+        let (model, index) = load(&mut store, model, float)?;
         Ok(Archive {
             store,
             model,
             index,
+            float,
+            generation,
         })
+    }
+
+    /// Reloads the index if another connection (another process, or a replica on the
+    /// same PostgreSQL store) changed the archive since it was loaded. True if it did.
+    pub fn sync(&mut self) -> Result<bool> {
+        let g = self.store.generation()?;
+        if g == self.generation {
+            return Ok(false);
+        }
+        let (model, index) = load(&mut self.store, &self.model.name, self.float)?;
+        self.model = model;
+        self.index = index;
+        self.generation = g;
+        Ok(true)
+    }
+
+    /// After a write of our own that raised the generation by one from `before`: adopt
+    /// the new generation, or reload when someone else wrote in between.
+    fn after_write(&mut self, before: u64) -> Result<()> {
+        let g = self.store.generation()?;
+        if g == before + 1 {
+            self.generation = g;
+            Ok(())
+        } else {
+            self.sync().map(|_| ())
+        }
     }
 
     /// Whether float searches are approximate (an HNSW graph).
@@ -131,6 +134,61 @@ impl<S: CaseStore> Archive<S> {
         &mut self.store
     }
 
+    /// The store generation the index reflects.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The stored vector of case `id` (one row, not the model's every vector).
+    pub fn vector(&mut self, id: u64) -> Result<Option<Vec<u8>>> {
+        let name = self.model.name.clone();
+        self.store.vector(&name, id)
+    }
+}
+
+/// Loads `model`'s vectors from `store` into the index `float` asks for.
+fn load<S: CaseStore>(
+    store: &mut S,
+    model: &str,
+    float: FloatSearch,
+) -> Result<(ModelInfo, Index)> {
+    let model = store.model(model)?;
+    let name = model.name.clone();
+    let err = index_err(&name);
+    let vectors = store.vectors(&model.name)?;
+    let mut index = match model.kind {
+        ModelKind::Codes { bits } => Index::Codes(HammingIndex::new(bits).map_err(&err)?),
+        ModelKind::Descriptors { dim, metric } => {
+            let metric = match metric {
+                Metric::Cosine => medret_index::Metric::Cosine,
+                Metric::L2 => medret_index::Metric::L2,
+            };
+            let graph = match float {
+                FloatSearch::Exact => None,
+                FloatSearch::Graph(p) => Some(p),
+                FloatSearch::Auto => {
+                    medret_index::hnsw::prefers_graph(vectors.len(), dim).then(HnswParams::default)
+                }
+            };
+            match graph {
+                Some(p) => {
+                    let items: Vec<(u64, Vec<f32>)> =
+                        vectors.iter().map(|(id, v)| (*id, floats(v))).collect();
+                    Index::Graph(HnswIndex::build(dim, metric, p, &items).map_err(&err)?)
+                }
+                None => Index::Floats(FloatIndex::new(dim, metric).map_err(&err)?),
+            }
+        }
+    };
+    if !matches!(index, Index::Graph(_)) {
+        for (id, v) in &vectors {
+            add(&mut index, *id, v).map_err(&err)?;
+        }
+    }
+    Ok((model, index))
+}
+
+impl<S: CaseStore> Archive<S> {
     pub fn len(&self) -> usize {
         match &self.index {
             Index::Codes(i) => i.len(),
@@ -145,19 +203,24 @@ impl<S: CaseStore> Archive<S> {
 
     /// Ingests into the store (one transaction), then into the index.
     pub fn ingest(&mut self, items: &[(NewCase, Vec<u8>)]) -> Result<Vec<u64>> {
+        self.sync()?;
+        let before = self.generation;
         let ids = self.store.ingest(&self.model.name, items)?;
-        let err = index_err(&self.model.name);
+        let name = self.model.name.clone();
         for (id, (_, v)) in ids.iter().zip(items) {
-            add(&mut self.index, *id, v).map_err(&err)?;
+            add(&mut self.index, *id, v).map_err(index_err(&name))?;
         }
+        self.after_write(before)?;
         Ok(ids)
     }
 
     /// Deletes a case from the store (every model), then from the index.
     pub fn delete(&mut self, key: &str) -> Result<bool> {
+        self.sync()?;
         let Some(case) = self.store.case_by_key(key)? else {
             return Ok(false);
         };
+        let before = self.generation;
         let deleted = self.store.delete(key)?;
         if deleted {
             match &mut self.index {
@@ -165,6 +228,7 @@ impl<S: CaseStore> Archive<S> {
                 Index::Floats(i) => i.remove(case.id),
                 Index::Graph(i) => i.remove(case.id).map_err(index_err(&self.model.name))?,
             };
+            self.after_write(before)?;
         }
         Ok(deleted)
     }

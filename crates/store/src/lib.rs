@@ -110,12 +110,25 @@ pub trait CaseStore {
     /// model is an error that rolls the whole ingest back. Returns the case ids in input
     /// order.
     fn ingest(&mut self, model: &str, items: &[(NewCase, Vec<u8>)]) -> Result<Vec<u64>>;
+    /// Registers `model` (which must not exist yet) and ingests `items` into it in one
+    /// transaction: a failed or interrupted ingest leaves neither the model nor any case.
+    fn create_and_ingest(
+        &mut self,
+        model: &ModelInfo,
+        items: &[(NewCase, Vec<u8>)],
+    ) -> Result<Vec<u64>>;
     /// Deletes a case and its vectors for every model; false if absent.
     fn delete(&mut self, key: &str) -> Result<bool>;
     fn case(&mut self, id: u64) -> Result<Option<Case>>;
     fn case_by_key(&mut self, key: &str) -> Result<Option<Case>>;
     /// Every vector of `model`, by case id (ascending).
     fn vectors(&mut self, model: &str) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// One case's vector for `model`.
+    fn vector(&mut self, model: &str, id: u64) -> Result<Option<Vec<u8>>>;
+    /// A counter that every committed write (model, ingest, delete) raises, whoever made
+    /// it: a process holding an in-memory index compares it to tell whether another
+    /// process (another server on the same PostgreSQL store) changed the archive.
+    fn generation(&mut self) -> Result<u64>;
     fn info(&mut self) -> Result<StoreInfo>;
 }
 
@@ -130,8 +143,21 @@ impl<T: CaseStore + ?Sized> CaseStore for Box<T> {
     fn ingest(&mut self, model: &str, items: &[(NewCase, Vec<u8>)]) -> Result<Vec<u64>> {
         (**self).ingest(model, items)
     }
+    fn create_and_ingest(
+        &mut self,
+        model: &ModelInfo,
+        items: &[(NewCase, Vec<u8>)],
+    ) -> Result<Vec<u64>> {
+        (**self).create_and_ingest(model, items)
+    }
     fn delete(&mut self, key: &str) -> Result<bool> {
         (**self).delete(key)
+    }
+    fn vector(&mut self, model: &str, id: u64) -> Result<Option<Vec<u8>>> {
+        (**self).vector(model, id)
+    }
+    fn generation(&mut self) -> Result<u64> {
+        (**self).generation()
     }
     fn case(&mut self, id: u64) -> Result<Option<Case>> {
         (**self).case(id)

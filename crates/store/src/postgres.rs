@@ -11,7 +11,8 @@ use ::postgres::{Client, NoTls};
 use crate::error::{Result, StoreError};
 use crate::{Case, CaseStore, Metric, ModelInfo, ModelKind, NewCase, StoreInfo};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE cases (
         id BIGSERIAL PRIMARY KEY,
         case_key TEXT NOT NULL UNIQUE,
@@ -35,7 +36,12 @@ const MIGRATIONS: &[&str] = &["
         PRIMARY KEY (model, case_id)
     );
     CREATE INDEX vectors_by_case ON vectors(case_id);
-"];
+",
+    "
+    CREATE TABLE generation (n BIGINT NOT NULL);
+    INSERT INTO generation (n) VALUES (0);
+",
+];
 
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
@@ -142,6 +148,71 @@ impl PgStore {
         }
     }
 
+    /// One transaction: the model row (with `create`), the cases, the vectors and the
+    /// generation counter, all or nothing.
+    fn ingest_inner(
+        &mut self,
+        info: &ModelInfo,
+        create: bool,
+        items: &[(NewCase, Vec<u8>)],
+    ) -> Result<Vec<u64>> {
+        let model = info.name.as_str();
+        crate::sqlite::validate_items(model, info, items)?;
+        let name = self.name.clone();
+        let db = |e: ::postgres::Error| StoreError::Database {
+            path: name.clone().into(),
+            message: e.to_string(),
+        };
+        let mut tx = self.client.transaction().map_err(db)?;
+        let find = tx
+            .prepare("SELECT id FROM cases WHERE case_key = $1")
+            .map_err(db)?;
+        let insert_case = tx
+            .prepare("INSERT INTO cases (case_key, path, labels, grade, patient_id, study) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
+            .map_err(db)?;
+        let insert_vec = tx
+            .prepare("INSERT INTO vectors (model, case_id, data) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .map_err(db)?;
+        if create {
+            insert_model(&mut tx, info).map_err(db)?;
+        }
+        let mut ids = Vec::with_capacity(items.len());
+        for (case, v) in items {
+            let id: i64 = match tx.query_opt(&find, &[&case.key]).map_err(db)? {
+                Some(r) => r.get(0),
+                None => tx
+                    .query_one(
+                        &insert_case,
+                        &[
+                            &case.key as &(dyn ToSql + Sync),
+                            &case.path,
+                            &serde_json::to_string(&case.labels).expect("labels serialise"),
+                            &case.grade.map(i16::from),
+                            &case.patient_id,
+                            &serde_json::to_string(&case.study).expect("study serialises"),
+                        ],
+                    )
+                    .map_err(db)?
+                    .get(0),
+            };
+            if tx
+                .execute(&insert_vec, &[&model as &(dyn ToSql + Sync), &id, v])
+                .map_err(db)?
+                == 0
+            {
+                // Dropping the transaction rolls everything back.
+                return Err(StoreError::Duplicate {
+                    key: case.key.clone(),
+                    model: model.into(),
+                });
+            }
+            ids.push(id as u64);
+        }
+        tx.batch_execute(BUMP).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(ids)
+    }
+
     fn row_to_case(r: &::postgres::Row) -> Case {
         let labels: String = r.get(3);
         let study: String = r.get(6);
@@ -157,6 +228,25 @@ impl PgStore {
     }
 }
 
+const BUMP: &str = "UPDATE generation SET n = n + 1";
+
+fn insert_model(
+    tx: &mut ::postgres::Transaction<'_>,
+    model: &ModelInfo,
+) -> std::result::Result<u64, ::postgres::Error> {
+    let (kind, dim, metric) = crate::sqlite::kind_columns(&model.kind);
+    tx.execute(
+        "INSERT INTO models (name, kind, dim, metric, config_hash) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &model.name as &(dyn ToSql + Sync),
+            &kind,
+            &(dim as i32),
+            &metric,
+            &model.config_hash,
+        ],
+    )
+}
+
 impl CaseStore for PgStore {
     fn add_model(&mut self, model: &ModelInfo) -> Result<()> {
         crate::sqlite::validate_kind(&model.kind)?;
@@ -169,19 +259,15 @@ impl CaseStore for PgStore {
                 existing: serde_json::to_string(&existing).unwrap_or_default(),
             });
         }
-        let (kind, dim, metric) = crate::sqlite::kind_columns(&model.kind);
-        self.client
-            .execute(
-                "INSERT INTO models (name, kind, dim, metric, config_hash) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &model.name as &(dyn ToSql + Sync),
-                    &kind,
-                    &(dim as i32),
-                    &metric,
-                    &model.config_hash,
-                ],
-            )
-            .map_err(|e| self.db_err(e))?;
+        let name = self.name.clone();
+        let db = |e: ::postgres::Error| StoreError::Database {
+            path: name.clone().into(),
+            message: e.to_string(),
+        };
+        let mut tx = self.client.transaction().map_err(db)?;
+        insert_model(&mut tx, model).map_err(db)?;
+        tx.batch_execute(BUMP).map_err(db)?;
+        tx.commit().map_err(db)?;
         Ok(())
     }
 
@@ -217,64 +303,59 @@ impl CaseStore for PgStore {
 
     fn ingest(&mut self, model: &str, items: &[(NewCase, Vec<u8>)]) -> Result<Vec<u64>> {
         let info = self.model(model)?;
-        crate::sqlite::validate_items(model, &info, items)?;
+        self.ingest_inner(&info, false, items)
+    }
+
+    fn create_and_ingest(
+        &mut self,
+        model: &ModelInfo,
+        items: &[(NewCase, Vec<u8>)],
+    ) -> Result<Vec<u64>> {
+        crate::sqlite::validate_kind(&model.kind)?;
+        if let Ok(existing) = self.model(&model.name) {
+            return Err(StoreError::ModelConflict {
+                name: model.name.clone(),
+                existing: serde_json::to_string(&existing.kind).unwrap_or_default(),
+            });
+        }
+        self.ingest_inner(model, true, items)
+    }
+
+    fn delete(&mut self, key: &str) -> Result<bool> {
         let name = self.name.clone();
         let db = |e: ::postgres::Error| StoreError::Database {
             path: name.clone().into(),
             message: e.to_string(),
         };
         let mut tx = self.client.transaction().map_err(db)?;
-        let find = tx
-            .prepare("SELECT id FROM cases WHERE case_key = $1")
+        let n = tx
+            .execute("DELETE FROM cases WHERE case_key = $1", &[&key])
             .map_err(db)?;
-        let insert_case = tx
-            .prepare("INSERT INTO cases (case_key, path, labels, grade, patient_id, study) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
-            .map_err(db)?;
-        let insert_vec = tx
-            .prepare("INSERT INTO vectors (model, case_id, data) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .map_err(db)?;
-        let mut ids = Vec::with_capacity(items.len());
-        for (case, v) in items {
-            let id: i64 = match tx.query_opt(&find, &[&case.key]).map_err(db)? {
-                Some(r) => r.get(0),
-                None => tx
-                    .query_one(
-                        &insert_case,
-                        &[
-                            &case.key as &(dyn ToSql + Sync),
-                            &case.path,
-                            &serde_json::to_string(&case.labels).expect("labels serialise"),
-                            &case.grade.map(i16::from),
-                            &case.patient_id,
-                            &serde_json::to_string(&case.study).expect("study serialises"),
-                        ],
-                    )
-                    .map_err(db)?
-                    .get(0),
-            };
-            if tx
-                .execute(&insert_vec, &[&model as &(dyn ToSql + Sync), &id, v])
-                .map_err(db)?
-                == 0
-            {
-                // Dropping the transaction rolls everything back.
-                return Err(StoreError::Duplicate {
-                    key: case.key.clone(),
-                    model: model.into(),
-                });
-            }
-            ids.push(id as u64);
+        if n > 0 {
+            tx.batch_execute(BUMP).map_err(db)?;
         }
         tx.commit().map_err(db)?;
-        Ok(ids)
+        Ok(n > 0)
     }
 
-    fn delete(&mut self, key: &str) -> Result<bool> {
-        let n = self
+    fn vector(&mut self, model: &str, id: u64) -> Result<Option<Vec<u8>>> {
+        self.model(model)?;
+        Ok(self
             .client
-            .execute("DELETE FROM cases WHERE case_key = $1", &[&key])
-            .map_err(|e| self.db_err(e))?;
-        Ok(n > 0)
+            .query_opt(
+                "SELECT data FROM vectors WHERE model = $1 AND case_id = $2",
+                &[&model, &(id as i64)],
+            )
+            .map_err(|e| self.db_err(e))?
+            .map(|r| r.get(0)))
+    }
+
+    fn generation(&mut self) -> Result<u64> {
+        Ok(self
+            .client
+            .query_one("SELECT n FROM generation", &[])
+            .map_err(|e| self.db_err(e))?
+            .get::<_, i64>(0) as u64)
     }
 
     fn case(&mut self, id: u64) -> Result<Option<Case>> {

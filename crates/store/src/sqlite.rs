@@ -16,7 +16,8 @@ use crate::{Case, CaseStore, Metric, ModelInfo, ModelKind, NewCase, StoreInfo};
 const APPLICATION_ID: i64 = 0x4D44_5254;
 
 /// Schema migrations; entry `i` takes version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE cases (
         id INTEGER PRIMARY KEY,
         case_key TEXT NOT NULL UNIQUE,
@@ -40,7 +41,12 @@ const MIGRATIONS: &[&str] = &["
         PRIMARY KEY (model, case_id)
     ) WITHOUT ROWID;
     CREATE INDEX vectors_by_case ON vectors(case_id);
-"];
+",
+    "
+    CREATE TABLE generation (n INTEGER NOT NULL);
+    INSERT INTO generation (n) VALUES (0);
+",
+];
 
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
@@ -124,6 +130,90 @@ impl SqliteStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+    /// One transaction: the model row (with `create`), the cases, the vectors and the
+    /// generation counter, all or nothing.
+    fn ingest_inner(
+        &mut self,
+        info: &ModelInfo,
+        create: bool,
+        items: &[(NewCase, Vec<u8>)],
+    ) -> Result<Vec<u64>> {
+        let model = info.name.as_str();
+        validate_items(model, info, items)?;
+        let hook = test_hook();
+        let path = self.path.clone();
+        let db = |e: rusqlite::Error| StoreError::Database {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(db)?;
+        if create {
+            let (kind, dim, metric) = kind_columns(&info.kind);
+            tx.execute(
+                "INSERT INTO models (name, kind, dim, metric, config_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![info.name, kind, dim, metric, info.config_hash],
+            )
+            .map_err(db)?;
+        }
+        let mut ids = Vec::with_capacity(items.len());
+        {
+            let mut find = tx
+                .prepare_cached("SELECT id FROM cases WHERE case_key = ?1")
+                .map_err(db)?;
+            let mut insert_case = tx
+                .prepare_cached(
+                    "INSERT INTO cases (case_key, path, labels, grade, patient_id, study) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(db)?;
+            let mut insert_vec = tx
+                .prepare_cached("INSERT INTO vectors (model, case_id, data) VALUES (?1, ?2, ?3)")
+                .map_err(db)?;
+            for (case, v) in items {
+                let existing: Option<i64> = find
+                    .query_row(params![case.key], |r| r.get(0))
+                    .optional()
+                    .map_err(db)?;
+                let id = match existing {
+                    Some(id) => id,
+                    None => {
+                        insert_case
+                            .execute(params![
+                                case.key,
+                                case.path,
+                                serde_json::to_string(&case.labels).expect("labels serialise"),
+                                case.grade.map(i64::from),
+                                case.patient_id,
+                                serde_json::to_string(&case.study).expect("study serialises"),
+                            ])
+                            .map_err(db)?;
+                        tx.last_insert_rowid()
+                    }
+                };
+                match insert_vec.execute(params![model, id, v]) {
+                    Ok(_) => {}
+                    Err(rusqlite::Error::SqliteFailure(f, _))
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        // Dropping the transaction rolls everything back.
+                        return Err(StoreError::Duplicate {
+                            key: case.key.clone(),
+                            model: model.into(),
+                        });
+                    }
+                    Err(e) => return Err(db(e)),
+                }
+                ids.push(id as u64);
+                if let Some(h) = &hook
+                    && ids.len() == items.len().div_ceil(2)
+                {
+                    h.pause();
+                }
+            }
+        }
+        bump_generation(&tx).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(ids)
+    }
 
     fn row_to_case(r: &rusqlite::Row<'_>) -> rusqlite::Result<Case> {
         let labels: String = r.get(3)?;
@@ -138,6 +228,27 @@ impl SqliteStore {
             study: serde_json::from_str(&study).unwrap_or(serde_json::Value::Null),
         })
     }
+}
+
+/// Test hook for crash tests: with `MEDRET_TEST_INGEST_PAUSE=<file>` set, an ingest
+/// halfway through its transaction creates `<file>` and sleeps, so a test can kill the
+/// process at a moment known to lie inside the transaction. Unset, it costs one
+/// environment lookup per ingest.
+pub(crate) struct TestHook(PathBuf);
+
+pub(crate) fn test_hook() -> Option<TestHook> {
+    std::env::var_os("MEDRET_TEST_INGEST_PAUSE").map(|p| TestHook(PathBuf::from(p)))
+}
+
+impl TestHook {
+    pub(crate) fn pause(&self) {
+        let _ = std::fs::write(&self.0, b"in transaction");
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+}
+
+fn bump_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<usize> {
+    tx.execute("UPDATE generation SET n = n + 1", [])
 }
 
 pub(crate) fn kind_columns(kind: &ModelKind) -> (&'static str, i64, Option<&'static str>) {
@@ -208,12 +319,20 @@ impl CaseStore for SqliteStore {
             });
         }
         let (kind, dim, metric) = kind_columns(&model.kind);
-        self.conn
-            .execute(
-                "INSERT INTO models (name, kind, dim, metric, config_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![model.name, kind, dim, metric, model.config_hash],
-            )
-            .map_err(|e| self.db_err(e))?;
+        let tx = self.conn.transaction().map_err(|e| StoreError::Database {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        tx.execute(
+            "INSERT INTO models (name, kind, dim, metric, config_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![model.name, kind, dim, metric, model.config_hash],
+        )
+        .and_then(|_| bump_generation(&tx))
+        .and_then(|_| tx.commit())
+        .map_err(|e| StoreError::Database {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
         Ok(())
     }
 
@@ -256,73 +375,58 @@ impl CaseStore for SqliteStore {
 
     fn ingest(&mut self, model: &str, items: &[(NewCase, Vec<u8>)]) -> Result<Vec<u64>> {
         let info = self.model(model)?;
-        validate_items(model, &info, items)?;
+        self.ingest_inner(&info, false, items)
+    }
+
+    fn create_and_ingest(
+        &mut self,
+        model: &ModelInfo,
+        items: &[(NewCase, Vec<u8>)],
+    ) -> Result<Vec<u64>> {
+        validate_kind(&model.kind)?;
+        if let Ok(existing) = self.model(&model.name) {
+            return Err(StoreError::ModelConflict {
+                name: model.name.clone(),
+                existing: serde_json::to_string(&existing.kind).unwrap_or_default(),
+            });
+        }
+        self.ingest_inner(model, true, items)
+    }
+
+    fn delete(&mut self, key: &str) -> Result<bool> {
         let path = self.path.clone();
         let db = |e: rusqlite::Error| StoreError::Database {
             path: path.clone(),
             message: e.to_string(),
         };
         let tx = self.conn.transaction().map_err(db)?;
-        let mut ids = Vec::with_capacity(items.len());
-        {
-            let mut find = tx
-                .prepare_cached("SELECT id FROM cases WHERE case_key = ?1")
-                .map_err(db)?;
-            let mut insert_case = tx
-                .prepare_cached(
-                    "INSERT INTO cases (case_key, path, labels, grade, patient_id, study) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(db)?;
-            let mut insert_vec = tx
-                .prepare_cached("INSERT INTO vectors (model, case_id, data) VALUES (?1, ?2, ?3)")
-                .map_err(db)?;
-            for (case, v) in items {
-                let existing: Option<i64> = find
-                    .query_row(params![case.key], |r| r.get(0))
-                    .optional()
-                    .map_err(db)?;
-                let id = match existing {
-                    Some(id) => id,
-                    None => {
-                        insert_case
-                            .execute(params![
-                                case.key,
-                                case.path,
-                                serde_json::to_string(&case.labels).expect("labels serialise"),
-                                case.grade.map(i64::from),
-                                case.patient_id,
-                                serde_json::to_string(&case.study).expect("study serialises"),
-                            ])
-                            .map_err(db)?;
-                        tx.last_insert_rowid()
-                    }
-                };
-                match insert_vec.execute(params![model, id, v]) {
-                    Ok(_) => {}
-                    Err(rusqlite::Error::SqliteFailure(f, _))
-                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                    {
-                        // Dropping the transaction rolls everything back.
-                        return Err(StoreError::Duplicate {
-                            key: case.key.clone(),
-                            model: model.into(),
-                        });
-                    }
-                    Err(e) => return Err(db(e)),
-                }
-                ids.push(id as u64);
-            }
+        let n = tx
+            .execute("DELETE FROM cases WHERE case_key = ?1", params![key])
+            .map_err(db)?;
+        if n > 0 {
+            bump_generation(&tx).map_err(db)?;
         }
         tx.commit().map_err(db)?;
-        Ok(ids)
+        Ok(n > 0)
     }
 
-    fn delete(&mut self, key: &str) -> Result<bool> {
-        let n = self
-            .conn
-            .execute("DELETE FROM cases WHERE case_key = ?1", params![key])
-            .map_err(|e| self.db_err(e))?;
-        Ok(n > 0)
+    fn vector(&mut self, model: &str, id: u64) -> Result<Option<Vec<u8>>> {
+        self.model(model)?;
+        self.conn
+            .query_row(
+                "SELECT data FROM vectors WHERE model = ?1 AND case_id = ?2",
+                params![model, id as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn generation(&mut self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT n FROM generation", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.db_err(e))
     }
 
     fn case(&mut self, id: u64) -> Result<Option<Case>> {

@@ -150,3 +150,33 @@ fn graph_archive_follows_ingest_and_delete() {
     );
     assert!(archive.radius(&bytes(&[0.0; 8]), 1).is_err());
 }
+
+/// Two archives on one store file (two servers, in effect): each sees the other's
+/// ingests and deletes through the generation counter, and its own writes do not force a
+/// reload.
+#[test]
+fn archives_on_one_store_see_each_others_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let model = ModelInfo {
+        name: "m".into(),
+        kind: ModelKind::Codes { bits: 16 },
+        config_hash: String::new(),
+    };
+    let mut s = SqliteStore::open(&path).unwrap();
+    s.create_and_ingest(&model, &[(case("a"), vec![0, 0])])
+        .unwrap();
+    let mut one = Archive::open(SqliteStore::open(&path).unwrap(), "m").unwrap();
+    let mut two = Archive::open(SqliteStore::open(&path).unwrap(), "m").unwrap();
+    one.ingest(&[(case("b"), vec![0xff, 0])]).unwrap();
+    assert!(!one.sync().unwrap(), "its own ingest made it reload");
+    assert_eq!(two.len(), 1);
+    assert!(two.sync().unwrap());
+    assert_eq!(two.len(), 2);
+    let hits = two.search(&[0xff, 0], 1).unwrap();
+    assert_eq!(two.store().case(hits[0].id).unwrap().unwrap().key, "b");
+    assert!(two.delete("a").unwrap());
+    assert!(one.sync().unwrap());
+    assert_eq!(one.len(), 1);
+    assert_eq!(one.generation(), two.generation());
+}

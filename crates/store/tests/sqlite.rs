@@ -146,3 +146,42 @@ fn foreign_and_corrupt_files_are_refused_untouched() {
 fn set_user_version(path: &std::path::Path, v: u32) {
     medret_store::sqlite::debug_pragma(path, "user_version", v as i64).unwrap();
 }
+
+#[test]
+fn a_failed_create_and_ingest_leaves_no_model_and_a_rerun_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+    let g0 = s.generation().unwrap();
+    // The second item repeats the first's key: the vector insert fails halfway.
+    let bad = [(case("a"), vec![1; 8]), (case("a"), vec![2; 8])];
+    let e = s
+        .create_and_ingest(&codes64(), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already has a vector"), "{e}");
+    assert!(
+        s.model("hash64").is_err(),
+        "the model outlived its failed ingest"
+    );
+    assert_eq!(s.info().unwrap().cases, 0);
+    assert_eq!(
+        s.generation().unwrap(),
+        g0,
+        "a rolled-back ingest raised the generation"
+    );
+    let good = [(case("a"), vec![1; 8]), (case("b"), vec![2; 8])];
+    let ids = s.create_and_ingest(&codes64(), &good).unwrap();
+    assert_eq!(s.generation().unwrap(), g0 + 1);
+    assert_eq!(s.vector("hash64", ids[1]).unwrap(), Some(vec![2; 8]));
+    assert_eq!(s.vector("hash64", 999).unwrap(), None);
+    // Creating it again is refused, and changes nothing.
+    let e = s
+        .create_and_ingest(&codes64(), &good)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already exists"), "{e}");
+    assert_eq!(s.info().unwrap().models[0].1, 2);
+    assert!(s.delete("a").unwrap());
+    assert!(!s.delete("a").unwrap());
+    assert_eq!(s.generation().unwrap(), g0 + 2, "one delete, one no-op");
+}
