@@ -371,7 +371,7 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
         _ => bail!("give a query: --image, --code, --descriptor-file or --case"),
     };
     let mut archive = Archive::open_with(store, &a.model, a.float_index)?;
-    let hits = search_vector(&mut archive, &query, a.k, a.radius, None, a.show_ids)?;
+    let hits = search_vector(&mut archive, &query, a.k, a.radius, a.show_ids)?;
     print_results(&hits, a.json)
 }
 

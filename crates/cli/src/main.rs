@@ -12,6 +12,7 @@ mod metric;
 mod model;
 mod pretrain;
 mod progress;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -77,6 +78,8 @@ enum Command {
     /// The most similar cases of the archive to an image, a code, a descriptor or a stored
     /// case.
     Search(index::SearchArgs),
+    /// Serve the store over HTTP: the /api/v1 JSON API and the web page (docs/api.md).
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -286,6 +289,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(b) => bench::run(&b),
         Command::Index(i) => index::run_index(&i),
         Command::Search(a) => index::run_search(&a),
+        Command::Serve(a) => serve::run(a),
         Command::Synth(s) => {
             let (a, kind, n, secs) = match &s {
                 SynthCommand::Cxr(a) => {

@@ -19,7 +19,7 @@ pub fn shown(path: &Path) -> String {
 
 /// A SQLite file (created if absent), or a PostgreSQL URL with the archive in schema
 /// `$MEDRET_PG_SCHEMA` (default `medret`).
-pub fn open_store(path: &Path) -> Result<Box<dyn CaseStore>> {
+pub fn open_store(path: &Path) -> Result<Box<dyn CaseStore + Send>> {
     if is_url(path) {
         let schema = std::env::var("MEDRET_PG_SCHEMA").unwrap_or_else(|_| "medret".into());
         return Ok(Box::new(PgStore::open(&path.to_string_lossy(), &schema)?));

@@ -52,20 +52,7 @@ pub fn collect_hits(
         let c: Case = store.case(f.id)?.ok_or_else(|| {
             SearchError::Invalid(format!("case {} vanished during the search", f.id))
         })?;
-        out.push(Hit {
-            rank: out.len() + 1,
-            case_id: c.key,
-            path: c.path,
-            distance: f.distance,
-            labels: c.labels,
-            grade: c.grade,
-            patient_id: if show_ids {
-                c.patient_id.clone()
-            } else {
-                mask(&c.patient_id)
-            },
-            study: c.study,
-        });
+        out.push(hit(out.len() + 1, c, f.distance, show_ids));
     }
     Ok(out)
 }
@@ -102,6 +89,10 @@ pub struct ImageResults {
     pub shown: ImageF32,
     /// The query as decoded, for explanations that run the model again.
     pub decoded: ImageF32,
+    /// Seconds spent encoding (the network, with the explanation when asked for) and
+    /// searching (index and case metadata).
+    pub encode_seconds: f64,
+    pub search_seconds: f64,
 }
 
 /// Searches `archive` with an image file (PNG, JPEG, DICOM): the top `k`, or every case
@@ -116,33 +107,276 @@ pub fn search_image<S: CaseStore>(
     explain: bool,
 ) -> Result<ImageResults> {
     let decoded = medret_data::decode::decode_any(image)?;
+    let opts = QueryOptions {
+        k,
+        radius,
+        show_ids,
+        explain,
+        ..QueryOptions::default()
+    };
+    search_decoded(archive, encoder, decoded, &opts)
+}
+
+/// What every query takes besides the query itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryOptions {
+    pub k: usize,
+    /// Codes only: every case within this Hamming distance instead of the top `k`.
+    pub radius: Option<u32>,
+    pub show_ids: bool,
+    /// Compute the query's saliency map and crop box.
+    pub explain: bool,
+    pub filters: Filters,
+    /// Search by this part of the query image only.
+    pub region: Option<Region>,
+}
+
+impl Default for QueryOptions {
+    fn default() -> Self {
+        QueryOptions {
+            k: 10,
+            radius: None,
+            show_ids: false,
+            explain: false,
+            filters: Filters::default(),
+            region: None,
+        }
+    }
+}
+
+/// Restricts results to cases whose metadata match every field given: a label among the
+/// case's labels, the study's view, eye and split, the DR grade.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, Serialize)]
+pub struct Filters {
+    pub label: Option<String>,
+    pub view: Option<String>,
+    pub eye: Option<String>,
+    pub grade: Option<u8>,
+    pub split: Option<String>,
+}
+
+impl Filters {
+    pub fn is_empty(&self) -> bool {
+        *self == Filters::default()
+    }
+
+    /// Whether `case` passes every filter. Text compares case-insensitively.
+    pub fn keeps(&self, case: &Case) -> bool {
+        let study = |k: &str| case.study.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        let eq = |want: &Option<String>, have: &str| {
+            want.as_deref()
+                .is_none_or(|w| w.is_empty() || w.eq_ignore_ascii_case(have))
+        };
+        eq(&self.view, study("view"))
+            && eq(&self.eye, study("eye"))
+            && eq(&self.split, study("split"))
+            && self.grade.is_none_or(|g| case.grade == Some(g))
+            && self.label.as_deref().is_none_or(|l| {
+                l.is_empty() || case.labels.iter().any(|c| c.eq_ignore_ascii_case(l))
+            })
+    }
+}
+
+/// A rectangle of the query image in fractions of its width and height (0 to 1).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, Serialize)]
+pub struct Region {
+    pub x: f64,
+    pub y: f64,
+    pub w: f64,
+    pub h: f64,
+}
+
+impl Region {
+    /// Parses `x,y,w,h`.
+    pub fn parse(s: &str) -> Result<Region> {
+        let v: Vec<f64> = s
+            .split(',')
+            .map(|p| p.trim().parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| SearchError::Invalid(format!("region `{s}`: expected x,y,w,h")))?;
+        match v[..] {
+            [x, y, w, h] => Ok(Region { x, y, w, h }),
+            _ => Err(SearchError::Invalid(format!(
+                "region `{s}`: expected four numbers x,y,w,h"
+            ))),
+        }
+    }
+
+    /// The region of `img`, refused unless it lies inside the image and spans at least
+    /// 8 pixels each way.
+    pub fn crop(&self, img: &ImageF32) -> Result<ImageF32> {
+        let ok = |v: f64| v.is_finite() && (0.0..=1.0).contains(&v);
+        if !(ok(self.x) && ok(self.y) && ok(self.w) && ok(self.h))
+            || self.x + self.w > 1.0 + 1e-9
+            || self.y + self.h > 1.0 + 1e-9
+        {
+            return Err(SearchError::Invalid(format!(
+                "region {:?} must lie inside the image (fractions from 0 to 1)",
+                (self.x, self.y, self.w, self.h)
+            )));
+        }
+        let x = (self.x * img.width as f64).floor() as usize;
+        let y = (self.y * img.height as f64).floor() as usize;
+        let w = ((self.w * img.width as f64).round() as usize).min(img.width - x);
+        let h = ((self.h * img.height as f64).round() as usize).min(img.height - y);
+        if w < 8 || h < 8 {
+            return Err(SearchError::Invalid(format!(
+                "region of {w}x{h} pixels is too small to search by (8x8 at least)"
+            )));
+        }
+        Ok(medret_data::transform::crop(img, x, y, w, h))
+    }
+}
+
+/// Searches `archive` with a decoded image (cut to `opts.region` first, if given).
+pub fn search_decoded<S: CaseStore>(
+    archive: &mut Archive<S>,
+    encoder: &Encoder,
+    decoded: ImageF32,
+    opts: &QueryOptions,
+) -> Result<ImageResults> {
+    let decoded = match &opts.region {
+        Some(r) => r.crop(&decoded)?,
+        None => decoded,
+    };
+    let t = std::time::Instant::now();
     let shown = encoder.display_image(decoded.clone());
     let query = encoder
-        .encode_images(vec![decoded.clone()], explain)
+        .encode_images(vec![decoded.clone()], opts.explain)
         .remove(0);
+    let encode_seconds = t.elapsed().as_secs_f64();
     // A descriptor model's archive may hold its binarised codes instead of the floats.
     let vector = match (archive.model().kind, &query.code) {
         (medret_store::ModelKind::Codes { .. }, Some(code)) => code.clone(),
         _ => query.vector.clone(),
     };
-    let found = match radius {
-        Some(r) => archive.radius(&vector, r)?,
-        None => archive.search(&vector, k)?,
-    };
-    let hits = collect_hits(
-        archive.store(),
-        found,
-        None,
-        radius.is_none().then_some(k),
-        show_ids,
-    )?;
+    let t = std::time::Instant::now();
+    let hits = search_vector_with(archive, &vector, opts, &[])?;
     Ok(ImageResults {
         hits,
         vector,
         query,
         shown,
         decoded,
+        encode_seconds,
+        search_seconds: t.elapsed().as_secs_f64(),
     })
+}
+
+/// Searches with stored cases' own vectors ("more like these"): each case's neighbours,
+/// merged by their smallest distance to any of them; the query cases are left out.
+pub fn search_cases<S: CaseStore>(
+    archive: &mut Archive<S>,
+    keys: &[String],
+    opts: &QueryOptions,
+) -> Result<Vec<Hit>> {
+    if keys.is_empty() {
+        return Err(SearchError::Invalid("no case ids to search by".into()));
+    }
+    let model = archive.model().name.clone();
+    let mut ids = Vec::new();
+    let mut vectors = Vec::new();
+    for key in keys {
+        let case = archive
+            .store()
+            .case_by_key(key)?
+            .ok_or_else(|| SearchError::NotFound(format!("no case `{key}` in the store")))?;
+        let v = archive.vector(case.id)?.ok_or_else(|| {
+            SearchError::NotFound(format!("case `{key}` has no vector for model `{model}`"))
+        })?;
+        ids.push(case.id);
+        vectors.push(v);
+    }
+    let mut best: std::collections::BTreeMap<u64, f64> = Default::default();
+    for v in &vectors {
+        for f in raw_search(archive, v, opts, ids.len())? {
+            let d = best.entry(f.id).or_insert(f.distance);
+            *d = d.min(f.distance);
+        }
+    }
+    let mut merged: Vec<Found> = best
+        .into_iter()
+        .map(|(id, distance)| Found { id, distance })
+        .collect();
+    merged.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+    collect_filtered(archive.store(), merged, &ids, opts)
+}
+
+/// Index hits for one query vector: enough of them that `opts.k` survive the filters and
+/// `excluded` left-out cases.
+fn raw_search<S: CaseStore>(
+    archive: &mut Archive<S>,
+    vector: &[u8],
+    opts: &QueryOptions,
+    excluded: usize,
+) -> Result<Vec<Found>> {
+    let want = archive.model().kind.vector_bytes();
+    if vector.len() != want {
+        return Err(SearchError::Invalid(format!(
+            "query vector has {} bytes; model `{}` stores {want}",
+            vector.len(),
+            archive.model().name
+        )));
+    }
+    archive.sync()?;
+    Ok(match opts.radius {
+        Some(r) => archive.radius(vector, r)?,
+        // Filters are applied to the ranked list, so a filtered search ranks everything.
+        None if !opts.filters.is_empty() => archive.search(vector, archive.len())?,
+        None => archive.search(vector, opts.k + excluded)?,
+    })
+}
+
+fn collect_filtered<S: CaseStore>(
+    store: &mut S,
+    found: Vec<Found>,
+    exclude: &[u64],
+    opts: &QueryOptions,
+) -> Result<Vec<Hit>> {
+    let k = opts.radius.is_none().then_some(opts.k);
+    let mut out = Vec::new();
+    for f in found.into_iter().filter(|f| !exclude.contains(&f.id)) {
+        if k.is_some_and(|k| out.len() == k) {
+            break;
+        }
+        let c: Case = store.case(f.id)?.ok_or_else(|| {
+            SearchError::Invalid(format!("case {} vanished during the search", f.id))
+        })?;
+        if !opts.filters.keeps(&c) {
+            continue;
+        }
+        out.push(hit(out.len() + 1, c, f.distance, opts.show_ids));
+    }
+    Ok(out)
+}
+
+fn hit(rank: usize, c: Case, distance: f64, show_ids: bool) -> Hit {
+    Hit {
+        rank,
+        case_id: c.key,
+        path: c.path,
+        distance,
+        labels: c.labels,
+        grade: c.grade,
+        patient_id: if show_ids {
+            c.patient_id.clone()
+        } else {
+            mask(&c.patient_id)
+        },
+        study: c.study,
+    }
+}
+
+/// Searches with a query vector in the model's stored layout under `opts`, leaving out
+/// the cases `exclude`.
+pub fn search_vector_with<S: CaseStore>(
+    archive: &mut Archive<S>,
+    vector: &[u8],
+    opts: &QueryOptions,
+    exclude: &[u64],
+) -> Result<Vec<Hit>> {
+    let found = raw_search(archive, vector, opts, exclude.len())?;
+    collect_filtered(archive.store(), found, exclude, opts)
 }
 
 /// Parses a query code given as hex (`bits / 8` bytes, byte 0 first, optional `0x`).
@@ -180,46 +414,31 @@ pub fn search_case<S: CaseStore>(
     radius: Option<u32>,
     show_ids: bool,
 ) -> Result<Vec<Hit>> {
-    let model = archive.model().name.clone();
-    let case = archive
-        .store()
-        .case_by_key(key)?
-        .ok_or_else(|| SearchError::NotFound(format!("no case `{key}` in the store")))?;
-    let vector = archive.vector(case.id)?.ok_or_else(|| {
-        SearchError::NotFound(format!("case `{key}` has no vector for model `{model}`"))
-    })?;
-    search_vector(archive, &vector, k, radius, Some(case.id), show_ids)
+    let opts = QueryOptions {
+        k,
+        radius,
+        show_ids,
+        ..QueryOptions::default()
+    };
+    search_cases(archive, &[key.to_string()], &opts)
 }
 
-/// Searches with a query vector in the model's stored layout: the top `k` (leaving out
-/// case `exclude`), or every case within Hamming distance `radius`.
+/// Searches with a query vector in the model's stored layout: the top `k`, or every case
+/// within Hamming distance `radius`.
 pub fn search_vector<S: CaseStore>(
     archive: &mut Archive<S>,
     vector: &[u8],
     k: usize,
     radius: Option<u32>,
-    exclude: Option<u64>,
     show_ids: bool,
 ) -> Result<Vec<Hit>> {
-    let want = archive.model().kind.vector_bytes();
-    if vector.len() != want {
-        return Err(SearchError::Invalid(format!(
-            "query vector has {} bytes; model `{}` stores {want}",
-            vector.len(),
-            archive.model().name
-        )));
-    }
-    let found = match radius {
-        Some(r) => archive.radius(vector, r)?,
-        None => archive.search(vector, k + usize::from(exclude.is_some()))?,
-    };
-    collect_hits(
-        archive.store(),
-        found,
-        exclude,
-        radius.is_none().then_some(k),
+    let opts = QueryOptions {
+        k,
+        radius,
         show_ids,
-    )
+        ..QueryOptions::default()
+    };
+    search_vector_with(archive, vector, &opts, &[])
 }
 
 #[cfg(test)]

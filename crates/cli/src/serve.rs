@@ -1,0 +1,81 @@
+//! `medret serve`: the HTTP API and the web page over one store (see `docs/api.md`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The store: a SQLite file or a postgresql:// URL.
+    #[arg(long)]
+    store: PathBuf,
+    /// Address to listen on (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// A file holding the bearer token that ingest and delete need. Without it the
+    /// server is read-only.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Refuse every write, token or not.
+    #[arg(long)]
+    read_only: bool,
+    /// Largest upload in MB (larger requests get 413).
+    #[arg(long, default_value_t = 32)]
+    max_upload_mb: usize,
+    /// Show patient ids in responses (masked by default).
+    #[arg(long)]
+    show_patient_ids: bool,
+    /// Requests in progress at once, server-wide.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Seconds before a request is answered 408.
+    #[arg(long, default_value_t = 120)]
+    timeout_s: u64,
+    /// Where ingested images are kept (default: `<store>.images` beside a SQLite store).
+    #[arg(long)]
+    upload_dir: Option<PathBuf>,
+    /// Root for stored image paths that are relative.
+    #[arg(long)]
+    image_root: Option<PathBuf>,
+    /// Compute device (cpu, or cuda:N in a GPU build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let token = match &a.token_file {
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("{}: cannot read the token file", f.display()))?;
+            let t = t.trim().to_string();
+            if t.len() < 16 {
+                bail!("{}: the token must be at least 16 characters", f.display());
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    if a.max_upload_mb == 0 {
+        bail!("--max-upload-mb must be at least 1");
+    }
+    let mut cfg = medret_server::ServeConfig::new(a.store);
+    cfg.addr = a.addr;
+    cfg.token = token;
+    cfg.read_only = a.read_only;
+    cfg.max_upload_bytes = a.max_upload_mb << 20;
+    cfg.show_patient_ids = a.show_patient_ids;
+    cfg.concurrency = a.concurrency;
+    cfg.timeout = Duration::from_secs(a.timeout_s.max(1));
+    cfg.upload_dir = a.upload_dir;
+    cfg.image_root = a.image_root;
+    cfg.device = a.device;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(medret_server::serve(cfg))
+        .map_err(|e| anyhow::anyhow!("{}", e.message))
+}

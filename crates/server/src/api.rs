@@ -1,0 +1,695 @@
+//! The `/api/v1` JSON API, `/healthz` and `/readyz`. Every handler parses, hands the work
+//! to `medret-search` on a blocking thread, and shapes the answer; none holds retrieval
+//! logic of its own. The routes are listed in `docs/api.md`.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use medret_data::ImageF32;
+use medret_search::query::{Filters, Hit, QueryOptions, Region, mask};
+use medret_store::{Case, ModelKind, NewCase};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::state::Slot;
+use crate::upload;
+
+type S = State<Arc<AppState>>;
+
+/// Shown with every result list: the page repeats it.
+pub const NOTICE: &str = "Reference retrieval of similar archived cases, not a diagnosis.";
+
+/// Results per query at most.
+const MAX_K: usize = 500;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/models", get(models))
+        .route("/api/v1/search", post(search))
+        .route("/api/v1/search/cases", post(search_cases))
+        .route("/api/v1/cases", post(ingest))
+        .route("/api/v1/cases/{id}", get(case).delete(delete))
+        .route("/api/v1/cases/{id}/image", get(case_image))
+        .route("/api/v1/cases/{id}/overlay", get(case_overlay))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+async fn readyz(State(state): S) -> Response {
+    let st = state.clone();
+    match blocking(move || {
+        st.admin
+            .lock()
+            .map_err(|_| ApiError::internal("store connection poisoned"))?
+            .generation()
+            .map_err(ApiError::from)
+    })
+    .await
+    {
+        Ok(g) => Json(json!({
+            "ready": true,
+            "models": state.model_count(),
+            "generation": g,
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "error": e.message })),
+        )
+            .into_response(),
+    }
+}
+
+async fn models(State(state): S) -> Result<Json<Value>, ApiError> {
+    let st = state.clone();
+    blocking(move || st.refresh_models()).await?;
+    let list: Vec<Value> = state
+        .all_slots()
+        .iter()
+        .map(|s| {
+            let cases = s.archive.lock().map(|a| a.len()).unwrap_or(0);
+            let (kind, size) = match s.info.kind {
+                ModelKind::Codes { bits } => ("codes", json!({ "bits": bits })),
+                ModelKind::Descriptors { dim, .. } => ("descriptors", json!({ "dim": dim })),
+            };
+            let card = s.encoder.as_ref().map(|e| &e.card);
+            json!({
+                "name": s.info.name,
+                "kind": kind,
+                "size": size,
+                "cases": cases,
+                "can_encode": s.encoder.is_some(),
+                "method": card.map(|c| match c.method {
+                    medret_models::model_card::Method::CxrFusionHash(_) => "cxr-fusion-hash",
+                    medret_models::model_card::Method::FundusMetric(_) => "fundus-metric",
+                }),
+                "class_names": card.map(|c| c.class_names.clone()).unwrap_or_default(),
+                "input_size": card.map(|c| c.preprocessing.size),
+                "radius_search": matches!(s.info.kind, ModelKind::Codes { .. }),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "models": list })))
+}
+
+/// A multipart form: files by field, text fields by name.
+#[derive(Default)]
+struct Form {
+    files: Vec<(String, Vec<u8>)>,
+    text: BTreeMap<String, String>,
+}
+
+impl Form {
+    async fn read(mut m: Multipart) -> Result<Form, ApiError> {
+        let mut form = Form::default();
+        while let Some(field) = m.next_field().await? {
+            let name = field.name().unwrap_or("").to_string();
+            if name == "image" {
+                let shown = upload::shown_name(field.file_name());
+                let bytes = field.bytes().await?;
+                form.files.push((shown, bytes.to_vec()));
+            } else {
+                let text = field.text().await?;
+                if text.len() > 4096 {
+                    return Err(ApiError::bad_request(format!(
+                        "field `{name}` is longer than 4096 bytes"
+                    )));
+                }
+                form.text.insert(name, text);
+            }
+        }
+        Ok(form)
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.text.get(k).map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(&self, k: &str) -> Result<Option<T>, ApiError> {
+        self.get(k)
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|_| ApiError::bad_request(format!("field `{k}`: `{v}` is not valid")))
+            })
+            .transpose()
+    }
+
+    fn require(&self, k: &str) -> Result<&str, ApiError> {
+        self.get(k)
+            .ok_or_else(|| ApiError::bad_request(format!("field `{k}` is required")))
+    }
+
+    fn filters(&self) -> Result<Filters, ApiError> {
+        Ok(Filters {
+            label: self.get("label").map(String::from),
+            view: self.get("view").map(String::from),
+            eye: self.get("eye").map(String::from),
+            grade: self.parse("grade")?,
+            split: self.get("split").map(String::from),
+        })
+    }
+}
+
+fn check_k(k: Option<usize>) -> Result<usize, ApiError> {
+    match k.unwrap_or(10) {
+        0 => Err(ApiError::bad_request("k must be at least 1")),
+        k if k > MAX_K => Err(ApiError::bad_request(format!("k is at most {MAX_K}"))),
+        k => Ok(k),
+    }
+}
+
+fn png(img: &image::DynamicImage) -> Result<Vec<u8>, ApiError> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| ApiError::internal(format!("PNG encoding: {e}")))?;
+    Ok(out.into_inner())
+}
+
+fn data_url(png: &[u8]) -> String {
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
+}
+
+/// Percent-encodes a case id for a URL path segment.
+pub fn url_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The study fields a viewer shows (view, eye, split, age, sex), never the study
+/// metadata wholesale.
+fn study_fields(study: &Value) -> Value {
+    let meta = |k: &str| study.get("meta").and_then(|m| m.get(k)).cloned();
+    json!({
+        "view": study.get("view").cloned().unwrap_or(Value::Null),
+        "eye": study.get("eye").cloned().unwrap_or(Value::Null),
+        "split": study.get("split").cloned().unwrap_or(Value::Null),
+        "age": meta("age").unwrap_or(Value::Null),
+        "sex": meta("sex").unwrap_or(Value::Null),
+    })
+}
+
+fn result_json(h: &Hit, model: &str) -> Value {
+    let id = url_segment(&h.case_id);
+    let mut v = json!({
+        "rank": h.rank,
+        "case_id": h.case_id,
+        "distance": h.distance,
+        "labels": h.labels,
+        "grade": h.grade,
+        "patient_id": h.patient_id,
+        "image_url": format!("/api/v1/cases/{id}/image"),
+        "thumbnail_url": format!("/api/v1/cases/{id}/image?size=256"),
+        "overlay_url": format!("/api/v1/cases/{id}/overlay?model={}", url_segment(model)),
+    });
+    if let (Value::Object(o), Value::Object(s)) = (&mut v, study_fields(&h.study)) {
+        o.extend(s);
+    }
+    v
+}
+
+/// Label counts among the results and the most frequent one (DR grades as `grade N`).
+fn summary(hits: &[Hit]) -> Value {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for h in hits {
+        if let (true, Some(g)) = (h.labels.is_empty(), h.grade) {
+            *counts.entry(format!("grade {g}")).or_default() += 1;
+        }
+        for l in &h.labels {
+            *counts.entry(l.clone()).or_default() += 1;
+        }
+    }
+    let mut list: Vec<(String, usize)> = counts.into_iter().collect();
+    list.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    json!({
+        "results": hits.len(),
+        "labels": list.iter().map(|(l, c)| json!({ "label": l, "count": c })).collect::<Vec<_>>(),
+        "majority": list.first().map(|(l, _)| l.clone()),
+        "notice": NOTICE,
+    })
+}
+
+async fn search(State(state): S, form: Multipart) -> Result<Json<Value>, ApiError> {
+    let form = Form::read(form).await?;
+    let model = form.require("model")?.to_string();
+    let (name, bytes) = match form.files.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            return Err(ApiError::bad_request(
+                "field `image` (the query image) is required",
+            ));
+        }
+        _ => return Err(ApiError::bad_request("search takes one `image`")),
+    };
+    let opts = QueryOptions {
+        k: check_k(form.parse("k")?)?,
+        radius: form.parse("radius")?,
+        show_ids: state.config.show_patient_ids,
+        explain: form.get("explain") != Some("false"),
+        filters: form.filters()?,
+        region: form.get("region").map(Region::parse).transpose()?,
+    };
+    let st = state.clone();
+    blocking(move || {
+        let slot = st.slot(&model)?;
+        if opts.radius.is_some() && !matches!(slot.info.kind, ModelKind::Codes { .. }) {
+            return Err(ApiError::bad_request(format!(
+                "model `{model}` stores float descriptors: radius search applies to codes only"
+            )));
+        }
+        let encoder = slot.encoder()?.clone();
+        let (img, _, decode_s) = upload::decode(&bytes, &name)?;
+        st.metrics.stage("decode", decode_s);
+        let res = {
+            let mut archive = slot.lock()?;
+            medret_search::query::search_decoded(&mut archive, &encoder, img, &opts)?
+        };
+        st.metrics.stage("encode", res.encode_seconds);
+        st.metrics.stage("search", res.search_seconds);
+        let t = std::time::Instant::now();
+        let q = &res.query;
+        let size = encoder.size();
+        let mut query = json!({
+            "input_size": size,
+            "crop_box": q.crop.map(|b| json!({
+                "x": b.x, "y": b.y, "w": b.w, "h": b.h,
+                "fraction": [b.x as f64 / size as f64, b.y as f64 / size as f64,
+                             b.w as f64 / size as f64, b.h as f64 / size as f64],
+            })),
+            "probabilities": encoder.card.class_names.iter().zip(&q.probabilities)
+                .map(|(c, p)| (c.clone(), *p)).collect::<BTreeMap<_, _>>(),
+            "code": matches!(slot.info.kind, ModelKind::Codes { .. })
+                .then(|| medret_search::query::hex(&res.vector)),
+            "region": opts.region,
+        });
+        if opts.explain {
+            let plain = medret_search::explain::overlay_image(&res.shown, None, None)?;
+            let over = medret_search::explain::overlay_image(
+                &res.shown,
+                q.saliency.as_ref().map(|s| s.data.as_slice()),
+                q.crop.as_ref(),
+            )?;
+            query["image_png"] = data_url(&png(&image::DynamicImage::ImageRgb8(plain))?).into();
+            query["overlay_png"] = data_url(&png(&image::DynamicImage::ImageRgb8(over))?).into();
+        }
+        let explain_s = t.elapsed().as_secs_f64();
+        if opts.explain {
+            st.metrics.stage("explain", explain_s);
+        }
+        Ok(Json(json!({
+            "model": model,
+            "results": res.hits.iter().map(|h| result_json(h, &model)).collect::<Vec<_>>(),
+            "summary": summary(&res.hits),
+            "query": query,
+            "timings_ms": {
+                "decode": decode_s * 1e3,
+                "encode": res.encode_seconds * 1e3,
+                "search": res.search_seconds * 1e3,
+                "explain": explain_s * 1e3,
+            },
+        })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasesQuery {
+    model: String,
+    case_ids: Vec<String>,
+    k: Option<usize>,
+    radius: Option<u32>,
+    #[serde(default)]
+    filters: Filters,
+}
+
+async fn search_cases(
+    State(state): S,
+    body: Result<Json<CasesQuery>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(q) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    if q.case_ids.len() > 50 {
+        return Err(ApiError::bad_request("at most 50 case ids per search"));
+    }
+    let opts = QueryOptions {
+        k: check_k(q.k)?,
+        radius: q.radius,
+        show_ids: state.config.show_patient_ids,
+        explain: false,
+        filters: q.filters,
+        region: None,
+    };
+    let st = state.clone();
+    blocking(move || {
+        let slot = st.slot(&q.model)?;
+        let t = std::time::Instant::now();
+        let hits = {
+            let mut archive = slot.lock()?;
+            medret_search::query::search_cases(&mut archive, &q.case_ids, &opts)?
+        };
+        st.metrics.stage("search", t.elapsed().as_secs_f64());
+        Ok(Json(json!({
+            "model": q.model,
+            "query": { "case_ids": q.case_ids },
+            "results": hits.iter().map(|h| result_json(h, &q.model)).collect::<Vec<_>>(),
+            "summary": summary(&hits),
+        })))
+    })
+    .await
+}
+
+fn find_case(state: &AppState, key: &str) -> Result<Case, ApiError> {
+    state
+        .admin
+        .lock()
+        .map_err(|_| ApiError::internal("store connection poisoned"))?
+        .case_by_key(key)?
+        .ok_or_else(|| ApiError::not_found(format!("no case `{key}`")))
+}
+
+async fn case(State(state): S, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
+    let st = state.clone();
+    blocking(move || {
+        let c = find_case(&st, &key)?;
+        let id = url_segment(&c.key);
+        let mut v = json!({
+            "case_id": c.key,
+            "labels": c.labels,
+            "grade": c.grade,
+            "patient_id": if st.config.show_patient_ids { c.patient_id.clone() } else { mask(&c.patient_id) },
+            "image_url": format!("/api/v1/cases/{id}/image"),
+        });
+        if let (Value::Object(o), Value::Object(s)) = (&mut v, study_fields(&c.study)) {
+            o.extend(s);
+        }
+        Ok(Json(v))
+    })
+    .await
+}
+
+fn load_case_image(state: &AppState, c: &Case) -> Result<ImageF32, ApiError> {
+    let path = state.image_path(&c.path);
+    medret_data::decode::decode_any(&path).map_err(|_| {
+        // The stored path is the archive's business; the client learns which case.
+        ApiError::not_found(format!("the image of case `{}` cannot be read", c.key))
+    })
+}
+
+#[derive(Deserialize)]
+struct ImageQuery {
+    size: Option<u32>,
+}
+
+fn png_response(bytes: Vec<u8>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            (header::CACHE_CONTROL, "private, max-age=300"),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+async fn case_image(
+    State(state): S,
+    Path(key): Path<String>,
+    Query(q): Query<ImageQuery>,
+) -> Result<Response, ApiError> {
+    let st = state.clone();
+    let bytes = blocking(move || {
+        let c = find_case(&st, &key)?;
+        let img = load_case_image(&st, &c)?.to_dynamic();
+        let img = match q.size {
+            Some(s) if !(16..=2048).contains(&s) => {
+                return Err(ApiError::bad_request("size must be between 16 and 2048"));
+            }
+            Some(s) if s < img.width().max(img.height()) => img.thumbnail(s, s),
+            _ => img,
+        };
+        png(&img)
+    })
+    .await?;
+    Ok(png_response(bytes))
+}
+
+#[derive(Deserialize)]
+struct OverlayQuery {
+    model: String,
+}
+
+async fn case_overlay(
+    State(state): S,
+    Path(key): Path<String>,
+    Query(q): Query<OverlayQuery>,
+) -> Result<Response, ApiError> {
+    let st = state.clone();
+    let bytes = blocking(move || {
+        let slot = st.slot(&q.model)?;
+        let encoder = slot.encoder()?.clone();
+        let c = find_case(&st, &key)?;
+        let img = load_case_image(&st, &c)?;
+        let t = std::time::Instant::now();
+        let shown = encoder.display_image(img.clone());
+        let e = encoder.encode_images(vec![img], true).remove(0);
+        let over = medret_search::explain::overlay_image(
+            &shown,
+            e.saliency.as_ref().map(|s| s.data.as_slice()),
+            e.crop.as_ref(),
+        )?;
+        st.metrics.stage("explain", t.elapsed().as_secs_f64());
+        png(&image::DynamicImage::ImageRgb8(over))
+    })
+    .await?;
+    Ok(png_response(bytes))
+}
+
+/// Writes need the token: `Authorization: Bearer <token>`, compared in constant time.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.config.read_only {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this server is read-only",
+        ));
+    }
+    let Some(token) = &state.config.token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "writes are disabled: start the server with --token-file",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required for writes",
+        ))
+    }
+}
+
+/// A case id fit for a file name.
+fn file_stem(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+async fn ingest(
+    State(state): S,
+    headers: HeaderMap,
+    form: Multipart,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let form = Form::read(form).await?;
+    let model = form.require("model")?.to_string();
+    if form.files.is_empty() {
+        return Err(ApiError::bad_request(
+            "field `image` is required (one or more)",
+        ));
+    }
+    let case_id = form.get("case_id").map(String::from);
+    if case_id.is_some() && form.files.len() > 1 {
+        return Err(ApiError::bad_request(
+            "`case_id` names one case; a batch gets ids from the images' content",
+        ));
+    }
+    let labels: Vec<String> = form
+        .get("labels")
+        .map(|l| {
+            l.split(['|', ','])
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let grade: Option<u8> = form.parse("grade")?;
+    if grade.is_some_and(|g| g > 4) {
+        return Err(ApiError::bad_request("grade is 0 to 4"));
+    }
+    let patient_id = form.get("patient_id").unwrap_or("").to_string();
+    let study = json!({
+        "view": form.get("view"),
+        "eye": form.get("eye"),
+        "split": form.get("split"),
+        "meta": {},
+    });
+    let st = state.clone();
+    let model_name = model.clone();
+    let ids = blocking(move || {
+        let slot: Arc<Slot> = st.slot(&model)?;
+        let encoder = slot.encoder()?.clone();
+        // Everything is decoded and encoded before anything is written.
+        let mut images = Vec::new();
+        let mut keys = Vec::new();
+        for (name, bytes) in &form.files {
+            let (img, kind, _) = upload::decode(bytes, name)?;
+            let key = case_id.clone().unwrap_or_else(|| {
+                let h = Sha256::digest(bytes);
+                format!("upload-{}", medret_search::query::hex(&h[..8]))
+            });
+            if keys.iter().any(|(k, _): &(String, _)| *k == key) {
+                return Err(ApiError::bad_request(format!(
+                    "{name}: the same image twice in one batch"
+                )));
+            }
+            keys.push((key, kind));
+            images.push(img);
+        }
+        let encoded = encoder.encode_images(images, false);
+        let dir = st.upload_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ApiError::internal(format!("upload folder: {e}")))?;
+        let mut written = Vec::new();
+        let result = (|| {
+            let mut items = Vec::new();
+            for (((key, kind), e), (_, bytes)) in keys.iter().zip(&encoded).zip(&form.files) {
+                if find_case(&st, key).is_ok() {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("case `{key}` already exists"),
+                    ));
+                }
+                let vector = match (slot.info.kind, &e.code) {
+                    (ModelKind::Codes { .. }, Some(c)) => c.clone(),
+                    _ => e.vector.clone(),
+                };
+                let path = dir.join(format!("{}.{}", file_stem(key), kind.extension()));
+                let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+                    .map_err(|e| ApiError::internal(format!("upload folder: {e}")))?;
+                std::io::Write::write_all(&mut tmp, bytes)
+                    .and_then(|_| tmp.as_file().sync_all())
+                    .map_err(|e| ApiError::internal(format!("writing the image: {e}")))?;
+                tmp.persist_noclobber(&path).map_err(|_| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("an image for case `{key}` is already stored"),
+                    )
+                })?;
+                written.push(path.clone());
+                items.push((
+                    NewCase {
+                        key: key.clone(),
+                        path: std::fs::canonicalize(&path)
+                            .unwrap_or(path)
+                            .display()
+                            .to_string(),
+                        labels: labels.clone(),
+                        grade,
+                        patient_id: patient_id.clone(),
+                        study: study.clone(),
+                    },
+                    vector,
+                ));
+            }
+            slot.lock()?.ingest(&items).map_err(ApiError::from)?;
+            Ok(keys.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())
+        })();
+        if result.is_err() {
+            for p in &written {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        result
+    })
+    .await?;
+    tracing::info!(cases = ids.len(), "ingested");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "model": model_name, "ingested": ids })),
+    )
+        .into_response())
+}
+
+async fn delete(
+    State(state): S,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let st = state.clone();
+    blocking(move || {
+        let c = find_case(&st, &key)?;
+        // Through a model's archive when there is one, so its index follows at once;
+        // the others see the store's generation move and reload.
+        let deleted = match st.all_slots().first() {
+            Some(slot) => slot.lock()?.delete(&key)?,
+            None => st
+                .admin
+                .lock()
+                .map_err(|_| ApiError::internal("store connection poisoned"))?
+                .delete(&key)?,
+        };
+        if !deleted {
+            return Err(ApiError::not_found(format!("no case `{key}`")));
+        }
+        // An image the server stored itself goes with its case.
+        let dir = std::fs::canonicalize(st.upload_dir()).ok();
+        let path = std::path::Path::new(&c.path);
+        if dir.is_some_and(|d| path.starts_with(d)) {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::info!("deleted one case");
+        Ok(Json(json!({ "deleted": key })))
+    })
+    .await
+}

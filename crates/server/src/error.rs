@@ -1,0 +1,98 @@
+//! Errors as HTTP answers: a status and a message, sent as `{"error": "..."}`. Bad input
+//! is a 4xx that says what is wrong; a 500 means a fault of ours or of the store, and its
+//! message names no patient data.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use medret_search::SearchError;
+use medret_store::StoreError;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, "request failed");
+        }
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            StoreError::Duplicate { .. } | StoreError::ModelConflict { .. } => StatusCode::CONFLICT,
+            StoreError::InvalidCase(_) | StoreError::VectorSize { .. } => StatusCode::BAD_REQUEST,
+            StoreError::Foreign { .. }
+            | StoreError::TooNew { .. }
+            | StoreError::Database { .. } => {
+                // The detail goes to the log (it names the store, not patients); the
+                // client learns only that the store failed.
+                tracing::error!(error = %e, "store error");
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the case store is unavailable; nothing was changed",
+                );
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<SearchError> for ApiError {
+    fn from(e: SearchError) -> Self {
+        match e {
+            SearchError::Store(s) => s.into(),
+            SearchError::Data(d) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, d.to_string()),
+            SearchError::Encode(e) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
+            SearchError::NotFound(m) => ApiError::not_found(m),
+            SearchError::Model { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            SearchError::File { .. } | SearchError::Invalid(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<axum::extract::multipart::MultipartError> for ApiError {
+    fn from(e: axum::extract::multipart::MultipartError) -> Self {
+        ApiError::new(e.status(), format!("malformed upload: {}", e.body_text()))
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ApiError::internal(format!("a worker failed: {e}"))
+    }
+}

@@ -1,0 +1,198 @@
+//! Uploaded images: the kind decided by magic bytes (never by the name or the declared
+//! content type), then decoded through the same readers as files on disk. Only pixels are
+//! read from a DICOM upload; its headers (patient name, birth date, ...) go nowhere.
+
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use medret_data::ImageF32;
+
+use crate::error::ApiError;
+
+/// An uploaded image's kind, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Png,
+    Jpeg,
+    Dicom,
+}
+
+impl Kind {
+    pub fn sniff(bytes: &[u8]) -> Option<Kind> {
+        if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+            Some(Kind::Png)
+        } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+            Some(Kind::Jpeg)
+        } else if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+            Some(Kind::Dicom)
+        } else {
+            None
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Kind::Png => "png",
+            Kind::Jpeg => "jpg",
+            Kind::Dicom => "dcm",
+        }
+    }
+}
+
+/// Images above this many pixels are refused before their pixels are decoded.
+pub const MAX_PIXELS: u64 = 16384 * 16384;
+
+/// A file name fit for messages: the upload's own name without directories or control
+/// characters, at most 80 characters.
+pub fn shown_name(name: Option<&str>) -> String {
+    let n = name
+        .and_then(|n| n.rsplit(['/', '\\']).next())
+        .unwrap_or("upload");
+    let clean: String = n.chars().filter(|c| !c.is_control()).take(80).collect();
+    if clean.is_empty() {
+        "upload".into()
+    } else {
+        clean
+    }
+}
+
+/// Decodes one upload, or says which upload and what is wrong with it. Returns the image
+/// and the seconds spent.
+pub fn decode(bytes: &[u8], name: &str) -> Result<(ImageF32, Kind, f64), ApiError> {
+    let t = Instant::now();
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(format!("{name}: the file is empty")));
+    }
+    let kind = Kind::sniff(bytes).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("{name}: not a PNG, JPEG or DICOM file (judged by its content)"),
+        )
+    })?;
+    let unreadable = |e: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "{name}: cannot read this {}: {e}",
+                kind.extension().to_uppercase()
+            ),
+        )
+    };
+    // JPEG decoders fill a truncated scan with grey rather than fail; a JPEG must end
+    // with its end-of-image marker (allowing a little trailing padding).
+    if kind == Kind::Jpeg
+        && !bytes[bytes.len().saturating_sub(64)..]
+            .windows(2)
+            .any(|w| w == [0xff, 0xd9])
+    {
+        return Err(unreadable(
+            "the file is truncated (no end-of-image marker)".into(),
+        ));
+    }
+    let img = match kind {
+        Kind::Png | Kind::Jpeg => {
+            let format = if kind == Kind::Png {
+                image::ImageFormat::Png
+            } else {
+                image::ImageFormat::Jpeg
+            };
+            let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+            let mut limits = image::Limits::default();
+            limits.max_alloc = Some(1 << 30);
+            reader.limits(limits);
+            let (w, h) = reader
+                .into_dimensions()
+                .map_err(|e| unreadable(e.to_string()))?;
+            check_size(name, w as u64, h as u64)?;
+            let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+            let mut limits = image::Limits::default();
+            limits.max_alloc = Some(1 << 30);
+            reader.limits(limits);
+            let img = reader.decode().map_err(|e| unreadable(e.to_string()))?;
+            ImageF32::from_dynamic(&img)
+        }
+        Kind::Dicom => {
+            // The DICOM reader works on files; a private temporary file, removed on drop.
+            let mut f = tempfile::Builder::new()
+                .prefix("medret-upload-")
+                .suffix(".dcm")
+                .tempfile()
+                .map_err(|e| ApiError::internal(format!("temporary file: {e}")))?;
+            std::io::Write::write_all(&mut f, bytes)
+                .map_err(|e| ApiError::internal(format!("temporary file: {e}")))?;
+            let tmp = f.path().display().to_string();
+            medret_data::dicom::decode_dicom(f.path()).map_err(|e| {
+                // The reader names the temporary file; the client knows its own name.
+                unreadable(e.to_string().replace(&tmp, name))
+            })?
+        }
+    };
+    check_size(name, img.width as u64, img.height as u64)?;
+    Ok((img, kind, t.elapsed().as_secs_f64()))
+}
+
+fn check_size(name: &str, w: u64, h: u64) -> Result<(), ApiError> {
+    if w == 0 || h == 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{name}: the image is {w}x{h} pixels"),
+        ));
+    }
+    if w * h > MAX_PIXELS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{name}: {w}x{h} pixels is more than this server decodes (16384x16384)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_come_from_content_not_names() {
+        assert_eq!(Kind::sniff(b"\x89PNG\r\n\x1a\nrest"), Some(Kind::Png));
+        assert_eq!(Kind::sniff(&[0xff, 0xd8, 0xff, 0xe0]), Some(Kind::Jpeg));
+        let mut dcm = vec![0u8; 140];
+        dcm[128..132].copy_from_slice(b"DICM");
+        assert_eq!(Kind::sniff(&dcm), Some(Kind::Dicom));
+        assert_eq!(Kind::sniff(b"GIF89a"), None);
+        assert_eq!(Kind::sniff(&dcm[..131]), None);
+    }
+
+    #[test]
+    fn bad_uploads_are_4xx_with_the_name() {
+        let e = decode(b"", "a.png").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let e = decode(b"hello world", "x.png").unwrap_err();
+        assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(e.message.starts_with("x.png:"), "{}", e.message);
+        // A PNG signature and a header claiming 40000 x 40000 pixels, nothing else.
+        let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+        png.extend_from_slice(&40000u32.to_be_bytes());
+        png.extend_from_slice(&40000u32.to_be_bytes());
+        png.extend_from_slice(&[8, 0, 0, 0, 0]);
+        let crc = crc32(&png[12..]);
+        png.extend_from_slice(&crc.to_be_bytes());
+        let e = decode(&png, "big.png").unwrap_err();
+        assert!(e.status.is_client_error(), "{e:?}");
+        assert_eq!(shown_name(Some("C:\\x\\y/scan\n.png")), "scan.png");
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    (c >> 1) ^ 0xedb8_8320
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+}
