@@ -21,6 +21,12 @@ pub enum BenchCommand {
     /// How much of a model's saliency (Grad-CAM, or where mirror attention falls) lands on
     /// lesion pixels (masks or boxes), against a random map.
     Saliency(CropArgs),
+    /// A bounded load test of a running `medret serve` (loopback only): concurrent image
+    /// searches with ingests in parallel for a fixed time; throughput, p50/p99 latency by
+    /// stage, errors, and a check that no committed ingest is lost.
+    Load(crate::load::LoadArgs),
+    /// Grow a model's archive with noisy copies of its cases, to load-test at scale.
+    GrowStore(crate::load::GrowArgs),
 }
 
 #[derive(Args)]
@@ -166,6 +172,8 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::SearchFloat(a) => search_float(a),
         BenchCommand::Crop(a) => crop(a),
         BenchCommand::Saliency(a) => saliency(a),
+        BenchCommand::Load(a) => crate::load::load(a),
+        BenchCommand::GrowStore(a) => crate::load::grow(a),
     }
 }
 

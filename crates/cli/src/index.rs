@@ -39,12 +39,6 @@ pub enum IndexCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum MetricArg {
-    Cosine,
-    L2,
-}
-
 #[derive(Args)]
 pub struct IngestArgs {
     /// The store: a SQLite file (created if absent) or a postgresql:// URL.
@@ -79,12 +73,12 @@ pub struct IngestArgs {
     /// With --model: compute device (cpu, or cuda:N in a GPU build).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Descriptor comparison.
-    #[arg(long, value_enum, default_value = "cosine")]
-    metric: MetricArg,
+    /// Descriptor comparison: cosine or l2.
+    #[arg(long, default_value = "cosine")]
+    metric: Metric,
     /// The dataset the rows belong to (any format `medret data info` reads).
-    #[arg(long, visible_alias = "data")]
-    manifest: PathBuf,
+    #[command(flatten)]
+    data: crate::train::DataArg,
     /// Hash of the model's configuration and weights, stored with the model.
     #[arg(long, default_value = "")]
     config_hash: String,
@@ -163,8 +157,7 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
             let device =
                 medret_models::device::parse_device(&a.device).map_err(anyhow::Error::msg)?;
             let encoder = medret_models::encoder::Encoder::open(dir, &device)?;
-            let ds =
-                medret_data::open_dataset(&a.manifest, None, &medret_data::ReadOptions::default())?;
+            let ds = a.data.open()?;
             let records = select_split(&ds.records, a.split.split());
             let mut store = open_store(&a.store)?;
             let t = std::time::Instant::now();
@@ -196,16 +189,10 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
             let build = matches!(cmd, IndexCommand::Build(_));
             let file = match (&a.codes, &a.descriptors) {
                 (Some(p), _) => VectorFile::Codes(p),
-                (None, Some(p)) => VectorFile::Descriptors(
-                    p,
-                    match a.metric {
-                        MetricArg::Cosine => Metric::Cosine,
-                        MetricArg::L2 => Metric::L2,
-                    },
-                ),
+                (None, Some(p)) => VectorFile::Descriptors(p, a.metric),
                 (None, None) => bail!("give --codes, --descriptors or --model"),
             };
-            let (kind, items) = items_from_files(&a.manifest, file)?;
+            let (kind, items) = items_from_files(&a.data.open()?, &a.data.path, file)?;
             let mut store = open_store(&a.store)?;
             let t = std::time::Instant::now();
             let ids = ingest_items(

@@ -8,6 +8,7 @@ mod encode;
 mod eval;
 mod hash;
 mod index;
+mod load;
 mod metric;
 mod model;
 mod pretrain;

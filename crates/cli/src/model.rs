@@ -3,36 +3,20 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use medret_data::{ImageSource, Record};
-use medret_models::densenet::DenseNetConfig;
 use medret_models::device::parse_device;
 use medret_models::features::{pooled_features, torchvision_pipeline};
 use medret_models::load_torchvision;
 use medret_models::weights::read_header;
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Arch {
-    /// torchvision's DenseNet-121.
-    Densenet121,
-    /// A small DenseNet with the same structure (tests, CPU demo).
-    DensenetTiny,
-}
-
-impl Arch {
-    fn config(self) -> DenseNetConfig {
-        match self {
-            Arch::Densenet121 => DenseNetConfig::densenet121(),
-            Arch::DensenetTiny => DenseNetConfig::tiny(),
-        }
-    }
-}
+use medret_models::arch::Arch;
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
     /// Print the layer table and parameter counts (as torchvision counts them).
     Summary {
-        #[arg(long, value_enum, default_value = "densenet121")]
+        #[arg(long, default_value = "densenet121")]
         arch: Arch,
         /// Classifier outputs; 0 for the feature extractor alone. Default: the architecture's.
         #[arg(long)]
@@ -47,7 +31,7 @@ pub enum ModelCommand {
 
 #[derive(Args)]
 pub struct FeaturesArgs {
-    #[arg(long, value_enum, default_value = "densenet121")]
+    #[arg(long, default_value = "densenet121")]
     arch: Arch,
     /// Weights as safetensors with torchvision names (e.g. converted ImageNet or CheXNet).
     #[arg(long)]
@@ -79,7 +63,7 @@ pub fn run_model(cmd: &ModelCommand) -> Result<()> {
             in_channels,
             json,
         } => {
-            let mut cfg = arch.config();
+            let mut cfg = arch.base_config();
             if let Some(k) = classes {
                 cfg.num_classes = (*k > 0).then_some(*k);
             }
@@ -158,7 +142,7 @@ fn list_images(dir: &std::path::Path) -> Result<Vec<Record>> {
 
 pub fn run_features(a: &FeaturesArgs) -> Result<()> {
     let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
-    let mut cfg = a.arch.config();
+    let mut cfg = a.arch.base_config();
     // The classifier in the file decides the head; it is not used for features.
     let header = read_header(&a.weights)?;
     cfg.num_classes = header.get("classifier.weight").map(|(_, s)| s[0]);

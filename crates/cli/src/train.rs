@@ -141,7 +141,7 @@ pub struct EngineArgs {
 #[derive(Args, Clone)]
 pub struct DataArg {
     /// Dataset folder or file (as for `medret data info`).
-    #[arg(long = "data")]
+    #[arg(long = "data", visible_alias = "manifest")]
     pub path: PathBuf,
     /// Format; detected from the files when omitted.
     #[arg(long, value_enum)]

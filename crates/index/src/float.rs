@@ -21,6 +21,17 @@ pub enum Metric {
     L2,
 }
 
+impl std::str::FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cosine" => Ok(Metric::Cosine),
+            "l2" => Ok(Metric::L2),
+            _ => Err(format!("metric `{s}`: expected cosine or l2")),
+        }
+    }
+}
+
 /// One search result; `distance` is `1 - cosine` or the squared L2 distance.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FloatHit {

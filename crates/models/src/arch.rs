@@ -26,13 +26,17 @@ impl Arch {
 
     /// The network with `num_classes` outputs (`None`: the feature extractor alone).
     pub fn config(self, num_classes: Option<usize>) -> DenseNetConfig {
-        let base = match self {
-            Arch::DenseNet121 => DenseNetConfig::densenet121(),
-            Arch::DenseNetTiny => DenseNetConfig::tiny(),
-        };
         DenseNetConfig {
             num_classes,
-            ..base
+            ..self.base_config()
+        }
+    }
+
+    /// The network as published (DenseNet-121 with its 1000 ImageNet classes).
+    pub fn base_config(self) -> DenseNetConfig {
+        match self {
+            Arch::DenseNet121 => DenseNetConfig::densenet121(),
+            Arch::DenseNetTiny => DenseNetConfig::tiny(),
         }
     }
 }

@@ -141,11 +141,14 @@ pub enum VectorFile<'a> {
     Descriptors(&'a Path, Metric),
 }
 
-/// Reads a dataset and a vector file whose rows follow it one to one, and checks that
-/// they agree, before anything is written.
-pub fn items_from_files(manifest: &Path, vectors: VectorFile<'_>) -> Result<(ModelKind, Items)> {
+/// Reads a vector file whose rows follow dataset `ds` (named `manifest` in messages) one
+/// to one, and checks that they agree, before anything is written.
+pub fn items_from_files(
+    ds: &medret_data::Dataset,
+    manifest: &Path,
+    vectors: VectorFile<'_>,
+) -> Result<(ModelKind, Items)> {
     use medret_data::npy::{read_f32_matrix, read_u8_matrix};
-    let ds = medret_data::open_dataset(manifest, None, &medret_data::ReadOptions::default())?;
     let bad = |p: &Path, m: String| SearchError::File {
         path: p.to_path_buf(),
         message: m,

@@ -9,7 +9,7 @@ use medret_eval::codes::pack_bytes;
 use medret_index::{FloatHit, FloatIndex, HammingIndex, Hit, HnswIndex, HnswParams};
 
 use crate::error::{Result, StoreError};
-use crate::{CaseStore, Metric, ModelInfo, ModelKind, NewCase};
+use crate::{CaseStore, ModelInfo, ModelKind, NewCase};
 
 /// One search result: the store's case id and the distance (Hamming, `1 - cosine`, or
 /// squared L2).
@@ -159,10 +159,6 @@ fn load<S: CaseStore>(
     let mut index = match model.kind {
         ModelKind::Codes { bits } => Index::Codes(HammingIndex::new(bits).map_err(&err)?),
         ModelKind::Descriptors { dim, metric } => {
-            let metric = match metric {
-                Metric::Cosine => medret_index::Metric::Cosine,
-                Metric::L2 => medret_index::Metric::L2,
-            };
             let graph = match float {
                 FloatSearch::Exact => None,
                 FloatSearch::Graph(p) => Some(p),

@@ -38,12 +38,8 @@ pub enum ModelKind {
     Descriptors { dim: usize, metric: Metric },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    Cosine,
-    L2,
-}
+/// The one descriptor metric type, the index's.
+pub use medret_index::Metric;
 
 impl ModelKind {
     /// Bytes of one stored vector.
