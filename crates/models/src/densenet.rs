@@ -18,6 +18,8 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::bn_relu::bn_relu;
+
 /// DenseNet hyper-parameters. [`DenseNetConfig::densenet121`] is torchvision's `densenet121`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DenseNetConfig {
@@ -165,8 +167,8 @@ impl DenseLayer {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = conv1x1_as_matmul(&self.conv1, relu(self.norm1.forward(x)));
-        self.conv2.forward(relu(self.norm2.forward(h)))
+        let h = conv1x1_as_matmul(&self.conv1, bn_relu(&self.norm1, x));
+        self.conv2.forward(bn_relu(&self.norm2, h))
     }
 }
 
@@ -219,7 +221,7 @@ pub struct Transition {
 impl Transition {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.pool
-            .forward(conv1x1_as_matmul(&self.conv, relu(self.norm.forward(x))))
+            .forward(conv1x1_as_matmul(&self.conv, bn_relu(&self.norm, x)))
     }
 }
 
@@ -246,7 +248,7 @@ impl DenseNet {
     /// The last feature maps (after `norm5`, before the ReLU): what Grad-CAM looks at.
     pub fn feature_maps(&self, x: Tensor<4>) -> Tensor<4> {
         let f = &self.features;
-        let mut h = f.pool0.forward(relu(f.norm0.forward(f.conv0.forward(x))));
+        let mut h = f.pool0.forward(bn_relu(&f.norm0, f.conv0.forward(x)));
         for (i, block) in f.blocks.iter().enumerate() {
             h = block.forward(h);
             if let Some(t) = f.transitions.get(i) {

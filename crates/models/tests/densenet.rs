@@ -295,3 +295,75 @@ fn full_densenet121_matches_pytorch() {
     );
     assert!(e_maps <= 1e-4 && e_pooled <= 1e-4 && e_logits <= 1e-4);
 }
+
+/// Training mode (BatchNorm on batch statistics, through medret's fused BatchNorm + ReLU
+/// kernel): the gradients of `sum(logits * W)` with respect to the input and to every
+/// parameter equal PyTorch's (`tools/make_densenet_grad_fixture.py`) within 1e-4 of
+/// each tensor's scale.
+#[test]
+fn training_gradients_match_pytorch() {
+    let device = Device::flex().autodiff();
+    let cfg = DenseNetConfig::tiny();
+    let mut model = cfg.init(&device);
+    load_torchvision(
+        &mut model,
+        &cfg,
+        &fixture("densenet_tiny_weights.safetensors"),
+    )
+    .unwrap();
+    let io_bytes = std::fs::read(fixture("densenet_tiny_io.safetensors")).unwrap();
+    let io = SafeTensors::deserialize(&io_bytes).unwrap();
+    let g_bytes = std::fs::read(fixture("densenet_tiny_grads.safetensors")).unwrap();
+    let gf = SafeTensors::deserialize(&g_bytes).unwrap();
+    let (x, s) = f32s(&io, "input");
+    let x = Tensor::<4>::from_data(
+        TensorData::new(x, [s[0], s[1], s[2], s[3]]),
+        &Device::flex(),
+    )
+    .autodiff()
+    .require_grad();
+    let (w, ws) = f32s(&gf, "loss_weights");
+    let w = Tensor::<2>::from_data(TensorData::new(w, [ws[0], ws[1]]), &device);
+    let loss = (model.forward(x.clone()) * w).sum();
+    let e_loss = rel_err(&to_vec(loss.clone()), &f32s(&gf, "loss").0);
+    let grads = loss.backward();
+    let e_input = rel_err(&to_vec(x.grad(&grads).unwrap()), &f32s(&gf, "grad.input").0);
+
+    // Every float the module holds, in its order (parameters and running statistics).
+    struct Collect<'a>(
+        &'a burn::tensor::Gradients,
+        Vec<Option<(Vec<f32>, Vec<usize>)>>,
+    );
+    impl burn::module::ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            let g = p.val().grad(self.0).map(|g| (g.dims().to_vec(), g));
+            self.1.push(g.map(|(d, g)| (to_vec(g), d)));
+        }
+    }
+    let mut c = Collect(&grads, Vec::new());
+    burn::module::Module::visit(&model, &mut c);
+    let names = expected_tensors(&model);
+    assert_eq!(names.len(), c.1.len());
+    let (mut worst, mut worst_key, mut compared) = (0.0f32, String::new(), 0);
+    for (t, g) in names.iter().zip(c.1) {
+        if t.is_buffer() {
+            continue;
+        }
+        let (mut ours, dims) = g.unwrap_or_else(|| panic!("no gradient for {}", t.key));
+        if t.key.ends_with("classifier.weight") {
+            // burn's Linear is [in, out]; PyTorch's [out, in].
+            let (i, o) = (dims[0], dims[1]);
+            ours = (0..o * i).map(|k| ours[(k % i) * o + k / i]).collect();
+        }
+        let e = rel_err(&ours, &f32s(&gf, &format!("grad.{}", t.key)).0);
+        if e > worst {
+            (worst, worst_key) = (e, t.key.clone());
+        }
+        compared += 1;
+    }
+    eprintln!(
+        "training gradients against PyTorch: loss {e_loss:.2e}, input {e_input:.2e}, worst of {compared} parameters {worst:.2e} ({worst_key})"
+    );
+    assert!(compared > 40, "{compared} parameters compared");
+    assert!(e_loss <= 1e-4 && e_input <= 1e-4 && worst <= 1e-4);
+}

@@ -1,0 +1,31 @@
+//! CPU kernels with their own backward, plugged into burn through its backend-extension
+//! API (see `bn_relu.rs` for how): the operations where burn-flex 0.22.1 is furthest from
+//! PyTorch (`bench/densenet_ops.sh`). Each falls back to burn's own ops off the CPU
+//! backend.
+
+pub mod bn_relu;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// 0: not read yet, 1: on, 2: off.
+static STATE: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the kernels are used: on unless `MEDRET_KERNELS=off` (read on first use) or
+/// [`set_enabled`] said otherwise. The switch is for A/B benchmarks in one build and for
+/// tests that compare a kernel with burn's own path through a whole network.
+pub fn enabled() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = std::env::var("MEDRET_KERNELS").map_or(true, |v| v != "off");
+            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+/// Turns the kernels on or off for the whole process.
+pub fn set_enabled(on: bool) {
+    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
