@@ -88,6 +88,9 @@ fn main() {
         conv1x1_as_matmul(&conv1, x_in.clone()).sum()
     });
     row("conv3x3 128->32", &|| conv3.forward(x_mid.clone()).sum());
+    row("conv3x3 128->32, ours", &|| {
+        medret_models::kernels::conv3x3::conv3x3(&conv3, x_mid.clone()).sum()
+    });
     row("batchnorm(train)+relu 256", &|| {
         relu(bn.forward(x_in.clone())).sum()
     });

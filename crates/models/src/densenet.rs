@@ -19,6 +19,7 @@ use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::bn_relu::bn_relu;
+use crate::kernels::conv3x3::conv3x3;
 
 /// DenseNet hyper-parameters. [`DenseNetConfig::densenet121`] is torchvision's `densenet121`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,7 +169,7 @@ impl DenseLayer {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let h = conv1x1_as_matmul(&self.conv1, bn_relu(&self.norm1, x));
-        self.conv2.forward(bn_relu(&self.norm2, h))
+        conv3x3(&self.conv2, bn_relu(&self.norm2, h))
     }
 }
 

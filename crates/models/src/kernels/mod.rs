@@ -4,6 +4,7 @@
 //! backend.
 
 pub mod bn_relu;
+pub mod conv3x3;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
