@@ -7,34 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails, ok, s};
-
-fn train_hash(data: &Path, out: &Path, seed: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "train",
-        "hash",
-        "--data",
-        s(data),
-        "--arch",
-        "densenet-tiny",
-        "--size",
-        "32",
-        "--bits",
-        "16",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--lr",
-        "0.003",
-        "--seed",
-        seed,
-        "--out",
-        s(out),
-    ];
-    args.extend_from_slice(extra);
-    ok(&args)
-}
+use common::{fails, ok, s, train_hash};
 
 /// Rows of a uint8 `.npy` (via the project's own reader).
 fn codes(path: &Path) -> Vec<Vec<u8>> {

@@ -173,28 +173,7 @@ fn archive(tmp: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
         s(&data),
     ]);
     let model = tmp.join("model");
-    ok(&[
-        "train",
-        "hash",
-        "--data",
-        s(&data),
-        "--arch",
-        "densenet-tiny",
-        "--size",
-        "32",
-        "--bits",
-        "16",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--lr",
-        "0.003",
-        "--seed",
-        "1",
-        "--out",
-        s(&model),
-    ]);
+    common::train_hash(&data, &model, "1", &[]);
     let store = tmp.join("s.db");
     ok(&[
         "index",

@@ -22,6 +22,9 @@ pub enum SearchError {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    /// The write would overwrite something that exists (a case, a stored image).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 pub type Result<T, E = SearchError> = std::result::Result<T, E>;

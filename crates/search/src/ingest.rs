@@ -266,3 +266,94 @@ pub fn select_split(records: &[Record], split: Option<medret_data::Split>) -> Ve
 pub fn absolute(dir: &Path) -> std::path::PathBuf {
     std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
+
+/// A new image for [`ingest_images`]: its case id, the extension it is stored under, its
+/// file bytes, and its vector as the archive stores it.
+pub struct NewImage {
+    pub key: String,
+    pub extension: &'static str,
+    pub bytes: Vec<u8>,
+    pub vector: Vec<u8>,
+}
+
+/// `upload-` and 16 hex digits of the bytes' SHA-256: case ids for images sent without one.
+pub fn content_key(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("upload-{}", crate::query::hex(&Sha256::digest(bytes)[..8]))
+}
+
+/// A case id as a file name: anything but ASCII letters, digits, `-`, `_` and `.`
+/// becomes `_`.
+fn file_stem(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Stores each image in `dir` and ingests them all, with the metadata of `template`
+/// (its key and path replaced), into `archive` in one transaction: all or nothing. Case
+/// ids that exist, repeat within the batch, or whose image file exists are refused
+/// before anything is written; the image files are written (never overwriting) before
+/// the transaction and removed again if it fails.
+pub fn ingest_images<S: CaseStore>(
+    archive: &mut medret_store::Archive<S>,
+    images: &[NewImage],
+    template: &NewCase,
+    dir: &Path,
+) -> Result<Vec<u64>> {
+    let conflict = |m: String| SearchError::Conflict(m);
+    let io = |what: &str, e: std::io::Error| SearchError::File {
+        path: dir.to_path_buf(),
+        message: format!("{what}: {e}"),
+    };
+    for (i, im) in images.iter().enumerate() {
+        if images[..i].iter().any(|o| o.key == im.key) {
+            return Err(SearchError::Invalid(format!(
+                "case `{}` twice in one batch (the same image?)",
+                im.key
+            )));
+        }
+        if archive.store().case_by_key(&im.key)?.is_some() {
+            return Err(conflict(format!("case `{}` already exists", im.key)));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io("cannot create the image folder", e))?;
+    let mut written = Vec::new();
+    let result = (|| {
+        let mut items = Vec::new();
+        for im in images {
+            let path = dir.join(format!("{}.{}", file_stem(&im.key), im.extension));
+            let mut tmp =
+                tempfile::NamedTempFile::new_in(dir).map_err(|e| io("temporary file", e))?;
+            std::io::Write::write_all(&mut tmp, &im.bytes)
+                .and_then(|_| tmp.as_file().sync_all())
+                .map_err(|e| io("writing an image", e))?;
+            tmp.persist_noclobber(&path).map_err(|_| {
+                conflict(format!("an image for case `{}` is already stored", im.key))
+            })?;
+            written.push(path.clone());
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
+            items.push((
+                NewCase {
+                    key: im.key.clone(),
+                    path: path.display().to_string(),
+                    ..template.clone()
+                },
+                im.vector.clone(),
+            ));
+        }
+        Ok(archive.ingest(&items)?)
+    })();
+    if result.is_err() {
+        for p in &written {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    result
+}

@@ -245,11 +245,7 @@ pub fn search_decoded<S: CaseStore>(
         .encode_images(vec![decoded.clone()], opts.explain)
         .remove(0);
     let encode_seconds = t.elapsed().as_secs_f64();
-    // A descriptor model's archive may hold its binarised codes instead of the floats.
-    let vector = match (archive.model().kind, &query.code) {
-        (medret_store::ModelKind::Codes { .. }, Some(code)) => code.clone(),
-        _ => query.vector.clone(),
-    };
+    let vector = stored_vector(archive.model().kind, &query);
     let t = std::time::Instant::now();
     let hits = search_vector_with(archive, &vector, opts, &[])?;
     Ok(ImageResults {
@@ -261,6 +257,32 @@ pub fn search_decoded<S: CaseStore>(
         encode_seconds,
         search_seconds: t.elapsed().as_secs_f64(),
     })
+}
+
+/// What an archive of `kind` stores for an encoded image: a descriptor model's archive
+/// may hold its binarised codes instead of the floats.
+pub fn stored_vector(kind: medret_store::ModelKind, e: &Encoded) -> Vec<u8> {
+    match (kind, &e.code) {
+        (medret_store::ModelKind::Codes { .. }, Some(code)) => code.clone(),
+        _ => e.vector.clone(),
+    }
+}
+
+/// Label counts among `hits`, most frequent first (ties by name; DR grades of unlabelled
+/// cases as `grade N`): the summary a viewer shows beside the results.
+pub fn label_counts(hits: &[Hit]) -> Vec<(String, usize)> {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for h in hits {
+        if let (true, Some(g)) = (h.labels.is_empty(), h.grade) {
+            *counts.entry(format!("grade {g}")).or_default() += 1;
+        }
+        for l in &h.labels {
+            *counts.entry(l.clone()).or_default() += 1;
+        }
+    }
+    let mut list: Vec<(String, usize)> = counts.into_iter().collect();
+    list.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    list
 }
 
 /// Searches with stored cases' own vectors ("more like these"): each case's neighbours,

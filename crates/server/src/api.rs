@@ -15,11 +15,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use medret_data::ImageF32;
+use medret_search::ingest::NewImage;
 use medret_search::query::{Filters, Hit, QueryOptions, Region, mask};
 use medret_store::{Case, ModelKind, NewCase};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
@@ -236,19 +236,9 @@ fn result_json(h: &Hit, model: &str) -> Value {
     v
 }
 
-/// Label counts among the results and the most frequent one (DR grades as `grade N`).
+/// The label summary shown above the results, with the notice.
 fn summary(hits: &[Hit]) -> Value {
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for h in hits {
-        if let (true, Some(g)) = (h.labels.is_empty(), h.grade) {
-            *counts.entry(format!("grade {g}")).or_default() += 1;
-        }
-        for l in &h.labels {
-            *counts.entry(l.clone()).or_default() += 1;
-        }
-    }
-    let mut list: Vec<(String, usize)> = counts.into_iter().collect();
-    list.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let list = medret_search::query::label_counts(hits);
     json!({
         "results": hits.len(),
         "labels": list.iter().map(|(l, c)| json!({ "label": l, "count": c })).collect::<Vec<_>>(),
@@ -521,19 +511,6 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// A case id fit for a file name.
-fn file_stem(key: &str) -> String {
-    key.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 async fn ingest(
     State(state): S,
     headers: HeaderMap,
@@ -566,90 +543,50 @@ async fn ingest(
     if grade.is_some_and(|g| g > 4) {
         return Err(ApiError::bad_request("grade is 0 to 4"));
     }
-    let patient_id = form.get("patient_id").unwrap_or("").to_string();
-    let study = json!({
-        "view": form.get("view"),
-        "eye": form.get("eye"),
-        "split": form.get("split"),
-        "meta": {},
-    });
+    let template = NewCase {
+        key: String::new(),
+        path: String::new(),
+        labels,
+        grade,
+        patient_id: form.get("patient_id").unwrap_or("").to_string(),
+        study: json!({
+            "view": form.get("view"),
+            "eye": form.get("eye"),
+            "split": form.get("split"),
+            "meta": {},
+        }),
+    };
     let st = state.clone();
     let model_name = model.clone();
     let ids = blocking(move || {
         let slot: Arc<Slot> = st.slot(&model)?;
         let encoder = slot.encoder()?.clone();
-        // Everything is decoded and encoded before anything is written.
-        let mut images = Vec::new();
-        let mut keys = Vec::new();
+        // Everything is decoded and encoded before anything is written, and outside the
+        // model's lock.
+        let mut decoded = Vec::new();
+        let mut kinds = Vec::new();
         for (name, bytes) in &form.files {
             let (img, kind, _) = upload::decode(bytes, name)?;
-            let key = case_id.clone().unwrap_or_else(|| {
-                let h = Sha256::digest(bytes);
-                format!("upload-{}", medret_search::query::hex(&h[..8]))
-            });
-            if keys.iter().any(|(k, _): &(String, _)| *k == key) {
-                return Err(ApiError::bad_request(format!(
-                    "{name}: the same image twice in one batch"
-                )));
-            }
-            keys.push((key, kind));
-            images.push(img);
+            decoded.push(img);
+            kinds.push(kind);
         }
-        let encoded = encoder.encode_images(images, false);
-        let dir = st.upload_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ApiError::internal(format!("upload folder: {e}")))?;
-        let mut written = Vec::new();
-        let result = (|| {
-            let mut items = Vec::new();
-            for (((key, kind), e), (_, bytes)) in keys.iter().zip(&encoded).zip(&form.files) {
-                if find_case(&st, key).is_ok() {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        format!("case `{key}` already exists"),
-                    ));
-                }
-                let vector = match (slot.info.kind, &e.code) {
-                    (ModelKind::Codes { .. }, Some(c)) => c.clone(),
-                    _ => e.vector.clone(),
-                };
-                let path = dir.join(format!("{}.{}", file_stem(key), kind.extension()));
-                let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-                    .map_err(|e| ApiError::internal(format!("upload folder: {e}")))?;
-                std::io::Write::write_all(&mut tmp, bytes)
-                    .and_then(|_| tmp.as_file().sync_all())
-                    .map_err(|e| ApiError::internal(format!("writing the image: {e}")))?;
-                tmp.persist_noclobber(&path).map_err(|_| {
-                    ApiError::new(
-                        StatusCode::CONFLICT,
-                        format!("an image for case `{key}` is already stored"),
-                    )
-                })?;
-                written.push(path.clone());
-                items.push((
-                    NewCase {
-                        key: key.clone(),
-                        path: std::fs::canonicalize(&path)
-                            .unwrap_or(path)
-                            .display()
-                            .to_string(),
-                        labels: labels.clone(),
-                        grade,
-                        patient_id: patient_id.clone(),
-                        study: study.clone(),
-                    },
-                    vector,
-                ));
-            }
-            slot.lock()?.ingest(&items).map_err(ApiError::from)?;
-            Ok(keys.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())
-        })();
-        if result.is_err() {
-            for p in &written {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-        result
+        let images: Vec<NewImage> = encoder
+            .encode_images(decoded, false)
+            .iter()
+            .zip(kinds)
+            .zip(&form.files)
+            .map(|((e, kind), (_, bytes))| NewImage {
+                key: case_id
+                    .clone()
+                    .unwrap_or_else(|| medret_search::ingest::content_key(bytes)),
+                extension: kind.extension(),
+                bytes: bytes.clone(),
+                vector: medret_search::query::stored_vector(slot.info.kind, e),
+            })
+            .collect();
+        let mut archive = slot.lock()?;
+        medret_search::ingest::ingest_images(&mut archive, &images, &template, &st.upload_dir())?;
+        Ok(images.into_iter().map(|i| i.key).collect::<Vec<_>>())
     })
     .await?;
     tracing::info!(cases = ids.len(), "ingested");

@@ -77,6 +77,7 @@ impl From<SearchError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
             }
             SearchError::NotFound(m) => ApiError::not_found(m),
+            SearchError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             SearchError::Model { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             SearchError::File { .. } | SearchError::Invalid(_) => {
                 ApiError::bad_request(e.to_string())

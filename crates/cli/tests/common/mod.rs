@@ -32,3 +32,32 @@ pub fn fails(args: &[&str]) -> String {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A small chest hashing model (densenet-tiny, 32 px, 16 bits, 2 epochs): seconds to
+/// train, enough for the product path.
+pub fn train_hash(data: &Path, out: &Path, seed: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "train",
+        "hash",
+        "--data",
+        s(data),
+        "--arch",
+        "densenet-tiny",
+        "--size",
+        "32",
+        "--bits",
+        "16",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.003",
+        "--seed",
+        seed,
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}

@@ -22,13 +22,15 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::{Autodiff, Bytes, DType, Flex};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
 use burn::nn::BatchNorm;
 use burn::prelude::*;
 use burn::tensor::GradientCheckpointingStrategy;
 use burn::tensor::activation::relu;
 use rayon::prelude::*;
+
+use super::{as_f32, contiguous, wrap};
 
 type Ad = Autodiff<Flex>;
 
@@ -73,26 +75,6 @@ fn fast_path(x: &Tensor<4>, bn: &BatchNorm) -> bool {
         && x.dtype() == burn::tensor::DType::F32
         && x.gradient_checkpointing_strategy() == Some(GradientCheckpointingStrategy::Disabled)
         && bn.gamma.val().is_autodiff()
-}
-
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.is_contiguous() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn wrap(v: Vec<f32>, shape: &[usize]) -> FlexTensor {
-    FlexTensor::new(
-        Bytes::from_elems(v),
-        Layout::contiguous(burn::backend::Shape::from(shape.to_vec())),
-        DType::F32,
-    )
-}
-
-fn as_f32(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
 
 /// The fused operation on autodiff tensors. Returns the output and the batch mean and

@@ -17,13 +17,15 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::{Autodiff, Bytes, DType, Flex};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::GradientCheckpointingStrategy;
 use rayon::prelude::*;
+
+use super::{as_f32, contiguous, wrap};
 
 type Ad = Autodiff<Flex>;
 
@@ -93,26 +95,6 @@ pub fn conv3x3(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Tensor::<4>::from_primitive::<Ad>(out)
-}
-
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.is_contiguous() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn wrap(v: Vec<f32>, shape: &[usize]) -> FlexTensor {
-    FlexTensor::new(
-        Bytes::from_elems(v),
-        Layout::contiguous(burn::backend::Shape::from(shape.to_vec())),
-        DType::F32,
-    )
-}
-
-fn as_f32(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
 
 fn forward_flex(x: &FlexTensor, w: &FlexTensor) -> (Vec<f32>, [usize; 4]) {

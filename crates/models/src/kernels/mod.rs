@@ -8,6 +8,32 @@ pub mod conv3x3;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::{Bytes, DType};
+
+/// The buffer laid out row-major: incoming gradients may be strided views or broadcasts.
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.is_contiguous() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// A contiguous f32 tensor owning `v` (no copy).
+fn wrap(v: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(v),
+        Layout::contiguous(burn::backend::Shape::from(shape.to_vec())),
+        DType::F32,
+    )
+}
+
+/// The data of a contiguous f32 tensor.
+fn as_f32(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 tensor")
+}
+
 /// 0: not read yet, 1: on, 2: off.
 static STATE: AtomicU8 = AtomicU8::new(0);
 
