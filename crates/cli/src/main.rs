@@ -229,7 +229,12 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+// See crates/models/src/alloc.rs for why not the system allocator.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
+    medret_models::alloc::keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Some(t) = cli.threads

@@ -13,6 +13,11 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use medret_models::DenseNetConfig;
 
+// The allocator the `medret` binary uses, so the figures are the product's (see
+// crates/models/src/alloc.rs).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -22,6 +27,7 @@ fn arg(name: &str, default: &str) -> String {
 }
 
 fn main() {
+    medret_models::alloc::keep_freed_memory();
     let arch = arg("--arch", "densenet121");
     let size: usize = arg("--size", "224").parse().unwrap();
     let train_batch: usize = arg("--train-batch", "16").parse().unwrap();

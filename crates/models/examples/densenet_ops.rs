@@ -89,7 +89,7 @@ fn main() {
     });
     row("conv3x3 128->32", &|| conv3.forward(x_mid.clone()).sum());
     row("conv3x3 128->32, ours", &|| {
-        medret_models::kernels::conv3x3::conv3x3(&conv3, x_mid.clone()).sum()
+        medret_models::kernels::conv::conv2d(&conv3, x_mid.clone()).sum()
     });
     row("batchnorm(train)+relu 256", &|| {
         relu(bn.forward(x_in.clone())).sum()

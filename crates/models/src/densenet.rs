@@ -19,7 +19,8 @@ use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::bn_relu::bn_relu;
-use crate::kernels::conv3x3::conv3x3;
+use crate::kernels::conv::conv2d;
+use crate::kernels::dense_block::dense_block;
 
 /// DenseNet hyper-parameters. [`DenseNetConfig::densenet121`] is torchvision's `densenet121`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,7 +170,7 @@ impl DenseLayer {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let h = conv1x1_as_matmul(&self.conv1, bn_relu(&self.norm1, x));
-        conv3x3(&self.conv2, bn_relu(&self.norm2, h))
+        conv2d(&self.conv2, bn_relu(&self.norm2, h))
     }
 }
 
@@ -202,6 +203,10 @@ pub struct DenseBlock {
 
 impl DenseBlock {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        // Training on the CPU: one feature buffer instead of a concatenation per layer.
+        if let Some(y) = dense_block(&self.layers, &x) {
+            return y;
+        }
         let mut features = x;
         for layer in &self.layers {
             let new = layer.forward(features.clone());
@@ -249,7 +254,7 @@ impl DenseNet {
     /// The last feature maps (after `norm5`, before the ReLU): what Grad-CAM looks at.
     pub fn feature_maps(&self, x: Tensor<4>) -> Tensor<4> {
         let f = &self.features;
-        let mut h = f.pool0.forward(bn_relu(&f.norm0, f.conv0.forward(x)));
+        let mut h = f.pool0.forward(bn_relu(&f.norm0, conv2d(&f.conv0, x)));
         for (i, block) in f.blocks.iter().enumerate() {
             h = block.forward(h);
             if let Some(t) = f.transitions.get(i) {

@@ -7,6 +7,7 @@
 //! encoders ([`c2l`]), model cards ([`model_card`]) and the image encoder every front end
 //! uses ([`encoder`]). Knows nothing of storage.
 
+pub mod alloc;
 pub mod arch;
 pub mod c2l;
 pub mod cxr_hash;

@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::Ordering;
+
 use burn::prelude::*;
 use medret_models::summary::summarise;
 use medret_models::weights::{expected_tensors, read_header};
@@ -324,7 +326,13 @@ fn training_gradients_match_pytorch() {
     .require_grad();
     let (w, ws) = f32s(&gf, "loss_weights");
     let w = Tensor::<2>::from_data(TensorData::new(w, [ws[0], ws[1]]), &device);
+    let blocks = medret_models::kernels::dense_block::BLOCK_CALLS.load(Ordering::Relaxed);
     let loss = (model.forward(x.clone()) * w).sum();
+    assert_eq!(
+        medret_models::kernels::dense_block::BLOCK_CALLS.load(Ordering::Relaxed),
+        blocks + cfg.block_config.len(),
+        "the dense blocks did not go through the feature buffer"
+    );
     let e_loss = rel_err(&to_vec(loss.clone()), &f32s(&gf, "loss").0);
     let grads = loss.backward();
     let e_input = rel_err(&to_vec(x.grad(&grads).unwrap()), &f32s(&gf, "grad.input").0);

@@ -30,7 +30,10 @@ use burn::tensor::GradientCheckpointingStrategy;
 use burn::tensor::activation::relu;
 use rayon::prelude::*;
 
-use super::{as_f32, contiguous, wrap};
+use std::sync::Arc;
+
+use super::dense_block::BlockGrad;
+use super::{SendPtr, as_f32, contiguous, image_data, images, wrap};
 
 type Ad = Autodiff<Flex>;
 
@@ -39,14 +42,24 @@ pub static FUSED_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atom
 
 /// `relu(bn.forward(x))`, through the fused kernel when `bn` trains on the CPU backend.
 pub fn bn_relu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    if !(x.device().is_autodiff() && bn.training.is_enabled() && fast_path(&x, bn)) {
+    bn_relu_in_block(bn, x, None)
+}
+
+/// [`bn_relu`] on a channel prefix of a dense block's feature buffer (see
+/// `bn_relu_train_in_block`).
+pub(crate) fn bn_relu_in_block(
+    bn: &BatchNorm,
+    x: Tensor<4>,
+    block: Option<Arc<BlockGrad>>,
+) -> Tensor<4> {
+    if !trains_fused(&x, bn) {
         return relu(bn.forward(x));
     }
     FUSED_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let device = x.device();
     let gamma = bn.gamma.val();
     let beta = bn.beta.val();
-    let (y, mean, var) = bn_relu_train(x, gamma, beta, bn.epsilon);
+    let (y, mean, var) = bn_relu_train_in_block(x, gamma, beta, bn.epsilon, block);
     // The running averages, as burn's BatchNorm keeps them.
     let m = bn.momentum;
     let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Vec<f32>| {
@@ -68,9 +81,12 @@ pub fn bn_relu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     y
 }
 
-fn fast_path(x: &Tensor<4>, bn: &BatchNorm) -> bool {
+/// Whether `bn_relu(bn, x)` takes the fused kernel: `bn` training on autodiff CPU tensors.
+pub(crate) fn trains_fused(x: &Tensor<4>, bn: &BatchNorm) -> bool {
     let flex = Device::flex();
-    super::enabled()
+    x.device().is_autodiff()
+        && bn.training.is_enabled()
+        && super::enabled()
         && x.device() == flex
         && x.dtype() == burn::tensor::DType::F32
         && x.gradient_checkpointing_strategy() == Some(GradientCheckpointingStrategy::Disabled)
@@ -85,6 +101,19 @@ pub fn bn_relu_train(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> (Tensor<4>, Vec<f32>, Vec<f32>) {
+    bn_relu_train_in_block(x, gamma, beta, epsilon, None)
+}
+
+/// [`bn_relu_train`], where `x` may be a channel prefix of a dense block's feature buffer
+/// and the backward adds `dx` into the block's gradient buffer in place when `block` holds
+/// it (see `dense_block.rs`).
+pub(crate) fn bn_relu_train_in_block(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    block: Option<Arc<BlockGrad>>,
+) -> (Tensor<4>, Vec<f32>, Vec<f32>) {
     let x = x.autodiff();
     let xa = x
         .try_into_primitive::<Ad>()
@@ -96,13 +125,14 @@ pub fn bn_relu_train(
         .try_into_primitive::<Ad>()
         .expect("beta on the autodiff CPU backend");
     let nodes = [xa.node(), ga.node(), ba.node()];
-    let xf = contiguous(xa.into_primitive());
+    let xf = images(xa.into_primitive());
     let gf = contiguous(ga.into_primitive());
     let bf = contiguous(ba.into_primitive());
     let dims = xf.layout().shape().to_vec();
     let (n, c, plane) = (dims[0], dims[1], dims[2] * dims[3]);
+    let (xd, xs) = image_data(&xf);
     let (y, mean, inv_std, var) =
-        forward(as_f32(&xf), as_f32(&gf), as_f32(&bf), n, c, plane, epsilon);
+        forward_images(xd, xs, as_f32(&gf), as_f32(&bf), n, c, plane, epsilon);
     let y = wrap(y, &dims);
     let out = match BnReluBackward
         .prepare::<NoCheckpointing>(nodes)
@@ -116,6 +146,7 @@ pub fn bn_relu_train(
                 beta: bf,
                 mean: mean.clone(),
                 inv_std,
+                block,
             },
             y,
         ),
@@ -136,6 +167,23 @@ pub fn forward(
     plane: usize,
     epsilon: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    forward_images(x, c * plane, gamma, beta, n, c, plane, epsilon)
+}
+
+/// [`forward`] on images `image_stride` floats apart in `x` (a channel prefix of a dense
+/// block's buffer); the output is contiguous.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+pub fn forward_images(
+    x: &[f32],
+    image_stride: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    n: usize,
+    c: usize,
+    plane: usize,
+    epsilon: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let at = |i: usize, ch: usize| &x[i * image_stride + ch * plane..][..plane];
     let count = (n * plane) as f64;
     // Pass 1: per-channel mean and variance. Each plane's mean and squared deviations
     // (f32, eight lanes) are merged into the channel's in f64 (Chan et al.), which stays
@@ -147,8 +195,7 @@ pub fn forward(
         .map(|ch| {
             let (mut s, mut s2) = (0.0f64, 0.0f64);
             for i in 0..n {
-                let p = &x[(i * c + ch) * plane..(i * c + ch + 1) * plane];
-                let (pm, b) = plane_stats(p);
+                let (pm, b) = plane_stats(at(i, ch));
                 // Combine (mean, M2) of this plane into the running totals (Chan et al.).
                 let (na, nb) = ((i * plane) as f64, plane as f64);
                 let mean_a = if i == 0 { 0.0 } else { s };
@@ -167,16 +214,15 @@ pub fn forward(
         .map(|s| (1.0 / (s.1 + epsilon).sqrt()) as f32)
         .collect();
     // Pass 2: y = max(0, a x + b) with a = gamma * inv_std, b = beta - mean * a.
-    let mut y = vec![0.0f32; x.len()];
+    let mut y = vec![0.0f32; n * c * plane];
     y.par_chunks_mut(plane)
-        .zip(x.par_chunks(plane))
         .enumerate()
         .with_min_len(min_tasks(plane))
-        .for_each(|(k, (yo, xi))| {
+        .for_each(|(k, yo)| {
             let ch = k % c;
             let a = gamma[ch] * inv_std[ch];
             let b = beta[ch] - mean[ch] * a;
-            plane_forward(yo, xi, a, b);
+            plane_forward(yo, at(k / c, ch), a, b);
         });
     (y, mean, inv_std, var)
 }
@@ -197,6 +243,46 @@ pub fn backward(
     c: usize,
     plane: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0.0f32; n * c * plane];
+    let (dgamma, dbeta) = backward_images(
+        x,
+        c * plane,
+        g,
+        gamma,
+        beta,
+        mean,
+        inv_std,
+        (n, c, plane),
+        Dx::Write(&mut dx),
+    );
+    (dx, dgamma, dbeta)
+}
+
+/// Where the backward puts `dx`.
+pub enum Dx<'a> {
+    /// Overwrites a contiguous `[N, C, H, W]` buffer.
+    Write(&'a mut [f32]),
+    /// Adds into the channel prefix of a dense block's gradient buffer: images
+    /// `image_stride` floats apart from `ptr`, of which the caller guarantees exclusive
+    /// access to the first `C * H * W` floats of each of the `N` images.
+    Add { ptr: SendPtr, image_stride: usize },
+}
+
+/// [`backward`] on images `image_stride` floats apart in `x`, `dx` written or added as
+/// `dx` says; returns `(dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_images(
+    x: &[f32],
+    image_stride: usize,
+    g: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    (n, c, plane): (usize, usize, usize),
+    dx: Dx<'_>,
+) -> (Vec<f32>, Vec<f32>) {
+    let at = |i: usize, ch: usize| &x[i * image_stride + ch * plane..][..plane];
     let count = (n * plane) as f32;
     let affine = |ch: usize| {
         let a = gamma[ch] * inv_std[ch];
@@ -204,15 +290,14 @@ pub fn backward(
     };
     // Pass 1: per (image, channel) plane, sum(dz) and sum(dz * (x - mean)), dz = g where
     // the ReLU passed; then per channel, the planes' sums in image order (deterministic).
-    let partial: Vec<(f32, f32)> = g
+    let partial: Vec<(f32, f32)> = g[..n * c * plane]
         .par_chunks(plane)
-        .zip(x.par_chunks(plane))
         .enumerate()
         .with_min_len(min_tasks(plane))
-        .map(|(k, (gp, xp))| {
+        .map(|(k, gp)| {
             let ch = k % c;
             let (aa, bb) = affine(ch);
-            plane_sums(gp, xp, aa, bb, mean[ch])
+            plane_sums(gp, at(k / c, ch), aa, bb, mean[ch])
         })
         .collect();
     let sums: Vec<(f32, f32)> = (0..c)
@@ -229,21 +314,32 @@ pub fn backward(
     let dbeta: Vec<f32> = sums.iter().map(|s| s.0).collect();
     let dgamma: Vec<f32> = sums.iter().map(|s| s.1).collect();
     // Pass 2: dx = gamma * inv_std * (dz - sum(dz) / M - xhat * sum(dz xhat) / M).
-    let mut dx = vec![0.0f32; x.len()];
-    dx.par_chunks_mut(plane)
-        .enumerate()
+    let (ptr, stride, add) = match dx {
+        Dx::Write(out) => {
+            assert!(out.len() >= n * c * plane, "dx buffer");
+            (SendPtr(out.as_mut_ptr()), c * plane, false)
+        }
+        Dx::Add { ptr, image_stride } => (ptr, image_stride, true),
+    };
+    (0..n * c)
+        .into_par_iter()
         .with_min_len(min_tasks(plane))
-        .for_each(|(k, out)| {
-            let ch = k % c;
-            let o = k * plane;
+        .for_each(|k| {
+            let (i, ch) = (k / c, k % c);
+            // SAFETY: plane `k` of image `i` is `plane` floats at `i * stride + ch *
+            // plane`, inside the buffer (`Dx::Write`: asserted above; `Dx::Add`: the
+            // caller's guarantee), and no two `k` share a float.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(ptr.get().add(i * stride + ch * plane), plane)
+            };
             let (is, m) = (inv_std[ch], mean[ch]);
             let (aa, bb) = affine(ch);
             let scale = gamma[ch] * is;
             let (sd, sdx) = (dbeta[ch] / count, dgamma[ch] / count);
-            let (gp, xp) = (&g[o..o + out.len()], &x[o..o + out.len()]);
-            plane_backward(out, gp, xp, [aa, bb, m, is, scale, sd, sdx]);
+            let gp = &g[k * plane..(k + 1) * plane];
+            plane_backward(out, gp, at(i, ch), [aa, bb, m, is, scale, sd, sdx], add);
         });
-    (dx, dgamma, dbeta)
+    (dgamma, dbeta)
 }
 
 /// Items per parallel task for items of `work` elements each: about 16k elements, so
@@ -281,29 +377,17 @@ macro_rules! dispatch {
     };
 }
 
-dispatch! {
-    /// A plane's mean and sum of squared deviations from it (the plane is still in cache
-    /// for the second read). Eight partial sums, so the adds vectorise.
-    fn plane_stats(p: &[f32]) -> (f64, f32) {
-        let sum8 = |f: &dyn Fn(f32) -> f32| {
-            let mut acc = [0.0f32; 8];
-            let chunks = p.chunks_exact(8);
-            let rest = chunks.remainder();
-            for ch in chunks {
-                for k in 0..8 {
-                    acc[k] += f(ch[k]);
-                }
-            }
-            let mut s: f32 = acc.iter().sum();
-            for &v in rest {
-                s += f(v);
-            }
-            s
-        };
-        let pm = sum8(&|v| v) as f64 / p.len() as f64;
-        let pmf = pm as f32;
-        (pm, sum8(&|v| (v - pmf) * (v - pmf)))
+/// A plane's mean and sum of squared deviations from it (the plane is still in cache
+/// for the second read).
+fn plane_stats(p: &[f32]) -> (f64, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2::plane_stats(p) };
     }
+    let pm = p.iter().sum::<f32>() as f64 / p.len() as f64;
+    let pmf = pm as f32;
+    (pm, p.iter().map(|&v| (v - pmf) * (v - pmf)).sum())
 }
 
 dispatch! {
@@ -315,27 +399,106 @@ dispatch! {
     }
 }
 
-dispatch! {
-    /// `(sum(dz), sum(dz * (x - m)))` with `dz = g` where `a x + b > 0`, in eight lanes.
-    fn plane_sums(g: &[f32], x: &[f32], a: f32, b: f32, m: f32) -> (f32, f32) {
-        let (mut s1, mut s2) = ([0.0f32; 8], [0.0f32; 8]);
-        let (gc, xc) = (g.chunks_exact(8), x.chunks_exact(8));
-        let (gr, xr) = (gc.remainder(), xc.remainder());
-        for (gv, xv) in gc.zip(xc) {
-            let gv: &[f32; 8] = gv.try_into().expect("chunks of 8");
-            let xv: &[f32; 8] = xv.try_into().expect("chunks of 8");
-            for k in 0..8 {
-                // Branch-free: a data-dependent branch here mispredicts half the time.
-                // Branch-free: a data-dependent branch mispredicts half the time, and
-                // LLVM keeps it as a branch inside this reduction.
-                let mask = 0u32.wrapping_sub(u32::from(a * xv[k] + b > 0.0));
-                let dz = f32::from_bits(gv[k].to_bits() & mask);
-                s1[k] += dz;
-                s2[k] += dz * (xv[k] - m);
-            }
+/// `(sum(dz), sum(dz * (x - m)))` with `dz = g` where `a x + b > 0` (the forward's
+/// ReLU mask, same arithmetic: a multiply then an add, not a fused multiply-add).
+fn plane_sums(g: &[f32], x: &[f32], a: f32, b: f32, m: f32) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2::plane_sums(g, x, a, b, m) };
+    }
+    let (mut t1, mut t2) = (0.0f32, 0.0f32);
+    for (&gv, &xv) in g.iter().zip(x) {
+        let dz = if a * xv + b > 0.0 { gv } else { 0.0 };
+        t1 += dz;
+        t2 += dz * (xv - m);
+    }
+    (t1, t2)
+}
+
+/// The two reductions written with intrinsics: LLVM leaves both mostly scalar when they
+/// are written as eight-lane array loops (the masked sum compiled to 87 scalar
+/// instructions and no 256-bit one), and they are a memory-bound pass that then costs
+/// four times the memory's time.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+
+    /// The eight lanes' sum.
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Sum of `f` over the plane, sixteen lanes (two accumulators) then the tail.
+    #[target_feature(enable = "avx2,fma")]
+    fn sum_by(p: &[f32], f: impl Fn(__m256) -> __m256, tail: impl Fn(f32) -> f32) -> f32 {
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut chunks = p.chunks_exact(16);
+        for c in &mut chunks {
+            // SAFETY: `c` holds 16 floats.
+            let (v0, v1) = unsafe {
+                (
+                    _mm256_loadu_ps(c.as_ptr()),
+                    _mm256_loadu_ps(c.as_ptr().add(8)),
+                )
+            };
+            s0 = _mm256_add_ps(s0, f(v0));
+            s1 = _mm256_add_ps(s1, f(v1));
         }
-        let (mut t1, mut t2): (f32, f32) = (s1.iter().sum(), s2.iter().sum());
-        for (&gv, &xv) in gr.iter().zip(xr) {
+        let mut s = hsum(_mm256_add_ps(s0, s1));
+        for &v in chunks.remainder() {
+            s += tail(v);
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn plane_stats(p: &[f32]) -> (f64, f32) {
+        let pm = sum_by(p, |v| v, |v| v) as f64 / p.len() as f64;
+        let pmf = pm as f32;
+        let m = _mm256_set1_ps(pmf);
+        let ss = sum_by(
+            p,
+            |v| {
+                let d = _mm256_sub_ps(v, m);
+                _mm256_mul_ps(d, d)
+            },
+            |v| (v - pmf) * (v - pmf),
+        );
+        (pm, ss)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn plane_sums(g: &[f32], x: &[f32], a: f32, b: f32, m: f32) -> (f32, f32) {
+        let len = g.len().min(x.len());
+        let (va, vb, vm) = (_mm256_set1_ps(a), _mm256_set1_ps(b), _mm256_set1_ps(m));
+        let zero = _mm256_setzero_ps();
+        let (mut s1, mut s2) = (zero, zero);
+        let mut i = 0;
+        while i + 8 <= len {
+            // SAFETY: `i + 8 <= len` and both slices hold `len` floats.
+            let (xv, gv) = unsafe {
+                (
+                    _mm256_loadu_ps(x.as_ptr().add(i)),
+                    _mm256_loadu_ps(g.as_ptr().add(i)),
+                )
+            };
+            let z = _mm256_add_ps(_mm256_mul_ps(va, xv), vb);
+            let dz = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(z, zero), gv);
+            s1 = _mm256_add_ps(s1, dz);
+            s2 = _mm256_fmadd_ps(dz, _mm256_sub_ps(xv, vm), s2);
+            i += 8;
+        }
+        let (mut t1, mut t2) = (hsum(s1), hsum(s2));
+        for (&gv, &xv) in g[i..len].iter().zip(&x[i..len]) {
             let dz = if a * xv + b > 0.0 { gv } else { 0.0 };
             t1 += dz;
             t2 += dz * (xv - m);
@@ -345,14 +508,24 @@ dispatch! {
 }
 
 dispatch! {
-    /// `dx = scale (dz - sd - (x - m) inv_std sdx)`; `k` is `[a, b, m, inv_std, scale,
-    /// sd, sdx]`.
-    fn plane_backward(out: &mut [f32], g: &[f32], x: &[f32], k: [f32; 7]) -> () {
+    /// `dx = scale (dz - sd - (x - m) inv_std sdx)`, written or (`add`) added; `k` is
+    /// `[a, b, m, inv_std, scale, sd, sdx]`.
+    fn plane_backward(out: &mut [f32], g: &[f32], x: &[f32], k: [f32; 7], add: bool) -> () {
         let [a, b, m, is, scale, sd, sdx] = k;
-        for ((d, &gv), &xv) in out.iter_mut().zip(g).zip(x) {
+        let v = |gv: f32, xv: f32| {
             let dz = if a * xv + b > 0.0 { gv } else { 0.0 };
             let xhat = (xv - m) * is;
-            *d = scale * (dz - sd - xhat * sdx);
+            scale * (dz - sd - xhat * sdx)
+        };
+        // Two loops rather than a branch inside one, so each vectorises.
+        if add {
+            for ((d, &gv), &xv) in out.iter_mut().zip(g).zip(x) {
+                *d += v(gv, xv);
+            }
+        } else {
+            for ((d, &gv), &xv) in out.iter_mut().zip(g).zip(x) {
+                *d = v(gv, xv);
+            }
         }
     }
 }
@@ -364,6 +537,7 @@ struct State {
     beta: FlexTensor,
     mean: Vec<f32>,
     inv_std: Vec<f32>,
+    block: Option<Arc<BlockGrad>>,
 }
 
 #[derive(Debug)]
@@ -379,20 +553,56 @@ impl Backward<Flex, 3> for BnReluBackward {
         let s = ops.state;
         let dims = s.x.layout().shape().to_vec();
         let (n, c, plane) = (dims[0], dims[1], dims[2] * dims[3]);
-        let (dx, dgamma, dbeta) = backward(
-            as_f32(&s.x),
-            as_f32(&g),
-            as_f32(&s.gamma),
-            as_f32(&s.beta),
-            &s.mean,
-            &s.inv_std,
-            n,
-            c,
-            plane,
-        );
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, wrap(dx, &dims));
-        }
+        let (xd, xs) = image_data(&s.x);
+        let run = |dx: Dx<'_>| {
+            backward_images(
+                xd,
+                xs,
+                as_f32(&g),
+                as_f32(&s.gamma),
+                as_f32(&s.beta),
+                &s.mean,
+                &s.inv_std,
+                (n, c, plane),
+                dx,
+            )
+        };
+        // Inside a dense block, the gradient already registered for `x` is, by the order
+        // of the backward (the block's append runs first), the prefix of the block's
+        // gradient buffer: add into it rather than allocate `dx` and have burn add the two.
+        let in_place = match (&node_x, &s.block) {
+            // An operation's output (a leaf's gradient is read, not taken, by `consume`).
+            (Some(node), Some(block)) if !node.parents.is_empty() => {
+                let old = grads.consume::<Flex>(node);
+                let target = block.prefix_target(&old);
+                Some((node, old, target))
+            }
+            _ => None,
+        };
+        let (dgamma, dbeta) = match in_place {
+            Some((node, old, Some((ptr, image_stride)))) => {
+                super::dense_block::IN_PLACE_ADDS
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let sums = run(Dx::Add { ptr, image_stride });
+                grads.register::<Flex>(node.id, old);
+                sums
+            }
+            Some((node, old, None)) => {
+                let mut dx = vec![0.0f32; n * c * plane];
+                let sums = run(Dx::Write(&mut dx));
+                grads.register::<Flex>(node.id, old);
+                grads.register::<Flex>(node.id, wrap(dx, &dims));
+                sums
+            }
+            None => {
+                let mut dx = vec![0.0f32; n * c * plane];
+                let sums = run(Dx::Write(&mut dx));
+                if let Some(node) = node_x {
+                    grads.register::<Flex>(node.id, wrap(dx, &dims));
+                }
+                sums
+            }
+        };
         if let Some(node) = node_gamma {
             grads.register::<Flex>(node.id, wrap(dgamma, &[c]));
         }

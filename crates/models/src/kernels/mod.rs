@@ -4,7 +4,8 @@
 //! backend.
 
 pub mod bn_relu;
-pub mod conv3x3;
+pub mod conv;
+pub mod dense_block;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -17,6 +18,47 @@ fn contiguous(t: FlexTensor) -> FlexTensor {
         t
     } else {
         t.to_contiguous()
+    }
+}
+
+/// The tensor as a batch of contiguous images (each `[C, H, W]` block row-major, the
+/// blocks any distance apart): a contiguous tensor, or a channel prefix of a dense block's
+/// feature buffer, kept as it is; anything else copied into a contiguous one.
+fn images(t: FlexTensor) -> FlexTensor {
+    let shape = t.layout().shape().to_vec();
+    let strides = t.layout().strides();
+    let ok = shape.len() == 4
+        && strides[3] == 1
+        && strides[2] == shape[3] as isize
+        && strides[1] == (shape[2] * shape[3]) as isize
+        && strides[0] >= (shape[1] * shape[2] * shape[3]) as isize;
+    if ok { t } else { t.to_contiguous() }
+}
+
+/// The data of a tensor that [`images`] returned, from its first element, and the
+/// distance between its images.
+fn image_data(t: &FlexTensor) -> (&[f32], usize) {
+    let l = t.layout();
+    (
+        &t.storage::<f32>()[l.start_offset()..],
+        l.strides()[0] as usize,
+    )
+}
+
+/// A raw pointer that rayon's workers may share: each writes a disjoint part.
+#[derive(Clone, Copy, Debug)]
+pub struct SendPtr(*mut f32);
+
+// SAFETY: the pointer is only dereferenced where the code proves the parts disjoint.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Through a method, so that closures capture the wrapper (which is `Send`), not the
+    /// raw field.
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 

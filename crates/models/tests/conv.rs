@@ -1,0 +1,273 @@
+//! The convolution kernel (`kernels/conv.rs`) against a direct f64 loop, finite
+//! differences, and burn's own `Conv2d` (forward, both gradients, inference), at the dense
+//! layers' 3x3 and the stem's 7x7 stride 2 and at odd geometries.
+
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use medret_models::kernels::conv::{CONV_CALLS, Geom, backward, conv2d, forward};
+
+static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lcg_data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// The convolution straight from its definition, in f64.
+fn reference(x: &[f32], wt: &[f32], g: Geom) -> Vec<f64> {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let mut y = vec![0.0f64; g.n * g.o * oh * ow];
+    for i in 0..g.n {
+        for oc in 0..g.o {
+            for yy in 0..oh {
+                for xx in 0..ow {
+                    let mut s = 0.0f64;
+                    for ci in 0..g.c {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy = (yy * g.sh + ky) as isize - g.ph as isize;
+                                let ix = (xx * g.sw + kx) as isize - g.pw as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                s += x[((i * g.c + ci) * g.h + iy as usize) * g.w + ix as usize]
+                                    as f64
+                                    * wt[((oc * g.c + ci) * g.kh + ky) * g.kw + kx] as f64;
+                            }
+                        }
+                    }
+                    y[((i * g.o + oc) * oh + yy) * ow + xx] = s;
+                }
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn forward_and_gradients_match_the_definition() {
+    // Odd sizes, a 1-pixel-wide image, more images than threads and fewer, strides that
+    // do not divide the padded size, padding wider than the kernel's reach and none:
+    // every border case of im2col and col2im and both parallel layouts.
+    let g3 = Geom::same3x3;
+    let geoms = [
+        g3(3, 3, 5, 4, 4),
+        g3(1, 2, 4, 1, 3),
+        g3(5, 4, 3, 6, 2),
+        Geom {
+            n: 2,
+            c: 3,
+            h: 9,
+            w: 8,
+            o: 2,
+            kh: 7,
+            kw: 7,
+            sh: 2,
+            sw: 2,
+            ph: 3,
+            pw: 3,
+        },
+        Geom {
+            n: 3,
+            c: 2,
+            h: 6,
+            w: 7,
+            o: 3,
+            kh: 3,
+            kw: 2,
+            sh: 2,
+            sw: 3,
+            ph: 0,
+            pw: 1,
+        },
+        Geom {
+            n: 1,
+            c: 1,
+            h: 3,
+            w: 3,
+            o: 2,
+            kh: 1,
+            kw: 1,
+            sh: 1,
+            sw: 1,
+            ph: 2,
+            pw: 2,
+        },
+    ];
+    for g in geoms {
+        let x = lcg_data(g.n * g.c * g.h * g.w, 1 + g.n as u64);
+        let wt = lcg_data(g.o * g.c * g.kh * g.kw, 2 + g.c as u64);
+        let y = forward(&x, &wt, g);
+        let want = reference(&x, &wt, g);
+        assert_eq!(y.len(), want.len(), "{g:?}");
+        for (a, b) in y.iter().zip(&want) {
+            assert!((*a as f64 - b).abs() < 1e-5, "forward {a} vs {b} ({g:?})");
+        }
+        // L = sum(G * y): dL/dx and dL/dW by central differences of the reference.
+        let gr = lcg_data(y.len(), 9);
+        let loss = |x: &[f32], wt: &[f32]| -> f64 {
+            reference(x, wt, g)
+                .iter()
+                .zip(&gr)
+                .map(|(y, g)| y * *g as f64)
+                .sum()
+        };
+        let (dx, dw) = backward(&x, &wt, &gr, g, true);
+        let dx = dx.expect("dx asked for");
+        let (no_dx, dw2) = backward(&x, &wt, &gr, g, false);
+        assert!(no_dx.is_none());
+        assert_eq!(
+            dw, dw2,
+            "the weight gradient depends on whether dx is computed"
+        );
+        let eps = 1e-2f32;
+        for i in 0..x.len() {
+            let (mut u, mut d) = (x.clone(), x.clone());
+            u[i] += eps;
+            d[i] -= eps;
+            let num = (loss(&u, &wt) - loss(&d, &wt)) / (2.0 * eps as f64);
+            assert!(
+                (dx[i] as f64 - num).abs() < 1e-4,
+                "dx[{i}] {} vs {num} ({g:?})",
+                dx[i]
+            );
+        }
+        for i in 0..wt.len() {
+            let (mut u, mut d) = (wt.clone(), wt.clone());
+            u[i] += eps;
+            d[i] -= eps;
+            let num = (loss(&x, &u) - loss(&x, &d)) / (2.0 * eps as f64);
+            assert!(
+                (dw[i] as f64 - num).abs() < 1e-4,
+                "dw[{i}] {} vs {num} ({g:?})",
+                dw[i]
+            );
+        }
+    }
+}
+
+fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+        / scale;
+    assert!(
+        worst < tol,
+        "{what}: worst difference {worst} of scale {scale}"
+    );
+}
+
+#[test]
+fn equals_burns_conv2d_in_training_and_inference() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = Device::flex().autodiff();
+    dev.seed(4);
+    // The dense layers' 3x3 and the stem's 7x7 stride 2.
+    let dense: Conv2d = Conv2dConfig::new([6, 5], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
+        .init(&dev);
+    let stem: Conv2d = Conv2dConfig::new([6, 4], [7, 7])
+        .with_stride([2, 2])
+        .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
+        .with_bias(false)
+        .init(&dev);
+    for (name, conv, out) in [
+        ("3x3", &dense, [3, 5, 7, 5]),
+        ("7x7/2", &stem, [3, 4, 4, 3]),
+    ] {
+        let base = Tensor::<4>::random(
+            [3, 7, 5, 6],
+            Distribution::Normal(0.0, 1.0),
+            &Device::flex(),
+        );
+        let gw = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), &Device::flex());
+        let run = |fused: bool| {
+            let x = base.clone().autodiff().require_grad();
+            // A permuted (non-contiguous) input, as in the bn_relu test.
+            let xin = x.clone().permute([0, 3, 1, 2]);
+            let y = if fused {
+                conv2d(conv, xin)
+            } else {
+                conv.forward(xin)
+            };
+            let grads = (y.clone() * gw.clone().autodiff()).sum().backward();
+            (
+                vals(y),
+                vals(x.grad(&grads).unwrap()),
+                vals(conv.weight.val().grad(&grads).unwrap()),
+            )
+        };
+        let before = CONV_CALLS.load(std::sync::atomic::Ordering::Relaxed);
+        let a = run(true);
+        assert!(
+            CONV_CALLS.load(std::sync::atomic::Ordering::Relaxed) > before,
+            "{name}: the kernel never ran"
+        );
+        let b = run(false);
+        close(&a.0, &b.0, 1e-5, &format!("{name} output"));
+        close(&a.1, &b.1, 1e-5, &format!("{name} input gradient"));
+        close(&a.2, &b.2, 1e-5, &format!("{name} weight gradient"));
+        // Inference: plain CPU tensors, no graph.
+        let plain = conv.valid();
+        let x = base.permute([0, 3, 1, 2]);
+        close(
+            &vals(conv2d(&plain, x.clone())),
+            &vals(plain.forward(x)),
+            1e-5,
+            &format!("{name} inference"),
+        );
+    }
+    // Another convolution (a bias) takes burn's path.
+    let with_bias: Conv2d = Conv2dConfig::new([6, 5], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&Device::flex());
+    let calls = CONV_CALLS.load(std::sync::atomic::Ordering::Relaxed);
+    let x = Tensor::<4>::random(
+        [1, 6, 4, 4],
+        Distribution::Normal(0.0, 1.0),
+        &Device::flex(),
+    );
+    let _ = conv2d(&with_bias, x);
+    assert_eq!(CONV_CALLS.load(std::sync::atomic::Ordering::Relaxed), calls);
+}
+
+/// Timing of the raw kernel at DenseNet-121 block-1 shapes (`--ignored --nocapture`).
+#[test]
+#[ignore]
+fn raw_kernel_timing() {
+    let (n, c, h, w, o) = (8, 128, 32, 32, 32);
+    let geom = Geom::same3x3(n, c, h, w, o);
+    let x = lcg_data(n * c * h * w, 1);
+    let wt = lcg_data(o * c * 9, 2);
+    let g = lcg_data(n * o * h * w, 3);
+    let _ = forward(&x, &wt, geom);
+    let t = std::time::Instant::now();
+    for _ in 0..5 {
+        let _ = forward(&x, &wt, geom);
+    }
+    let f = t.elapsed().as_secs_f64() * 200.0;
+    let t = std::time::Instant::now();
+    for _ in 0..5 {
+        let _ = backward(&x, &wt, &g, geom, true);
+    }
+    let b = t.elapsed().as_secs_f64() * 200.0;
+    eprintln!("raw forward {f:.2} ms, backward {b:.2} ms");
+}
