@@ -249,6 +249,52 @@ fn equals_burns_conv2d_in_training_and_inference() {
     assert_eq!(CONV_CALLS.load(std::sync::atomic::Ordering::Relaxed), calls);
 }
 
+/// Shapes large enough that the kernel works in several tiles of output rows (a tile's
+/// im2col block is kept near a megabyte): the 3x3 with 64 input channels on 32x20 maps
+/// (two tiles), the stem's 7x7 stride 2 on a 160-pixel image (four), against burn.
+#[test]
+fn tiled_shapes_equal_burns_conv2d() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = Device::flex().autodiff();
+    dev.seed(5);
+    let dense: Conv2d = Conv2dConfig::new([64, 8], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
+        .init(&dev);
+    let stem: Conv2d = Conv2dConfig::new([3, 4], [7, 7])
+        .with_stride([2, 2])
+        .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
+        .with_bias(false)
+        .init(&dev);
+    for (name, conv, input) in [
+        ("3x3", &dense, [2, 64, 32, 20]),
+        ("7x7/2", &stem, [1, 3, 160, 160]),
+    ] {
+        let base = Tensor::<4>::random(input, Distribution::Normal(0.0, 1.0), &Device::flex());
+        let out = conv.valid().forward(base.clone()).dims();
+        let gw = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), &Device::flex());
+        let run = |fused: bool| {
+            let x = base.clone().autodiff().require_grad();
+            let y = if fused {
+                conv2d(conv, x.clone())
+            } else {
+                conv.forward(x.clone())
+            };
+            let grads = (y.clone() * gw.clone().autodiff()).sum().backward();
+            (
+                vals(y),
+                vals(x.grad(&grads).unwrap()),
+                vals(conv.weight.val().grad(&grads).unwrap()),
+            )
+        };
+        let a = run(true);
+        let b = run(false);
+        close(&a.0, &b.0, 1e-5, &format!("{name} output"));
+        close(&a.1, &b.1, 1e-5, &format!("{name} input gradient"));
+        close(&a.2, &b.2, 1e-5, &format!("{name} weight gradient"));
+    }
+}
+
 /// Timing of the raw kernel at DenseNet-121 block-1 shapes (`--ignored --nocapture`).
 #[test]
 #[ignore]

@@ -36,7 +36,7 @@ use rayon::prelude::*;
 use super::bn_relu::{bn_relu, bn_relu_in_block, trains_fused};
 use super::conv::conv2d;
 use super::{SendPtr, as_f32, contiguous, image_data, images, wrap};
-use crate::densenet::{DenseLayer, conv1x1_as_matmul};
+use crate::densenet::{DenseLayer, conv1x1};
 
 type Ad = Autodiff<Flex>;
 
@@ -150,7 +150,7 @@ pub fn dense_block(layers: &[DenseLayer], x: &Tensor<4>) -> Option<Tensor<4>> {
         let h = bn_relu_in_block(&layer.norm1, f.clone(), Some(grad.clone()));
         let new = conv2d(
             &layer.conv2,
-            bn_relu(&layer.norm2, conv1x1_as_matmul(&layer.conv1, h)),
+            bn_relu(&layer.norm2, conv1x1(&layer.conv1, h)),
         );
         let g = new.dims()[1];
         f = append(f, new, c, &features, &grad);
