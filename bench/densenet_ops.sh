@@ -3,8 +3,9 @@
 # vs PyTorch, same shapes (DenseNet-121 block 1 at 128 px, batch 8), same threads, same
 # run. Every row is a minimal reproduction of one cost.
 # Usage: bench/densenet_ops.sh [THREADS] [REPS]     (PyTorch goes into a scratch venv)
-# The dev profile is enough: it builds every dependency (burn) at opt-level 3, and the
-# example itself only calls burn.
+# Built in the bench profile, as bench/densenet.sh is: the dev profile optimises the
+# dependencies too but keeps their debug assertions and overflow checks, which made
+# burn's and gemm's rows up to three times slower (PROFILE=dev to compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # One shared build directory, as .ci/run uses (a cold burn build costs ten minutes).
@@ -16,7 +17,8 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q torch
 fi
-burn=$(cargo run -q -p medret-models --example densenet_ops -- --threads "$threads" --reps "$reps")
+profile=${PROFILE:-bench}
+burn=$(cargo run -q --profile "$profile" -p medret-models --example densenet_ops -- --threads "$threads" --reps "$reps")
 torch=$("$venv/bin/python" bench/densenet_ops_torch.py --threads "$threads" --reps "$reps")
 echo "$burn"
 echo "$torch"

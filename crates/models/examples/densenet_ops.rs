@@ -87,6 +87,9 @@ fn main() {
     row("conv1x1 256->128 as matmul", &|| {
         conv1x1_as_matmul(&conv1, x_in.clone()).sum()
     });
+    row("conv1x1 256->128, ours", &|| {
+        medret_models::kernels::conv::conv2d(&conv1, x_in.clone()).sum()
+    });
     row("conv3x3 128->32", &|| conv3.forward(x_mid.clone()).sum());
     row("conv3x3 128->32, ours", &|| {
         medret_models::kernels::conv::conv2d(&conv3, x_mid.clone()).sum()

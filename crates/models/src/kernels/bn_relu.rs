@@ -33,7 +33,7 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 use super::dense_block::BlockGrad;
-use super::{SendPtr, as_f32, contiguous, image_data, images, wrap};
+use super::{SendPtr, as_f32, contiguous, image_data, images, wrap, written};
 
 type Ad = Autodiff<Flex>;
 
@@ -214,16 +214,20 @@ pub fn forward_images(
         .map(|s| (1.0 / (s.1 + epsilon).sqrt()) as f32)
         .collect();
     // Pass 2: y = max(0, a x + b) with a = gamma * inv_std, b = beta - mean * a.
-    let mut y = vec![0.0f32; n * c * plane];
-    y.par_chunks_mut(plane)
-        .enumerate()
-        .with_min_len(min_tasks(plane))
-        .for_each(|(k, yo)| {
-            let ch = k % c;
-            let a = gamma[ch] * inv_std[ch];
-            let b = beta[ch] - mean[ch] * a;
-            plane_forward(yo, at(k / c, ch), a, b);
-        });
+    // SAFETY: the planes cover `y`, and `plane_forward` writes all of each.
+    let y = unsafe {
+        written(n * c * plane, |y| {
+            y.par_chunks_mut(plane)
+                .enumerate()
+                .with_min_len(min_tasks(plane))
+                .for_each(|(k, yo)| {
+                    let ch = k % c;
+                    let a = gamma[ch] * inv_std[ch];
+                    let b = beta[ch] - mean[ch] * a;
+                    plane_forward(yo, at(k / c, ch), a, b);
+                })
+        })
+    };
     (y, mean, inv_std, var)
 }
 
@@ -243,8 +247,7 @@ pub fn backward(
     c: usize,
     plane: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut dx = vec![0.0f32; n * c * plane];
-    let (dgamma, dbeta) = backward_images(
+    let (dx, dgamma, dbeta) = backward_images(
         x,
         c * plane,
         g,
@@ -253,23 +256,22 @@ pub fn backward(
         mean,
         inv_std,
         (n, c, plane),
-        Dx::Write(&mut dx),
+        None,
     );
-    (dx, dgamma, dbeta)
+    (dx.expect("dx written"), dgamma, dbeta)
 }
 
-/// Where the backward puts `dx`.
-pub enum Dx<'a> {
-    /// Overwrites a contiguous `[N, C, H, W]` buffer.
-    Write(&'a mut [f32]),
-    /// Adds into the channel prefix of a dense block's gradient buffer: images
-    /// `image_stride` floats apart from `ptr`, of which the caller guarantees exclusive
-    /// access to the first `C * H * W` floats of each of the `N` images.
-    Add { ptr: SendPtr, image_stride: usize },
+/// A dense block's gradient buffer to add `dx` into: images `image_stride` floats apart
+/// from `ptr`, of which the caller guarantees exclusive access to the first `C * H * W`
+/// floats of each of the `N` images.
+#[derive(Debug, Clone, Copy)]
+pub struct AddInto {
+    pub ptr: SendPtr,
+    pub image_stride: usize,
 }
 
-/// [`backward`] on images `image_stride` floats apart in `x`, `dx` written or added as
-/// `dx` says; returns `(dgamma, dbeta)`.
+/// [`backward`] on images `image_stride` floats apart in `x`; `dx` returned, or added
+/// into `add` (and `None` returned). Returns `(dx, dgamma, dbeta)`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_images(
     x: &[f32],
@@ -280,8 +282,8 @@ pub fn backward_images(
     mean: &[f32],
     inv_std: &[f32],
     (n, c, plane): (usize, usize, usize),
-    dx: Dx<'_>,
-) -> (Vec<f32>, Vec<f32>) {
+    add: Option<AddInto>,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let at = |i: usize, ch: usize| &x[i * image_stride + ch * plane..][..plane];
     let count = (n * plane) as f32;
     let affine = |ch: usize| {
@@ -314,32 +316,50 @@ pub fn backward_images(
     let dbeta: Vec<f32> = sums.iter().map(|s| s.0).collect();
     let dgamma: Vec<f32> = sums.iter().map(|s| s.1).collect();
     // Pass 2: dx = gamma * inv_std * (dz - sum(dz) / M - xhat * sum(dz xhat) / M).
-    let (ptr, stride, add) = match dx {
-        Dx::Write(out) => {
-            assert!(out.len() >= n * c * plane, "dx buffer");
-            (SendPtr(out.as_mut_ptr()), c * plane, false)
-        }
-        Dx::Add { ptr, image_stride } => (ptr, image_stride, true),
+    let pass2 = |ptr: SendPtr, stride: usize, add: bool| {
+        (0..n * c)
+            .into_par_iter()
+            .with_min_len(min_tasks(plane))
+            .for_each(|k| {
+                let (i, ch) = (k / c, k % c);
+                let at_out = i * stride + ch * plane;
+                let (is, m) = (inv_std[ch], mean[ch]);
+                let (aa, bb) = affine(ch);
+                let scale = gamma[ch] * is;
+                let (sd, sdx) = (dbeta[ch] / count, dgamma[ch] / count);
+                let consts = [aa, bb, m, is, scale, sd, sdx];
+                let (gp, xp) = (&g[k * plane..(k + 1) * plane], at(i, ch));
+                // SAFETY (both arms): plane `k` of image `i` is `plane` floats at
+                // `at_out`, inside the buffer (a fresh one of `n * c * plane`, or the
+                // caller's `AddInto` guarantee), and no two `k` share a float.
+                if add {
+                    let out =
+                        unsafe { std::slice::from_raw_parts_mut(ptr.get().add(at_out), plane) };
+                    plane_backward_add(out, gp, xp, consts);
+                } else {
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            ptr.get().add(at_out).cast::<std::mem::MaybeUninit<f32>>(),
+                            plane,
+                        )
+                    };
+                    plane_backward_write(out, gp, xp, consts);
+                }
+            })
     };
-    (0..n * c)
-        .into_par_iter()
-        .with_min_len(min_tasks(plane))
-        .for_each(|k| {
-            let (i, ch) = (k / c, k % c);
-            // SAFETY: plane `k` of image `i` is `plane` floats at `i * stride + ch *
-            // plane`, inside the buffer (`Dx::Write`: asserted above; `Dx::Add`: the
-            // caller's guarantee), and no two `k` share a float.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut(ptr.get().add(i * stride + ch * plane), plane)
-            };
-            let (is, m) = (inv_std[ch], mean[ch]);
-            let (aa, bb) = affine(ch);
-            let scale = gamma[ch] * is;
-            let (sd, sdx) = (dbeta[ch] / count, dgamma[ch] / count);
-            let gp = &g[k * plane..(k + 1) * plane];
-            plane_backward(out, gp, at(i, ch), [aa, bb, m, is, scale, sd, sdx], add);
-        });
-    (dgamma, dbeta)
+    let dx = match add {
+        Some(t) => {
+            pass2(t.ptr, t.image_stride, true);
+            None
+        }
+        // SAFETY: the planes cover the buffer and `plane_backward_write` writes each whole.
+        None => Some(unsafe {
+            written(n * c * plane, |dx| {
+                pass2(SendPtr(dx.as_mut_ptr().cast()), c * plane, false)
+            })
+        }),
+    };
+    (dx, dgamma, dbeta)
 }
 
 /// Items per parallel task for items of `work` elements each: about 16k elements, so
@@ -392,9 +412,9 @@ fn plane_stats(p: &[f32]) -> (f64, f32) {
 
 dispatch! {
     /// `y = max(0, a x + b)`.
-    fn plane_forward(y: &mut [f32], x: &[f32], a: f32, b: f32) -> () {
+    fn plane_forward(y: &mut [std::mem::MaybeUninit<f32>], x: &[f32], a: f32, b: f32) -> () {
         for (o, &v) in y.iter_mut().zip(x) {
-            *o = (a * v + b).max(0.0);
+            o.write((a * v + b).max(0.0));
         }
     }
 }
@@ -507,25 +527,35 @@ mod avx2 {
     }
 }
 
+/// `dx = scale (dz - sd - (x - m) inv_std sdx)` for `k = [a, b, m, inv_std, scale, sd,
+/// sdx]`.
+#[inline(always)]
+fn dx_of(gv: f32, xv: f32, k: [f32; 7]) -> f32 {
+    let [a, b, m, is, scale, sd, sdx] = k;
+    let dz = if a * xv + b > 0.0 { gv } else { 0.0 };
+    let xhat = (xv - m) * is;
+    scale * (dz - sd - xhat * sdx)
+}
+
 dispatch! {
-    /// `dx = scale (dz - sd - (x - m) inv_std sdx)`, written or (`add`) added; `k` is
-    /// `[a, b, m, inv_std, scale, sd, sdx]`.
-    fn plane_backward(out: &mut [f32], g: &[f32], x: &[f32], k: [f32; 7], add: bool) -> () {
-        let [a, b, m, is, scale, sd, sdx] = k;
-        let v = |gv: f32, xv: f32| {
-            let dz = if a * xv + b > 0.0 { gv } else { 0.0 };
-            let xhat = (xv - m) * is;
-            scale * (dz - sd - xhat * sdx)
-        };
-        // Two loops rather than a branch inside one, so each vectorises.
-        if add {
-            for ((d, &gv), &xv) in out.iter_mut().zip(g).zip(x) {
-                *d += v(gv, xv);
-            }
-        } else {
-            for ((d, &gv), &xv) in out.iter_mut().zip(g).zip(x) {
-                *d = v(gv, xv);
-            }
+    /// Writes `dx` (see [`dx_of`]).
+    fn plane_backward_write(
+        out: &mut [std::mem::MaybeUninit<f32>],
+        g: &[f32],
+        x: &[f32],
+        k: [f32; 7]
+    ) -> () {
+        for ((d, &gv), &xv) in out.iter_mut().zip(g).zip(x) {
+            d.write(dx_of(gv, xv, k));
+        }
+    }
+}
+
+dispatch! {
+    /// Adds `dx` (see [`dx_of`]) into `out`.
+    fn plane_backward_add(out: &mut [f32], g: &[f32], x: &[f32], k: [f32; 7]) -> () {
+        for ((d, &gv), &xv) in out.iter_mut().zip(g).zip(x) {
+            *d += dx_of(gv, xv, k);
         }
     }
 }
@@ -554,7 +584,7 @@ impl Backward<Flex, 3> for BnReluBackward {
         let dims = s.x.layout().shape().to_vec();
         let (n, c, plane) = (dims[0], dims[1], dims[2] * dims[3]);
         let (xd, xs) = image_data(&s.x);
-        let run = |dx: Dx<'_>| {
+        let run = |add: Option<AddInto>| {
             backward_images(
                 xd,
                 xs,
@@ -564,7 +594,7 @@ impl Backward<Flex, 3> for BnReluBackward {
                 &s.mean,
                 &s.inv_std,
                 (n, c, plane),
-                dx,
+                add,
             )
         };
         // Inside a dense block, the gradient already registered for `x` is, by the order
@@ -583,24 +613,22 @@ impl Backward<Flex, 3> for BnReluBackward {
             Some((node, old, Some((ptr, image_stride)))) => {
                 super::dense_block::IN_PLACE_ADDS
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let sums = run(Dx::Add { ptr, image_stride });
+                let (_, dgamma, dbeta) = run(Some(AddInto { ptr, image_stride }));
                 grads.register::<Flex>(node.id, old);
-                sums
+                (dgamma, dbeta)
             }
             Some((node, old, None)) => {
-                let mut dx = vec![0.0f32; n * c * plane];
-                let sums = run(Dx::Write(&mut dx));
+                let (dx, dgamma, dbeta) = run(None);
                 grads.register::<Flex>(node.id, old);
-                grads.register::<Flex>(node.id, wrap(dx, &dims));
-                sums
+                grads.register::<Flex>(node.id, wrap(dx.expect("dx written"), &dims));
+                (dgamma, dbeta)
             }
             None => {
-                let mut dx = vec![0.0f32; n * c * plane];
-                let sums = run(Dx::Write(&mut dx));
+                let (dx, dgamma, dbeta) = run(None);
                 if let Some(node) = node_x {
-                    grads.register::<Flex>(node.id, wrap(dx, &dims));
+                    grads.register::<Flex>(node.id, wrap(dx.expect("dx written"), &dims));
                 }
-                sums
+                (dgamma, dbeta)
             }
         };
         if let Some(node) = node_gamma {
