@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # DenseNet-121 (224 px) and the small configuration: one training step at batch 16 and
-# inference at batch 64, burn-flex vs PyTorch, same machine, same run, same threads.
+# inference at batch 64, burn-flex vs PyTorch, same machine, same run, same threads;
+# medians over the timed steps.
 # burn runs twice: with medret's CPU kernels (crates/models/src/kernels) and without
 # (MEDRET_KERNELS=off, burn's own ops), so the kernels' gain is measured in the same run.
 # Usage: bench/densenet.sh [THREADS] [STEPS]     (PyTorch goes into a scratch venv)
@@ -20,8 +21,10 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, torchvi
 fi
 cargo bench -q --profile "$profile" -p medret-models --bench densenet --no-run >/dev/null 2>&1 \
     || cargo bench --profile "$profile" -p medret-models --bench densenet --no-run
-for cfg in "--arch tiny --size 64" "--arch densenet121 --size 224"; do
-    common="$cfg --train-batch 16 --infer-batch 64 --steps $steps --threads $threads"
+# The small configuration's steps take milliseconds: ten times as many of them, so that
+# the medians hold still on a shared machine.
+for cfg in "--arch tiny --size 64 --steps $((steps * 10))" "--arch densenet121 --size 224 --steps $steps"; do
+    common="$cfg --train-batch 16 --infer-batch 64 --threads $threads"
     plain=$(MEDRET_KERNELS=off cargo bench -q --profile "$profile" -p medret-models --bench densenet -- $common | tail -1)
     burn=$(cargo bench -q --profile "$profile" -p medret-models --bench densenet -- $common | tail -1)
     torch=$("$venv/bin/python" bench/densenet_torch.py $common | tail -1)

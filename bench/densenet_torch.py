@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch twin of crates/models/benches/densenet.rs: same model, sizes, batches, steps,
-threads and optimiser; one JSON line per run. torch is not a medret dependency; the
+threads and optimiser, medians over the timed steps; one JSON line per run. torch is not a medret dependency; the
 script bench/densenet.sh installs it into a scratch venv."""
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -29,10 +30,12 @@ model = make().eval()
 x = torch.rand(a.infer_batch, 3, a.size, a.size)
 with torch.no_grad():
     model(x)
-    t = time.perf_counter()
+    times = []
     for _ in range(a.steps):
+        t = time.perf_counter()
         model(x)
-    infer = (time.perf_counter() - t) / a.steps
+        times.append(time.perf_counter() - t)
+    infer = statistics.median(times)
 
 model = make().train()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -50,10 +53,12 @@ def step():
 
 
 step()
-t = time.perf_counter()
+times = []
 for _ in range(a.steps):
+    t = time.perf_counter()
     step()
-train = (time.perf_counter() - t) / a.steps
+    times.append(time.perf_counter() - t)
+train = statistics.median(times)
 print(json.dumps({"framework": f"pytorch {torch.__version__}", "arch": a.arch, "size": a.size,
                   "threads": a.threads, "train_batch": a.train_batch,
                   "train_step_ms": round(train * 1e3, 1), "infer_batch": a.infer_batch,

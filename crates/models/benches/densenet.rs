@@ -1,5 +1,5 @@
 //! DenseNet speed on burn-flex: one training step (forward, cross-entropy, backward, AdamW)
-//! and inference throughput. Prints one JSON line per configuration, comparable with
+//! and inference throughput (medians over the timed steps). Prints one JSON line per configuration, comparable with
 //! `bench/densenet_torch.py`; `bench/densenet.sh` runs both and prints the ratios.
 //!
 //! `cargo bench -p medret-models --bench densenet -- [--arch densenet121|tiny]
@@ -24,6 +24,31 @@ fn arg(name: &str, default: &str) -> String {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| default.to_string())
+}
+
+/// The median of `v` (seconds): the machines these run on are shared, and one slow step
+/// moves a mean more than it moves a median.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// The median time of `steps` runs of `f`.
+fn median_secs(steps: usize, mut f: impl FnMut()) -> f64 {
+    median(
+        (0..steps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
 }
 
 fn main() {
@@ -53,11 +78,9 @@ fn main() {
         &device,
     );
     let _ = model.forward(x.clone()).into_data();
-    let t = Instant::now();
-    for _ in 0..steps {
+    let infer_s = median_secs(steps, || {
         let _ = model.forward(x.clone()).into_data();
-    }
-    let infer_s = t.elapsed().as_secs_f64() / steps as f64;
+    });
 
     // Training step: train-mode BatchNorm, cross-entropy, backward, AdamW.
     let ad = device.autodiff();
@@ -86,11 +109,13 @@ fn main() {
         model
     };
     model = step(model);
-    let t = Instant::now();
+    let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
+        let t = Instant::now();
         model = step(model);
+        times.push(t.elapsed().as_secs_f64());
     }
-    let train_s = t.elapsed().as_secs_f64() / steps as f64;
+    let train_s = median(times);
     println!(
         "{{\"framework\": \"burn-flex 0.22.1\", \"arch\": \"{arch}\", \"size\": {size}, \"threads\": {threads}, \
          \"train_batch\": {train_batch}, \"train_step_ms\": {:.1}, \"infer_batch\": {infer_batch}, \"infer_img_per_s\": {:.2}}}",

@@ -7,7 +7,7 @@ use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::relu;
-use medret_models::kernels::bn_relu::{FUSED_CALLS, backward, bn_relu, forward};
+use medret_models::kernels::bn_relu::{FUSED_CALLS, INFERENCE_CALLS, backward, bn_relu, forward};
 
 /// Tests that flip the process-wide kernel switch or read its call counter run one at a
 /// time.
@@ -205,9 +205,26 @@ fn equals_burns_batch_norm_and_relu_in_training() {
         1e-5,
         "running variance",
     );
-    // Off the training path (a plain CPU tensor: inference) it is burn's path exactly.
+    // Off the training path (a plain CPU tensor: inference), the one-pass inference
+    // kernel equals burn's BatchNorm (running statistics) and ReLU, on a strided input.
     let x = base.clone().permute([0, 2, 1, 3]);
-    assert_eq!(vals(bn_relu(&ours, x.clone())), vals(relu(ours.forward(x))));
+    let before = INFERENCE_CALLS.load(std::sync::atomic::Ordering::Relaxed);
+    let fused = vals(bn_relu(&ours, x.clone()));
+    assert!(
+        INFERENCE_CALLS.load(std::sync::atomic::Ordering::Relaxed) > before,
+        "the inference kernel never ran"
+    );
+    let want = vals(relu(ours.forward(x)));
+    close(&fused, &want, 1e-6, "inference");
+    assert!(want.iter().filter(|v| **v == 0.0).count() > want.len() / 10);
+    assert!(want.iter().filter(|v| **v > 0.0).count() > want.len() / 10);
+    // Exactly zero where burn's ReLU cut, up to values at the kink's rounding.
+    let disagree = fused
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| (**a == 0.0) != (**b == 0.0) && a.abs().max(b.abs()) > 1e-5)
+        .count();
+    assert_eq!(disagree, 0, "ReLU masks differ");
 }
 
 /// A whole small DenseNet in training mode: the loss and the gradient of every parameter
