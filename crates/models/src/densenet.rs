@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::kernels::bn_relu::bn_relu;
 use crate::kernels::conv::conv2d;
 use crate::kernels::dense_block::dense_block;
+use crate::kernels::max_pool::max_pool2d;
 
 /// DenseNet hyper-parameters. [`DenseNetConfig::densenet121`] is torchvision's `densenet121`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,7 +265,7 @@ impl DenseNet {
     /// The last feature maps (after `norm5`, before the ReLU): what Grad-CAM looks at.
     pub fn feature_maps(&self, x: Tensor<4>) -> Tensor<4> {
         let f = &self.features;
-        let mut h = f.pool0.forward(bn_relu(&f.norm0, conv2d(&f.conv0, x)));
+        let mut h = max_pool2d(&f.pool0, bn_relu(&f.norm0, conv2d(&f.conv0, x)));
         for (i, block) in f.blocks.iter().enumerate() {
             h = block.forward(h);
             if let Some(t) = f.transitions.get(i) {

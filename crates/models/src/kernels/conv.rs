@@ -267,8 +267,24 @@ fn pointwise(g: &Geom) -> bool {
 fn im2col(img: &[f32], g: &Geom, rows: std::ops::Range<usize>, col: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let (hw, tn) = (g.h * g.w, rows.len() * ow);
+    // Stride 2 (the stem): each plane split once into its even and odd columns, so that
+    // every tap below is a contiguous copy rather than a gather of every other float.
+    let half = g.w.div_ceil(2);
+    let mut split = vec![0.0f32; if g.sw == 2 { 2 * g.h * half } else { 0 }];
     for ci in 0..g.c {
         let plane = &img[ci * hw..(ci + 1) * hw];
+        if g.sw == 2 {
+            let (even, odd) = split.split_at_mut(g.h * half);
+            for y in 0..g.h {
+                let src = &plane[y * g.w..(y + 1) * g.w];
+                for (d, s) in even[y * half..].iter_mut().zip(src.iter().step_by(2)) {
+                    *d = *s;
+                }
+                for (d, s) in odd[y * half..].iter_mut().zip(src[1..].iter().step_by(2)) {
+                    *d = *s;
+                }
+            }
+        }
         for ky in 0..g.kh {
             let (ylo, yhi) = valid(oh, g.h, ky, g.ph, g.sh);
             for kx in 0..g.kw {
@@ -288,9 +304,14 @@ fn im2col(img: &[f32], g: &Geom, rows: std::ops::Range<usize>, col: &mut [f32]) 
                     let ix0 = xlo * g.sw + kx - g.pw;
                     if g.sw == 1 {
                         out[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
+                    } else if g.sw == 2 {
+                        // Input columns ix0, ix0 + 2, ...: one parity's row, from ix0 / 2.
+                        let part = &split[(ix0 % 2) * g.h * half + iy * half..][..half];
+                        out[xlo..xhi].copy_from_slice(&part[ix0 / 2..ix0 / 2 + (xhi - xlo)]);
                     } else {
-                        for (k, o) in out[xlo..xhi].iter_mut().enumerate() {
-                            *o = src[ix0 + k * g.sw];
+                        let taps = src[ix0..].iter().step_by(g.sw);
+                        for (o, s) in out[xlo..xhi].iter_mut().zip(taps) {
+                            *o = *s;
                         }
                     }
                 }

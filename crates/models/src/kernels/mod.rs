@@ -6,6 +6,7 @@
 pub mod bn_relu;
 pub mod conv;
 pub mod dense_block;
+pub mod max_pool;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
