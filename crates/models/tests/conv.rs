@@ -174,68 +174,79 @@ fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
     );
 }
 
+/// `conv` through the kernel and through burn's `Conv2d` on `base` (permuted to NCHW by
+/// `permute`, so it may arrive strided): the output, both gradients of a random weighted
+/// sum, and inference on a graph-free copy, all within 1e-5 of the scale.
+fn compare_with_burn(name: &str, conv: &Conv2d, base: Tensor<4>, permute: [usize; 4]) {
+    let out = conv.valid().forward(base.clone().permute(permute)).dims();
+    let gw = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), &Device::flex());
+    let run = |fused: bool| {
+        let x = base.clone().autodiff().require_grad();
+        let xin = x.clone().permute(permute);
+        let y = if fused {
+            conv2d(conv, xin)
+        } else {
+            conv.forward(xin)
+        };
+        let grads = (y.clone() * gw.clone().autodiff()).sum().backward();
+        (
+            vals(y),
+            vals(x.grad(&grads).unwrap()),
+            vals(conv.weight.val().grad(&grads).unwrap()),
+        )
+    };
+    let before = CONV_CALLS.load(std::sync::atomic::Ordering::Relaxed);
+    let a = run(true);
+    assert!(
+        CONV_CALLS.load(std::sync::atomic::Ordering::Relaxed) > before,
+        "{name}: the kernel never ran"
+    );
+    let b = run(false);
+    close(&a.0, &b.0, 1e-5, &format!("{name} output"));
+    close(&a.1, &b.1, 1e-5, &format!("{name} input gradient"));
+    close(&a.2, &b.2, 1e-5, &format!("{name} weight gradient"));
+    // Inference: plain CPU tensors, no graph.
+    let plain = conv.valid();
+    let x = base.permute(permute);
+    close(
+        &vals(conv2d(&plain, x.clone())),
+        &vals(plain.forward(x)),
+        1e-5,
+        &format!("{name} inference"),
+    );
+}
+
+fn dense_conv(c: usize, o: usize, dev: &Device) -> Conv2d {
+    Conv2dConfig::new([c, o], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
+        .init(dev)
+}
+
+fn stem_conv(c: usize, o: usize, dev: &Device) -> Conv2d {
+    Conv2dConfig::new([c, o], [7, 7])
+        .with_stride([2, 2])
+        .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
+        .with_bias(false)
+        .init(dev)
+}
+
+/// The dense layers' 3x3 and the stem's 7x7 stride 2, on a permuted (non-contiguous)
+/// input with odd sizes; a convolution with a bias takes burn's path.
 #[test]
 fn equals_burns_conv2d_in_training_and_inference() {
     let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let dev = Device::flex().autodiff();
     dev.seed(4);
-    // The dense layers' 3x3 and the stem's 7x7 stride 2.
-    let dense: Conv2d = Conv2dConfig::new([6, 5], [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .with_bias(false)
-        .init(&dev);
-    let stem: Conv2d = Conv2dConfig::new([6, 4], [7, 7])
-        .with_stride([2, 2])
-        .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
-        .with_bias(false)
-        .init(&dev);
-    for (name, conv, out) in [
-        ("3x3", &dense, [3, 5, 7, 5]),
-        ("7x7/2", &stem, [3, 4, 4, 3]),
-    ] {
-        let base = Tensor::<4>::random(
+    let random = || {
+        Tensor::<4>::random(
             [3, 7, 5, 6],
             Distribution::Normal(0.0, 1.0),
             &Device::flex(),
-        );
-        let gw = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), &Device::flex());
-        let run = |fused: bool| {
-            let x = base.clone().autodiff().require_grad();
-            // A permuted (non-contiguous) input, as in the bn_relu test.
-            let xin = x.clone().permute([0, 3, 1, 2]);
-            let y = if fused {
-                conv2d(conv, xin)
-            } else {
-                conv.forward(xin)
-            };
-            let grads = (y.clone() * gw.clone().autodiff()).sum().backward();
-            (
-                vals(y),
-                vals(x.grad(&grads).unwrap()),
-                vals(conv.weight.val().grad(&grads).unwrap()),
-            )
-        };
-        let before = CONV_CALLS.load(std::sync::atomic::Ordering::Relaxed);
-        let a = run(true);
-        assert!(
-            CONV_CALLS.load(std::sync::atomic::Ordering::Relaxed) > before,
-            "{name}: the kernel never ran"
-        );
-        let b = run(false);
-        close(&a.0, &b.0, 1e-5, &format!("{name} output"));
-        close(&a.1, &b.1, 1e-5, &format!("{name} input gradient"));
-        close(&a.2, &b.2, 1e-5, &format!("{name} weight gradient"));
-        // Inference: plain CPU tensors, no graph.
-        let plain = conv.valid();
-        let x = base.permute([0, 3, 1, 2]);
-        close(
-            &vals(conv2d(&plain, x.clone())),
-            &vals(plain.forward(x)),
-            1e-5,
-            &format!("{name} inference"),
-        );
-    }
-    // Another convolution (a bias) takes burn's path.
+        )
+    };
+    compare_with_burn("3x3", &dense_conv(6, 5, &dev), random(), [0, 3, 1, 2]);
+    compare_with_burn("7x7/2", &stem_conv(6, 4, &dev), random(), [0, 3, 1, 2]);
     let with_bias: Conv2d = Conv2dConfig::new([6, 5], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
         .init(&Device::flex());
@@ -257,42 +268,16 @@ fn tiled_shapes_equal_burns_conv2d() {
     let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let dev = Device::flex().autodiff();
     dev.seed(5);
-    let dense: Conv2d = Conv2dConfig::new([64, 8], [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .with_bias(false)
-        .init(&dev);
-    let stem: Conv2d = Conv2dConfig::new([3, 4], [7, 7])
-        .with_stride([2, 2])
-        .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
-        .with_bias(false)
-        .init(&dev);
-    for (name, conv, input) in [
-        ("3x3", &dense, [2, 64, 32, 20]),
-        ("7x7/2", &stem, [1, 3, 160, 160]),
-    ] {
-        let base = Tensor::<4>::random(input, Distribution::Normal(0.0, 1.0), &Device::flex());
-        let out = conv.valid().forward(base.clone()).dims();
-        let gw = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), &Device::flex());
-        let run = |fused: bool| {
-            let x = base.clone().autodiff().require_grad();
-            let y = if fused {
-                conv2d(conv, x.clone())
-            } else {
-                conv.forward(x.clone())
-            };
-            let grads = (y.clone() * gw.clone().autodiff()).sum().backward();
-            (
-                vals(y),
-                vals(x.grad(&grads).unwrap()),
-                vals(conv.weight.val().grad(&grads).unwrap()),
-            )
-        };
-        let a = run(true);
-        let b = run(false);
-        close(&a.0, &b.0, 1e-5, &format!("{name} output"));
-        close(&a.1, &b.1, 1e-5, &format!("{name} input gradient"));
-        close(&a.2, &b.2, 1e-5, &format!("{name} weight gradient"));
-    }
+    let random =
+        |shape| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &Device::flex());
+    let id = [0, 1, 2, 3];
+    compare_with_burn("3x3", &dense_conv(64, 8, &dev), random([2, 64, 32, 20]), id);
+    compare_with_burn(
+        "7x7/2",
+        &stem_conv(3, 4, &dev),
+        random([1, 3, 160, 160]),
+        id,
+    );
 }
 
 /// Timing of the raw kernel at DenseNet-121 block-1 shapes (`--ignored --nocapture`).

@@ -127,19 +127,7 @@ fn bn_relu_inference(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
         })
         .collect();
     let (xd, xs) = image_data(&xf);
-    // SAFETY: the planes cover `y`, and `plane_forward` writes all of each.
-    let y = unsafe {
-        written(n * c * plane, |y| {
-            y.par_chunks_mut(plane)
-                .enumerate()
-                .with_min_len(min_tasks(plane))
-                .for_each(|(k, yo)| {
-                    let (i, ch) = (k / c, k % c);
-                    let (a, b) = affine[ch];
-                    plane_forward(yo, &xd[i * xs + ch * plane..][..plane], a, b);
-                })
-        })
-    };
+    let y = affine_relu(xd, xs, (n, c, plane), &affine);
     Tensor::<4>::from_primitive::<Flex>(wrap(y, &dims))
 }
 
@@ -276,21 +264,37 @@ pub fn forward_images(
         .map(|s| (1.0 / (s.1 + epsilon).sqrt()) as f32)
         .collect();
     // Pass 2: y = max(0, a x + b) with a = gamma * inv_std, b = beta - mean * a.
-    // SAFETY: the planes cover `y`, and `plane_forward` writes all of each.
-    let y = unsafe {
+    let affine: Vec<(f32, f32)> = (0..c)
+        .map(|ch| {
+            let a = gamma[ch] * inv_std[ch];
+            (a, beta[ch] - mean[ch] * a)
+        })
+        .collect();
+    let y = affine_relu(x, image_stride, (n, c, plane), &affine);
+    (y, mean, inv_std, var)
+}
+
+/// `max(0, a x + b)` with each channel's `(a, b)`, over images `image_stride` floats apart
+/// in `x`, into a new contiguous buffer.
+fn affine_relu(
+    x: &[f32],
+    image_stride: usize,
+    (n, c, plane): (usize, usize, usize),
+    affine: &[(f32, f32)],
+) -> Vec<f32> {
+    // SAFETY: the planes cover the buffer, and `plane_forward` writes all of each.
+    unsafe {
         written(n * c * plane, |y| {
             y.par_chunks_mut(plane)
                 .enumerate()
                 .with_min_len(min_tasks(plane))
                 .for_each(|(k, yo)| {
-                    let ch = k % c;
-                    let a = gamma[ch] * inv_std[ch];
-                    let b = beta[ch] - mean[ch] * a;
-                    plane_forward(yo, at(k / c, ch), a, b);
+                    let (i, ch) = (k / c, k % c);
+                    let (a, b) = affine[ch];
+                    plane_forward(yo, &x[i * image_stride + ch * plane..][..plane], a, b);
                 })
         })
-    };
-    (y, mean, inv_std, var)
+    }
 }
 
 /// Backward on raw NCHW data: `dx`, `dgamma`, `dbeta` from the output gradient `g`. The
