@@ -3,7 +3,7 @@
 //!
 //! Why: written with `Tensor::cat`, layer `k` of a block copies all `c_k` channels it
 //! sees into a new tensor, and the backward slices and adds gradients of the same sizes:
-//! time and memory quadratic in the block's depth (burn-flex's concatenation is 4x to 5x
+//! time and memory quadratic in the block's depth (burn-flex's concatenation is 4x to 7x
 //! PyTorch's, `bench/densenet_ops.sh`). Here the block allocates one feature buffer of its
 //! final width; the input and each layer's new maps are written into it once, and what
 //! layer `k` sees is a view of its first `c_k` channels (images `C_total * H * W` floats
