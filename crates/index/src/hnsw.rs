@@ -59,6 +59,13 @@ impl std::str::FromStr for Storage {
     }
 }
 
+/// Descriptors a build inserts one at a time before going parallel: concurrent inserts
+/// into a small graph are where usearch strands nodes most often (see
+/// [`HnswIndex::reattach`]).
+const SEQUENTIAL_SEED: usize = 1024;
+/// Rounds of re-linking before a build gives up (each round walks the whole graph).
+const REATTACH_ROUNDS: usize = 4;
+
 /// The graph's parameters, with the paper's names. Larger values: better recall, slower.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HnswParams {
@@ -166,10 +173,7 @@ impl HnswIndex {
         if let Some((id, _)) = items.iter().find(|(id, _)| !seen.insert(*id)) {
             return Err(IndexError::DuplicateId(*id));
         }
-        graph.reserve(items.len())?;
-        items
-            .par_iter()
-            .try_for_each(|(id, v)| graph.insert(*id, v))?;
+        graph.fill(items.len(), |i| (items[i].0, &items[i].1))?;
         Ok(graph)
     }
 
@@ -188,11 +192,132 @@ impl HnswIndex {
         }
         let graph = HnswIndex::new(dim, metric, params)?;
         rows.par_chunks_exact(dim).try_for_each(|r| check(r, dim))?;
-        graph.reserve(rows.len() / dim)?;
-        rows.par_chunks_exact(dim)
-            .enumerate()
-            .try_for_each(|(i, r)| graph.insert(i as u64, r))?;
+        graph.fill(rows.len() / dim, |i| {
+            (i as u64, &rows[i * dim..(i + 1) * dim])
+        })?;
         Ok(graph)
+    }
+
+    /// Inserts `n` items into an empty graph: the first [`SEQUENTIAL_SEED`] from this
+    /// thread, the rest on every rayon thread, then [`HnswIndex::reattach`].
+    fn fill<'a>(&self, n: usize, item: impl Fn(usize) -> (u64, &'a [f32]) + Sync) -> Result<()> {
+        self.reserve(n)?;
+        let seed = n.min(SEQUENTIAL_SEED);
+        for i in 0..seed {
+            let (id, v) = item(i);
+            self.insert(id, v)?;
+        }
+        (seed..n).into_par_iter().try_for_each(|i| {
+            let (id, v) = item(i);
+            self.insert(id, v)
+        })?;
+        self.reattach(n, item)?;
+        Ok(())
+    }
+
+    /// Finds the nodes a parallel build left unreachable and links them again, one at a
+    /// time. usearch 2.26's concurrent `add` can strand a node that is stored but that no
+    /// search ever reaches (unum-cloud/USearch#735, fix not released): built on 16
+    /// threads, 200 uniform descriptors lost 7% of the exact top-5 even with efSearch at
+    /// twice the archive size, and a stranded case is one a clinician can never
+    /// retrieve. The stranded nodes are removed and inserted again from this thread
+    /// alone, which links them as a sequential build would. Returns how many were
+    /// re-linked.
+    fn reattach<'a>(&self, n: usize, item: impl Fn(usize) -> (u64, &'a [f32])) -> Result<usize> {
+        let mut relinked = 0;
+        for _ in 0..REATTACH_ROUNDS {
+            let lost = self.stranded(n, &item);
+            if lost.is_empty() {
+                return Ok(relinked);
+            }
+            tracing::debug!(
+                nodes = lost.len(),
+                "HNSW: re-linking nodes the parallel build left unreachable"
+            );
+            for i in lost {
+                let (id, v) = item(i);
+                self.index.remove(id).map_err(|e| backend("removal", e))?;
+                self.insert(id, v)?;
+                relinked += 1;
+            }
+        }
+        let left = self.stranded(n, &item).len();
+        if left > 0 {
+            // Not an error: the graph still answers, as an HNSW graph does, with those
+            // cases harder to reach; the exact scan stays the reference.
+            tracing::warn!(
+                nodes = left,
+                "HNSW build: nodes still outside the connected graph after {REATTACH_ROUNDS} rounds of re-linking"
+            );
+        }
+        Ok(relinked)
+    }
+
+    /// The items (positions `0..n`, which must be every node of the graph) outside the
+    /// base layer's strongly connected component that holds the top layer. A search
+    /// descends through the upper layers and then walks base-layer links from where it
+    /// landed, so a node no link leads to is never found, and a node whose links never
+    /// lead back is a dead end for every query that lands on it.
+    fn stranded<'a>(&self, n: usize, item: impl Fn(usize) -> (u64, &'a [f32])) -> Vec<usize> {
+        let keys: Vec<u64> = (0..n).map(|i| item(i).0).collect();
+        let position: std::collections::HashMap<u64, u32> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (k, i as u32))
+            .collect();
+        // The base layer as compressed rows, then the same links reversed.
+        let mut starts = Vec::with_capacity(n + 1);
+        let mut links: Vec<u32> = Vec::with_capacity(n * 2 * self.index.connectivity());
+        let mut buffer = [0u64; 64];
+        for &key in &keys {
+            starts.push(links.len());
+            let mut cursor = self.index.neighbors(key, 0);
+            loop {
+                let got = cursor.drain_into(&mut buffer);
+                if got == 0 {
+                    break;
+                }
+                links.extend(buffer[..got].iter().filter_map(|k| position.get(k)));
+            }
+        }
+        starts.push(links.len());
+        let mut back_starts = vec![0usize; n + 1];
+        for &j in &links {
+            back_starts[j as usize + 1] += 1;
+        }
+        for i in 0..n {
+            back_starts[i + 1] += back_starts[i];
+        }
+        let mut back = vec![0u32; links.len()];
+        let mut fill = back_starts.clone();
+        for i in 0..n {
+            for &j in &links[starts[i]..starts[i + 1]] {
+                back[fill[j as usize]] = i as u32;
+                fill[j as usize] += 1;
+            }
+        }
+        let levels: Vec<usize> = keys.iter().map(|&k| self.index.level_of_key(k)).collect();
+        let top = levels.iter().copied().max().unwrap_or(0);
+        let tops: Vec<usize> = (0..n).filter(|&i| levels[i] == top).collect();
+        let walk = |starts: &[usize], links: &[u32]| -> Vec<bool> {
+            let mut seen = vec![false; n];
+            let mut stack = tops.clone();
+            for &i in &stack {
+                seen[i] = true;
+            }
+            while let Some(i) = stack.pop() {
+                for &j in &links[starts[i]..starts[i + 1]] {
+                    if !seen[j as usize] {
+                        seen[j as usize] = true;
+                        stack.push(j as usize);
+                    }
+                }
+            }
+            seen
+        };
+        let reached = walk(&starts, &links);
+        let returns = walk(&back_starts, &back);
+        (0..n).filter(|&i| !(reached[i] && returns[i])).collect()
     }
 
     fn reserve(&self, n: usize) -> Result<()> {
@@ -407,6 +532,50 @@ mod tests {
             }
         }
         assert_eq!(recall(&[], &[]), 1.0);
+    }
+
+    /// Built on many threads (where usearch's concurrent inserts strand nodes: without the
+    /// sequential seed and the re-linking, these builds lose about 2% of the exact top-5
+    /// at n = 2,000 and 8% at n = 200), a search as wide as the archive finds exactly the
+    /// exact scan's top-5: no case is out of reach.
+    #[test]
+    fn a_parallel_build_leaves_no_case_out_of_reach() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(16)
+            .build()
+            .unwrap();
+        let dim = 8;
+        let (mut lost, mut asked) = (0, 0);
+        for (round, n) in [200, 3000, 3000, 3000, 3000, 3000].into_iter().enumerate() {
+            // Uniform descriptors: no clusters for the graph to lean on.
+            let mut s = 17 + round as u64;
+            let mut rnd = move || {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            };
+            let mut vectors = |n: usize| -> Vec<(u64, Vec<f32>)> {
+                (0..n as u64)
+                    .map(|id| (id, (0..dim).map(|_| rnd()).collect()))
+                    .collect()
+            };
+            let items = vectors(n);
+            let queries = vectors(100);
+            let graph = pool
+                .install(|| HnswIndex::build(dim, Metric::Cosine, HnswParams::default(), &items))
+                .unwrap();
+            assert!(graph.stranded(n, |i| (items[i].0, &items[i].1)).is_empty());
+            graph.set_ef_search(2 * n);
+            let exact = exact_of(&items, dim, Metric::Cosine);
+            for (_, q) in &queries {
+                let e = exact.search(q, 5).unwrap();
+                let a = graph.search(q, 5).unwrap();
+                lost += e.iter().filter(|h| !a.iter().any(|x| x.id == h.id)).count();
+                asked += e.len();
+            }
+        }
+        assert_eq!(lost, 0, "{lost} of {asked} exact top-5 hits out of reach");
     }
 
     #[test]
