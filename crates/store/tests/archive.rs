@@ -86,7 +86,8 @@ fn index_follows_ingest_and_delete() {
 /// exact one: on an archive this small the graph's top hits equal the exact scan's,
 /// deleted cases never come back, and `auto` keeps the exact scan at this size. (This
 /// test caught usearch stranding nodes when the graph was built on many threads: it
-/// failed on a CI machine with more cores; see `HnswIndex::reattach`.)
+/// failed on a CI machine with more cores; see `SEQUENTIAL_SEED` in
+/// medret-index's hnsw.rs.)
 #[test]
 fn graph_archive_follows_ingest_and_delete() {
     use medret_store::Metric;
