@@ -7,9 +7,10 @@
 //! convolution and the weight gradient as another convolution over swapped axes, and its
 //! direct loop for the stem's three input channels took three quarters of the small
 //! configuration's inference (perf). Here, per image: `col = im2col(x)`
-//! (`[C*KH*KW, OH*OW]`), `y = W col`; backward `dW += g colᵀ`, `dcol = Wᵀ g`,
-//! `dx = col2im(dcol)` (skipped when the input needs no gradient, as an image does not):
-//! three matrix products on the `gemm` crate burn-flex itself uses. Images run in parallel
+//! (`[C*KH*KW, OH*OW]`), `y = W col`; backward `dW += g colᵀ` and, for stride 1, `dx` as
+//! the forward convolution of `g` with the flipped, channel-swapped kernel (otherwise
+//! `dcol = Wᵀ g`, `dx = col2im(dcol)`; skipped when the input needs no gradient, as an
+//! image does not): matrix products on the `gemm` crate burn-flex itself uses. Images run in parallel
 //! (each product on one thread) when there are enough of them, otherwise the products
 //! are parallel. The per-image weight gradients are summed in image order, so results are
 //! deterministic.
@@ -451,7 +452,16 @@ pub fn backward(
         x.len() >= g.n * chw && wt.len() >= o * k && gr.len() >= g.n * o * ohw,
         "conv buffers for {g:?}"
     );
-    let mut dx = vec![0.0f32; if need_dx { g.n * chw } else { 0 }];
+    // A stride-1 convolution's input gradient is itself a convolution: of `g`, with the
+    // kernel flipped and its channel axes swapped, padded by `k - 1 - p`. Run through
+    // `forward`, its product is `[c, o*kh*kw] x [o*kh*kw, tn]`: for a dense layer's 3x3
+    // (128 to 32 channels) the inner dimension is 288 rather than the 32 of `Wᵀ g`, the
+    // product writes 128 rows rather than 1,152, and no col2im scatter follows.
+    let transposed = (need_dx && g.sh == 1 && g.sw == 1 && !pointwise(&g))
+        .then(|| transposed_conv(wt, &g))
+        .flatten();
+    let col_dx = need_dx && transposed.is_none();
+    let mut dx = vec![0.0f32; if col_dx { g.n * chw } else { 0 }];
     let mut dw_parts = vec![0.0f32; g.n * o * k];
     let (ow, tr) = (g.out_w(), tile_rows(&g));
     let one = |((xi, gi), (dxi, dwi)): ImageGrads<'_>, parallel: bool| {
@@ -468,7 +478,7 @@ pub fn backward(
                 false,
                 parallel,
             );
-            if need_dx {
+            if col_dx {
                 matmul(
                     dxi,
                     ohw,
@@ -502,7 +512,7 @@ pub fn backward(
                     oy > 0,
                     parallel,
                 );
-                if need_dx {
+                if col_dx {
                     // dcol = Wᵀ g_t: [k, o] x [o, tn], into the same buffer.
                     matmul(
                         col,
@@ -523,8 +533,8 @@ pub fn backward(
     let xs = x[..g.n * chw].chunks(chw);
     let gs = gr[..g.n * o * ohw].chunks(o * ohw);
     let images: Vec<_> = xs.zip(gs).collect();
-    // Without `dx`, each image's part of it is empty.
-    let dxs: Vec<&mut [f32]> = if need_dx {
+    // Without `dx` here, each image's part of it is empty.
+    let dxs: Vec<&mut [f32]> = if col_dx {
         dx.chunks_mut(chw).collect()
     } else {
         (0..g.n).map(|_| <&mut [f32]>::default()).collect()
@@ -543,7 +553,45 @@ pub fn backward(
     for part in dw_parts.chunks(o * k) {
         dw.iter_mut().zip(part).for_each(|(d, p)| *d += p);
     }
+    if let Some((wf, gt)) = transposed {
+        return (Some(forward(gr, &wf, gt)), dw);
+    }
     (need_dx.then_some(dx), dw)
+}
+
+/// The weights and shapes of the convolution of the output gradient that gives a
+/// stride-1 convolution's input gradient: `wf[c, o, i, j] = w[o, c, kh-1-i, kw-1-j]`,
+/// padding `kh-1-ph` and `kw-1-pw`. `None` when the padding is wider than the kernel's
+/// reach (the transposed padding would be negative).
+fn transposed_conv(wt: &[f32], g: &Geom) -> Option<(Vec<f32>, Geom)> {
+    if g.ph >= g.kh || g.pw >= g.kw {
+        return None;
+    }
+    let (kh, kw) = (g.kh, g.kw);
+    let mut wf = vec![0.0f32; g.c * g.o * kh * kw];
+    for o in 0..g.o {
+        for c in 0..g.c {
+            let src = &wt[(o * g.c + c) * kh * kw..][..kh * kw];
+            let dst = &mut wf[(c * g.o + o) * kh * kw..][..kh * kw];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    let gt = Geom {
+        n: g.n,
+        c: g.o,
+        h: g.out_h(),
+        w: g.out_w(),
+        o: g.c,
+        kh,
+        kw,
+        sh: 1,
+        sw: 1,
+        ph: kh - 1 - g.ph,
+        pw: kw - 1 - g.pw,
+    };
+    Some((wf, gt))
 }
 
 #[derive(Debug)]
