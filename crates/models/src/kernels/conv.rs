@@ -10,9 +10,9 @@
 //! (`[C*KH*KW, OH*OW]`), `y = W col`; backward `dW += g colᵀ` and, for stride 1, `dx` as
 //! the forward convolution of `g` with the flipped, channel-swapped kernel (otherwise
 //! `dcol = Wᵀ g`, `dx = col2im(dcol)`; skipped when the input needs no gradient, as an
-//! image does not): matrix products on the `gemm` crate burn-flex itself uses. Images run in parallel
-//! (each product on one thread) when there are enough of them, otherwise the products
-//! are parallel. The per-image weight gradients are summed in image order, so results are
+//! image does not): matrix products on the `gemm` crate burn-flex itself uses. Images
+//! run in parallel (each product on one thread) when there are enough of them, otherwise
+//! the products are parallel. The per-image weight gradients are summed in image order, so results are
 //! deterministic.
 //!
 //! Plugged in as `bn_relu.rs` is (burn's extension API); any other convolution, device
