@@ -9,6 +9,9 @@ use burn::tensor::Distribution;
 use burn::tensor::activation::relu;
 use medret_models::kernels::bn_relu::{FUSED_CALLS, INFERENCE_CALLS, backward, bn_relu, forward};
 
+mod common;
+use common::{close_per_element, vals};
+
 /// Tests that flip the process-wide kernel switch or read its call counter run one at a
 /// time.
 static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -127,20 +130,6 @@ fn backward_matches_finite_differences() {
     }
 }
 
-fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
-
-fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}");
-    let worst = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
-        .fold(0.0f32, f32::max);
-    assert!(worst < tol, "{what}: worst relative difference {worst}");
-}
-
 /// The kernel on the autodiff CPU backend equals burn's own BatchNorm + ReLU: output,
 /// gradients of a weighted sum with respect to the input, gamma and beta, and the running
 /// statistics after the step. The input is a non-contiguous view (a permute) to exercise
@@ -189,17 +178,17 @@ fn equals_burns_batch_norm_and_relu_in_training() {
     };
     let a = run(&ours, true);
     let b = run(&theirs, false);
-    close(&a.0, &b.0, 1e-5, "output");
-    close(&a.1, &b.1, 1e-4, "input gradient");
-    close(&a.2, &b.2, 1e-4, "gamma gradient");
-    close(&a.3, &b.3, 1e-4, "beta gradient");
-    close(
+    close_per_element(&a.0, &b.0, 1e-5, "output");
+    close_per_element(&a.1, &b.1, 1e-4, "input gradient");
+    close_per_element(&a.2, &b.2, 1e-4, "gamma gradient");
+    close_per_element(&a.3, &b.3, 1e-4, "beta gradient");
+    close_per_element(
         &vals(ours.running_mean.value()),
         &vals(theirs.running_mean.value()),
         1e-6,
         "running mean",
     );
-    close(
+    close_per_element(
         &vals(ours.running_var.value()),
         &vals(theirs.running_var.value()),
         1e-5,
@@ -215,7 +204,7 @@ fn equals_burns_batch_norm_and_relu_in_training() {
         "the inference kernel never ran"
     );
     let want = vals(relu(ours.forward(x)));
-    close(&fused, &want, 1e-6, "inference");
+    close_per_element(&fused, &want, 1e-6, "inference");
     assert!(want.iter().filter(|v| **v == 0.0).count() > want.len() / 10);
     assert!(want.iter().filter(|v| **v > 0.0).count() > want.len() / 10);
     // Exactly zero where burn's ReLU cut, up to values at the kink's rounding.
@@ -278,7 +267,7 @@ fn a_densenet_trains_the_same_with_the_kernel() {
     assert_eq!(fused.len(), plain.len());
     assert!(fused.len() > 20, "only {} gradients", fused.len());
     for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
-        close(
+        close_per_element(
             a,
             b,
             1e-4,
@@ -331,7 +320,7 @@ fn running_statistics_and_inference_match_after_training_forwards() {
     let plain = after(false);
     assert!(c1 > c0, "the kernel never ran");
     medret_models::kernels::set_enabled(true);
-    close(&fused, &plain, 1e-4, "inference after training forwards");
+    close_per_element(&fused, &plain, 1e-4, "inference after training forwards");
 }
 
 /// Timing of the raw kernels at DenseNet-121 block-1 shapes (`--ignored --nocapture`).

@@ -8,6 +8,9 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use medret_models::kernels::conv::{CONV_CALLS, Geom, backward, conv2d, forward};
 
+mod common;
+use common::{close_to_scale, vals};
+
 static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn lcg_data(len: usize, seed: u64) -> Vec<f32> {
@@ -155,25 +158,6 @@ fn forward_and_gradients_match_the_definition() {
     }
 }
 
-fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
-
-fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}");
-    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let worst = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max)
-        / scale;
-    assert!(
-        worst < tol,
-        "{what}: worst difference {worst} of scale {scale}"
-    );
-}
-
 /// `conv` through the kernel and through burn's `Conv2d` on `base` (permuted to NCHW by
 /// `permute`, so it may arrive strided): the output, both gradients of a random weighted
 /// sum, and inference on a graph-free copy, all within 1e-5 of the scale.
@@ -202,13 +186,13 @@ fn compare_with_burn(name: &str, conv: &Conv2d, base: Tensor<4>, permute: [usize
         "{name}: the kernel never ran"
     );
     let b = run(false);
-    close(&a.0, &b.0, 1e-5, &format!("{name} output"));
-    close(&a.1, &b.1, 1e-5, &format!("{name} input gradient"));
-    close(&a.2, &b.2, 1e-5, &format!("{name} weight gradient"));
+    close_to_scale(&a.0, &b.0, 1e-5, &format!("{name} output"));
+    close_to_scale(&a.1, &b.1, 1e-5, &format!("{name} input gradient"));
+    close_to_scale(&a.2, &b.2, 1e-5, &format!("{name} weight gradient"));
     // Inference: plain CPU tensors, no graph.
     let plain = conv.valid();
     let x = base.permute(permute);
-    close(
+    close_to_scale(
         &vals(conv2d(&plain, x.clone())),
         &vals(plain.forward(x)),
         1e-5,

@@ -8,12 +8,11 @@ use burn::tensor::Distribution;
 use medret_models::densenet::{DenseBlock, DenseNetConfig};
 use medret_models::kernels::dense_block::{BLOCK_CALLS, IN_PLACE_ADDS};
 
+mod common;
+use common::vals;
+
 /// The tests count the block's calls: one at a time.
 static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
 
 /// The block as `densenet.rs` wrote it before the buffer: concatenate after each layer.
 fn concatenated(block: &DenseBlock, x: Tensor<4>) -> Tensor<4> {

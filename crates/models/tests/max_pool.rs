@@ -7,9 +7,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use medret_models::kernels::max_pool::{POOL_CALLS, Pool, backward, forward, max_pool2d};
 
-fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
+mod common;
+use common::vals;
 
 /// A 4x4 plane, 3x3 windows, stride 2, padding 1: four outputs, each the maximum of the
 /// in-image part of its window; the gradient goes to the first maximum.
