@@ -131,10 +131,11 @@ fn slug(name: &str) -> String {
         .join("-")
 }
 
-fn has_checkpoints(dir: &Path) -> bool {
-    std::fs::read_dir(dir.join("checkpoints"))
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
+/// Whether the run in `dir` has a complete checkpoint to resume from, by the training
+/// engine's own rule: a run killed while writing its first checkpoint leaves only a
+/// partial one, which `--resume` would refuse.
+fn has_checkpoints(dir: &Path) -> Result<bool> {
+    Ok(medret_train::checkpoint::latest(&dir.join("checkpoints"))?.is_some())
 }
 
 pub fn run(a: &AblateArgs) -> Result<()> {
@@ -165,7 +166,7 @@ pub fn run(a: &AblateArgs) -> Result<()> {
                     pretrain.to_string(),
                 ]);
                 args.extend(["--out".into(), dir.display().to_string()]);
-                if has_checkpoints(&dir) {
+                if has_checkpoints(&dir)? {
                     args.push("--resume".into());
                 }
                 println!("== C2L pretraining for the c2l-init variant");
@@ -221,7 +222,7 @@ pub fn run(a: &AblateArgs) -> Result<()> {
                             dir.display().to_string(),
                         ]);
                         args.extend(v.flags.iter().cloned());
-                        if has_checkpoints(&dir) {
+                        if has_checkpoints(&dir)? {
                             args.push("--resume".into());
                         }
                         println!("== {name}: training");

@@ -63,6 +63,14 @@ fn fundus_ablation_resumes_after_a_kill() {
     let kept = modified(&first);
     let weights = out.join("runs/mirror-fine-triplet-full-s0/model.safetensors");
     let kept_weights = modified(&weights);
+    // The next variant may have been killed while writing its first checkpoint; make sure
+    // it was, as that leaves only a partial one: the rerun must start that variant afresh
+    // rather than ask the engine to resume from nothing.
+    let partial = out.join("runs/backbone-triplet-s0/checkpoints/epoch-0001.partial");
+    if !partial.exists() {
+        std::fs::create_dir_all(&partial).unwrap();
+        std::fs::write(partial.join("model.safetensors"), b"cut short").unwrap();
+    }
 
     let text = ok(&args);
     assert!(
