@@ -232,9 +232,25 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
             if !is_url(store) && !store.exists() {
                 bail!("{}: no such store", shown(store));
             }
-            let info = open_store(store)?.info()?;
+            let mut opened = open_store(store)?;
+            let info = opened.info()?;
+            // How each code model's stored codes use their bits (collapsed codes make
+            // Hamming search mostly ties).
+            let mut health = std::collections::BTreeMap::new();
+            for (m, _) in &info.models {
+                if let medret_store::ModelKind::Codes { bits } = m.kind {
+                    let codes: Vec<Vec<u64>> = opened
+                        .vectors(&m.name)?
+                        .iter()
+                        .map(|(_, v)| medret_eval::codes::pack_bytes(v))
+                        .collect();
+                    health.insert(m.name.clone(), medret_eval::code_health(&codes, bits));
+                }
+            }
             if *json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                let mut v = serde_json::to_value(&info)?;
+                v["code_health"] = serde_json::to_value(&health)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
                     "{}: schema {}, {} cases, {:.1} MB on disk",
@@ -250,6 +266,13 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
                         n,
                         serde_json::to_string(&m.kind)?
                     );
+                    if let Some(h) = health.get(&m.name) {
+                        println!(
+                            "    codes: {}{}",
+                            h.summary(),
+                            if h.is_healthy() { "" } else { " (collapsed)" }
+                        );
+                    }
                 }
             }
             Ok(())

@@ -11,6 +11,7 @@ mod index;
 mod load;
 mod metric;
 mod model;
+mod preset;
 mod pretrain;
 mod progress;
 mod serve;
@@ -235,7 +236,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     medret_models::alloc::keep_freed_memory();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(preset::expand(std::env::args_os().collect()));
     init_logging(cli.verbose);
     if let Some(t) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()

@@ -61,6 +61,11 @@ pub struct MetricArgs {
     val_fraction: f64,
     #[arg(long)]
     no_augment: bool,
+    /// `cpu`: the recipe for a 2-core CPU and a few hundred labelled images
+    /// (densenet-tiny, 96 px, 12 epochs, batch 20, lr 1e-3); any flag given explicitly
+    /// overrides it. Without it, the paper's settings.
+    #[arg(long, value_enum)]
+    preset: Option<crate::train::PresetArg>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -75,6 +80,7 @@ const METRIC_DEFAULTS: Defaults = Defaults {
 pub fn run(a: &MetricArgs) -> Result<()> {
     let ds = a.data.open()?;
     let mut s = MetricSettings::new(a.arch, a.size, a.attention, a.loss);
+    s.preset = a.preset.map(|p| p.name().to_string());
     s.net.dim = a.dim;
     s.margin = a.margin;
     s.gamma = a.scale;

@@ -33,6 +33,22 @@ pub enum TrainCommand {
     Metric(crate::metric::MetricArgs),
 }
 
+/// `--preset` of `train hash` and `train metric` (expanded into flags before parsing:
+/// crate::preset).
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PresetArg {
+    /// A 2-core CPU and a few hundred labelled images, within 30 minutes.
+    Cpu,
+}
+
+impl PresetArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            PresetArg::Cpu => "cpu",
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum OptimizerArg {
     Adamw,

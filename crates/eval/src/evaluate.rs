@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::codes::cosine;
 use crate::metrics::*;
-use crate::ranking::{Ranked, rank_hamming, rank_similarity};
+use crate::ranking::{Ranked, rank_hamming, rank_hamming_refined, rank_similarity};
 use crate::relevance::{Relevance, Truth};
 
 /// The k values reported for mAP, P and R (and NDCG).
@@ -184,6 +184,57 @@ pub fn evaluate_hamming(
         ),
         Some(bits),
     )
+}
+
+/// Evaluates two-stage Hamming retrieval ([`rank_hamming_refined`]): Hamming distance,
+/// then within a tie the distance between the relaxed codes `query_raw[i]` and
+/// `database_raw[j]`. Radius figures (P@H<=2, the PR curve) and the expected mAP over
+/// ties are those of the codes alone.
+pub fn evaluate_hamming_refined(
+    queries: &HammingSet,
+    query_raw: &[Vec<f32>],
+    database: &HammingSet,
+    database_raw: &[Vec<f32>],
+    rule: Relevance,
+    exclude_self: bool,
+) -> Report {
+    assert_eq!(
+        queries.bits, database.bits,
+        "queries and database of different code lengths"
+    );
+    assert_eq!(
+        queries.codes.len(),
+        query_raw.len(),
+        "one relaxed code a query"
+    );
+    assert_eq!(
+        database.codes.len(),
+        database_raw.len(),
+        "one relaxed code a case"
+    );
+    let bits = database.bits as u32;
+    let per: Vec<PerQuery> = (0..queries.codes.len())
+        .into_par_iter()
+        .map(|i| {
+            let ranked = rank_hamming_refined(
+                &queries.codes[i],
+                database.codes,
+                &query_raw[i],
+                database_raw,
+                exclude_self.then_some(i),
+            );
+            per_query(&ranked, &queries.truth[i], database.truth, rule, Some(bits))
+        })
+        .collect();
+    let mut protocol = protocol(
+        queries.codes.len(),
+        database.codes.len(),
+        rule,
+        "hamming",
+        exclude_self,
+    );
+    protocol.tie_rule = "ascending Hamming distance, then ascending squared Euclidean distance between the relaxed codes, then ascending database index".into();
+    aggregate(&per, protocol, Some(bits))
 }
 
 /// Evaluates cosine-similarity retrieval over float descriptors.

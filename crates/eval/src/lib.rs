@@ -9,6 +9,7 @@
 pub mod ablation;
 pub mod baseline;
 pub mod classification;
+pub mod code_health;
 pub mod codes;
 pub mod evaluate;
 pub mod html;
@@ -18,5 +19,8 @@ pub mod ranking;
 pub mod relevance;
 pub mod report;
 
-pub use evaluate::{HammingSet, Protocol, Report, evaluate_cosine, evaluate_hamming};
+pub use code_health::{CodeHealth, code_health};
+pub use evaluate::{
+    HammingSet, Protocol, Report, evaluate_cosine, evaluate_hamming, evaluate_hamming_refined,
+};
 pub use relevance::{Relevance, Truth};

@@ -1,5 +1,10 @@
 //! Ranking a database for one query, with the documented tie rule: ascending distance,
 //! ties broken by ascending database index, so results are reproducible.
+//!
+//! Hash codes of a few dozen bits tie a lot (whole classes can share a code), and an
+//! order by index within a tie is arbitrary. [`rank_hamming_refined`] is the two-stage
+//! rule: Hamming distance first, then, within equal distances, the squared Euclidean
+//! distance between the relaxed codes (the hash layer's continuous outputs), then index.
 
 use crate::codes::hamming;
 
@@ -49,6 +54,41 @@ pub fn rank_hamming(query: &[u64], database: &[Vec<u64>], skip: Option<usize>) -
     out
 }
 
+/// Squared Euclidean distance between two relaxed codes.
+pub fn squared_l2(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// Two-stage ranking: ascending Hamming distance between packed codes, ties broken by
+/// ascending [`squared_l2`] between the relaxed codes `query_raw` and `database_raw[i]`,
+/// then by index. `distance` stays the Hamming distance, so radius figures are those of
+/// the codes alone.
+pub fn rank_hamming_refined(
+    query: &[u64],
+    database: &[Vec<u64>],
+    query_raw: &[f32],
+    database_raw: &[Vec<f32>],
+    skip: Option<usize>,
+) -> Vec<Ranked> {
+    debug_assert_eq!(database.len(), database_raw.len());
+    let mut keyed: Vec<(u32, f32, usize)> = database
+        .iter()
+        .zip(database_raw)
+        .enumerate()
+        .filter(|&(i, _)| Some(i) != skip)
+        .map(|(i, (c, r))| (hamming(query, c), squared_l2(query_raw, r), i))
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+    keyed
+        .into_iter()
+        .map(|(d, _, i)| Ranked {
+            index: i,
+            distance: d as f64,
+        })
+        .collect()
+}
+
 /// Ranks by similarity (higher first, e.g. cosine); ties by index. `distance` = `1 - s`.
 pub fn rank_similarity(similarities: &[f32], skip: Option<usize>) -> Vec<Ranked> {
     let mut idx: Vec<usize> = (0..similarities.len())
@@ -61,4 +101,57 @@ pub fn rank_similarity(similarities: &[f32], skip: Option<usize>) -> Vec<Ranked>
             distance: 1.0 - similarities[i] as f64,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::pack_bits;
+
+    fn code(bits: &[u8]) -> Vec<u64> {
+        pack_bits(&bits.iter().map(|&b| b == 1).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn refined_ranking_orders_ties_by_the_relaxed_codes() {
+        // Database 0, 1 and 3 share the query's code; 2 is one bit away. By index the tie
+        // would read 0, 1, 3; by relaxed distance to the query (0.9, -0.8) it is 3
+        // (0.0002), 1 (0.25), 0 (1.22).
+        let q = code(&[1, 0]);
+        let db = vec![code(&[1, 0]), code(&[1, 0]), code(&[1, 1]), code(&[1, 0])];
+        let raw = vec![
+            vec![0.1, -0.1],
+            vec![0.4, -0.8],
+            vec![0.9, 0.1],
+            vec![0.91, -0.79],
+        ];
+        let r = rank_hamming_refined(&q, &db, &[0.9, -0.8], &raw, None);
+        let order: Vec<usize> = r.iter().map(|x| x.index).collect();
+        assert_eq!(order, vec![3, 1, 0, 2]);
+        assert_eq!(r[3].distance, 1.0, "distances stay Hamming distances");
+        assert_eq!(
+            rank_hamming(&q, &db, None)
+                .iter()
+                .map(|x| x.index)
+                .collect::<Vec<_>>(),
+            vec![0, 1, 3, 2]
+        );
+        // Skipping and equal relaxed codes fall back to the index.
+        let same = vec![vec![0.5, -0.5]; 4];
+        let r = rank_hamming_refined(&q, &db, &[0.9, -0.8], &same, Some(1));
+        assert_eq!(r.iter().map(|x| x.index).collect::<Vec<_>>(), vec![0, 3, 2]);
+    }
+
+    #[test]
+    fn refined_ranking_never_reorders_across_hamming_distances() {
+        // Whatever the relaxed codes, a case at a smaller Hamming distance comes first.
+        let q = code(&[0, 0, 0]);
+        let db: Vec<Vec<u64>> = (0..8u8)
+            .map(|i| code(&[i & 1, (i >> 1) & 1, (i >> 2) & 1]))
+            .collect();
+        let raw: Vec<Vec<f32>> = (0..8).map(|i| vec![i as f32 * -3.0; 3]).collect();
+        let r = rank_hamming_refined(&q, &db, &[0.0; 3], &raw, None);
+        assert!(r.windows(2).all(|w| w[0].distance <= w[1].distance));
+        assert_eq!(r.len(), 8);
+    }
 }

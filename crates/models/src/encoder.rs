@@ -280,6 +280,23 @@ impl Encoder {
         binary: bool,
         progress: &dyn Fn(usize),
     ) -> Result<Vec<Vec<u8>>, EncodeError> {
+        Ok(self
+            .encode_records_full(records, batch, progress)?
+            .into_iter()
+            .map(|e| match e.code {
+                Some(code) if binary => code,
+                _ => e.vector,
+            })
+            .collect())
+    }
+
+    /// Every output of each record, the relaxed code or descriptor (`raw`) included.
+    pub fn encode_records_full(
+        &self,
+        records: &[Record],
+        batch: usize,
+        progress: &dyn Fn(usize),
+    ) -> Result<Vec<Encoded>, EncodeError> {
         use rayon::prelude::*;
         let mut out = Vec::with_capacity(records.len());
         for chunk in records.chunks(batch.max(1)) {
@@ -287,14 +304,7 @@ impl Encoder {
                 .par_iter()
                 .map(|r| medret_data::decode::load_image(&r.source))
                 .collect::<Result<Vec<_>, _>>()?;
-            out.extend(
-                self.encode_images(images, false)
-                    .into_iter()
-                    .map(|e| match e.code {
-                        Some(code) if binary => code,
-                        _ => e.vector,
-                    }),
-            );
+            out.extend(self.encode_images(images, false));
             progress(out.len());
         }
         Ok(out)

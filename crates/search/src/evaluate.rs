@@ -9,9 +9,9 @@ use std::time::Instant;
 use medret_data::{Record, Split};
 use medret_eval::codes::{cosine, pack_bytes};
 use medret_eval::html::{GalleryRow, Page, Thumb};
-use medret_eval::ranking::{Ranked, rank_hamming, rank_similarity};
+use medret_eval::ranking::{Ranked, rank_hamming, rank_hamming_refined, rank_similarity};
 use medret_eval::report::{Sampling, Scores, score};
-use medret_eval::{Relevance, Truth};
+use medret_eval::{CodeHealth, Relevance, Truth, code_health};
 use medret_models::encoder::Encoder;
 use medret_models::model_card::{Method, Output};
 use serde::Serialize;
@@ -51,6 +51,10 @@ pub struct EvalReport {
     /// Each metric's value per query, in query order: what paired comparisons between
     /// models (`medret ablate`) resample.
     pub per_query: std::collections::BTreeMap<String, Vec<f64>>,
+    /// Codes only: how the database's codes use their bits.
+    pub code_health: Option<CodeHealth>,
+    /// Codes only: the metrics with Hamming ranking alone, ties by database index.
+    pub hamming_only_metrics: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 fn split_name(s: Split) -> &'static str {
@@ -86,16 +90,24 @@ fn rule_of(encoder: &Encoder) -> Relevance {
 }
 
 enum Vectors {
-    Codes(Vec<Vec<u64>>),
+    /// Packed codes and the relaxed codes they came from.
+    Codes(Vec<Vec<u64>>, Vec<Vec<f32>>),
     Floats(Vec<Vec<f32>>),
 }
 
-fn rank_all(q: &Vectors, d: &Vectors) -> Vec<Vec<Ranked>> {
+/// Every query's ranking. Codes rank by Hamming distance with ties broken by the relaxed
+/// codes (the archive's two-stage rule), or, with `hamming_only`, ties by index.
+fn rank_all(q: &Vectors, d: &Vectors, hamming_only: bool) -> Vec<Vec<Ranked>> {
     use rayon::prelude::*;
     match (q, d) {
-        (Vectors::Codes(q), Vectors::Codes(d)) => {
+        (Vectors::Codes(q, _), Vectors::Codes(d, _)) if hamming_only => {
             q.par_iter().map(|c| rank_hamming(c, d, None)).collect()
         }
+        (Vectors::Codes(q, qr), Vectors::Codes(d, dr)) => q
+            .par_iter()
+            .zip(qr)
+            .map(|(c, r)| rank_hamming_refined(c, d, r, dr, None))
+            .collect(),
         (Vectors::Floats(q), Vectors::Floats(d)) => q
             .par_iter()
             .map(|v| {
@@ -268,16 +280,20 @@ pub fn evaluate(
     };
     progress("encoding the database");
     let t = Instant::now();
-    let dv = encoder.encode_records(&database, opts.batch, &|_| {})?;
+    let dv = encoder.encode_records_full(&database, opts.batch, &|_| {})?;
     let encode_s = t.elapsed().as_secs_f64();
     progress("encoding the queries");
-    let qv = encoder.encode_records(&queries, opts.batch, &|_| {})?;
-    let as_vectors = |v: Vec<Vec<u8>>| match bits {
-        Some(_) => Vectors::Codes(v.iter().map(|c| pack_bytes(c)).collect()),
+    let qv = encoder.encode_records_full(&queries, opts.batch, &|_| {})?;
+    let as_vectors = |v: Vec<medret_models::encoder::Encoded>| match bits {
+        Some(_) => Vectors::Codes(
+            v.iter().map(|e| pack_bytes(&e.vector)).collect(),
+            v.into_iter().map(|e| e.raw).collect(),
+        ),
         None => Vectors::Floats(
             v.iter()
-                .map(|b| {
-                    b.chunks_exact(4)
+                .map(|e| {
+                    e.vector
+                        .chunks_exact(4)
                         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                         .collect()
                 })
@@ -290,7 +306,7 @@ pub fn evaluate(
     let kmax = *opts.ks.iter().max().unwrap_or(&10);
     let mut lat = Vec::with_capacity(queries.len());
     match (&dvec, &qvec) {
-        (Vectors::Codes(d), Vectors::Codes(q)) => {
+        (Vectors::Codes(d, _), Vectors::Codes(q, _)) => {
             let mut index = medret_index::HammingIndex::new(bits.unwrap_or(64))
                 .map_err(|e| SearchError::Invalid(e.to_string()))?;
             for (i, c) in d.iter().enumerate() {
@@ -324,7 +340,12 @@ pub fn evaluate(
     lat.sort_by(f64::total_cmp);
 
     progress("scoring");
-    let lists = rank_all(&qvec, &dvec);
+    let mut notes = Vec::new();
+    let lists = rank_all(&qvec, &dvec, false);
+    let health = match &dvec {
+        Vectors::Codes(d, _) => Some(code_health(d, bits.unwrap_or(64))),
+        Vectors::Floats(_) => None,
+    };
     let class_names: Vec<String> = match rule {
         Relevance::SameGrade => (0..5).map(|g| format!("grade {g}")).collect(),
         _ => encoder.card.class_names.clone(),
@@ -340,8 +361,33 @@ pub fn evaluate(
         opts.sampling,
     );
 
+    // The same codes ranked by Hamming distance alone, ties by index: what the relaxed
+    // codes add to the ranking.
+    let hamming_only = match bits {
+        Some(_) => {
+            let plain = rank_all(&qvec, &dvec, true);
+            let (s, _) = score(
+                &plain,
+                &qt,
+                &dt,
+                rule,
+                &opts.ks,
+                bits,
+                &class_names,
+                opts.sampling,
+            );
+            Some(s.metrics)
+        }
+        None => None,
+    };
+    if let Some(h) = health.as_ref().filter(|h| !h.is_healthy()) {
+        notes.push(format!(
+            "the database's codes have collapsed ({}): Hamming ranking is mostly ties",
+            h.summary()
+        ));
+    }
+
     let mut base = std::collections::BTreeMap::new();
-    let mut notes = Vec::new();
     if opts.baselines {
         progress("baselines");
         let b = bits.unwrap_or(64);
@@ -404,7 +450,9 @@ pub fn evaluate(
         "database": format!("{} split, {} images ({} skipped)", split_name(opts.database_split), database.len(), d_skipped),
         "relevance": rule.describe(),
         "distance": if bits.is_some() { "Hamming" } else { "1 - cosine" },
-        "tie_rule": "ascending distance, then ascending database index",
+        "tie_rule": if bits.is_some() { "ascending Hamming distance, then ascending squared Euclidean distance between the relaxed codes (the hash layer's outputs), then ascending database index" } else { "ascending distance, then ascending database index" },
+        "code_health": health.as_ref().map(|h| h.summary()),
+        "hamming_only_ties_by_index": hamming_only.as_ref().map(|m| m.iter().filter(|(k, _)| k.starts_with("map@")).map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")),
         "ndcg_gain": match rule { Relevance::SameGrade => "max(0, 2 - |g_q - g_d|)", _ => "1 if relevant" },
         "ks": opts.ks,
         "intervals": format!("percentile bootstrap over queries, {} resamples, seed {}", opts.sampling.resamples, opts.sampling.seed),
@@ -430,6 +478,8 @@ pub fn evaluate(
             .map_err(|e| SearchError::Invalid(e.to_string()))?,
         notes,
         per_query,
+        code_health: health,
+        hamming_only_metrics: hamming_only,
     };
     Ok((report, gallery))
 }

@@ -26,8 +26,9 @@ use medret_data::loader::BatchLoader;
 use medret_data::transform::{Augment, Channels, Normalize, Pipeline, TransformConfig};
 use medret_data::{Dataset, Record};
 use medret_eval::classification::macro_auc;
+use medret_eval::code_health::code_health;
 use medret_eval::codes::pack_signs;
-use medret_eval::evaluate::{HammingSet, evaluate_hamming};
+use medret_eval::evaluate::{HammingSet, evaluate_hamming, evaluate_hamming_refined};
 use medret_eval::relevance::{Relevance, Truth};
 use medret_models::cxr_hash::{FusionHashConfig, FusionHashNet, Pass};
 use medret_models::weights::{load_module, save_module};
@@ -39,7 +40,8 @@ use crate::engine::{Metrics, Task};
 use crate::error::{Result, TrainError};
 use crate::fingerprint::dataset_fingerprint;
 use crate::loss::hash::{
-    bit_balance_loss, csq_centres, csq_loss, csq_targets, dpsh_loss, quantization_loss,
+    bit_balance_loss, csq_centres, csq_loss, csq_targets, decorrelation_loss, dpsh_loss,
+    quantization_loss,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +81,14 @@ pub struct HashSettings {
     pub alpha: f64,
     /// Weight of the bit-balance loss (0 turns it off).
     pub beta: f64,
+    /// Weight of the bit-decorrelation loss (0 turns it off; models trained before it
+    /// existed read as 0).
+    #[serde(default)]
+    pub decorrelation: f64,
+    /// The `--preset` the run was started with (`cpu`), if any; the values it set are
+    /// the other fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     pub schedule: HashSchedule,
     pub init: Option<InitWeights>,
     /// Fraction of the labelled training patients kept (seeded), to study scarce labels.
@@ -119,6 +129,10 @@ impl std::str::FromStr for HashLoss {
 fn one() -> f64 {
     1.0
 }
+
+/// The bit-decorrelation weight of new models (docs/cxr-method.md, "Codes that use their
+/// bits": chosen on the validation part of the training split).
+pub const DEFAULT_DECORRELATION: f64 = 1.0;
 
 impl HashSettings {
     /// Defaults for `dataset`: classes from its labels, RGB input with ImageNet
@@ -164,10 +178,12 @@ impl HashSettings {
             val_fraction: 0.15,
             alpha: 0.1,
             beta: 0.1,
+            decorrelation: DEFAULT_DECORRELATION,
             // Chosen on the validation split of chest phantoms (docs/cxr-method.md): at CPU
             // budgets the staged schedule freezes a global network that has not yet learned.
             schedule: HashSchedule::Joint,
             init: None,
+            preset: None,
             label_fraction: 1.0,
             loss: HashLoss::Classify,
         })
@@ -385,18 +401,31 @@ impl HashTask {
         Ok((h, logits, global))
     }
 
-    /// Leave-one-out mAP@100 of `records`' codes among themselves (shared-label relevance).
-    pub fn self_map(&self, h: &[f32], records: &[Record]) -> f64 {
+    /// Leave-one-out mAP@100 of `records`' codes among themselves (shared-label
+    /// relevance), ranked the way the archive ranks (Hamming, ties by the relaxed codes),
+    /// and by Hamming distance alone (ties by index).
+    pub fn self_map(&self, h: &[f32], records: &[Record]) -> (f64, f64) {
         let k = self.settings.net.bits;
         let codes: Vec<Vec<u64>> = h.chunks(k).map(pack_signs).collect();
+        let raw: Vec<Vec<f32>> = h.chunks(k).map(<[f32]>::to_vec).collect();
         let truth: Vec<Truth> = records.iter().map(|r| self.truth(r)).collect();
         let set = HammingSet {
             codes: &codes,
             truth: &truth,
             bits: k,
         };
-        let report = evaluate_hamming(&set, &set, Relevance::SharesLabel, true);
-        report.map.get("100").copied().unwrap_or(f64::NAN)
+        let at100 = |r: medret_eval::Report| r.map.get("100").copied().unwrap_or(f64::NAN);
+        (
+            at100(evaluate_hamming_refined(
+                &set,
+                &raw,
+                &set,
+                &raw,
+                Relevance::SharesLabel,
+                true,
+            )),
+            at100(evaluate_hamming(&set, &set, Relevance::SharesLabel, true)),
+        )
     }
 
     fn auc(&self, logits: &[f32], records: &[Record]) -> Option<f64> {
@@ -530,7 +559,10 @@ impl Task for HashTask {
             loss = loss + quantization_loss(h.clone()).mul_scalar(s.alpha);
         }
         if s.beta > 0.0 {
-            loss = loss + bit_balance_loss(h).mul_scalar(s.beta);
+            loss = loss + bit_balance_loss(h.clone()).mul_scalar(s.beta);
+        }
+        if s.decorrelation > 0.0 {
+            loss = loss + decorrelation_loss(h).mul_scalar(s.decorrelation);
         }
         if !staged {
             loss = loss + self.cls_loss(out.global_logits, batch, device);
@@ -560,7 +592,19 @@ impl Task for HashTask {
             m.insert("map".into(), f64::NAN);
             return Ok(m);
         }
-        m.insert("map".into(), self.self_map(&h, &self.val));
+        let (refined, hamming_only) = self.self_map(&h, &self.val);
+        m.insert("map".into(), refined);
+        m.insert("map_hamming_only".into(), hamming_only);
+        let k = self.settings.net.bits;
+        let codes: Vec<Vec<u64>> = h.chunks(k).map(pack_signs).collect();
+        let health = code_health(&codes, k);
+        m.insert(
+            "distinct_codes".into(),
+            health.distinct as f64 / health.codes.max(1) as f64,
+        );
+        m.insert("skewed_bits".into(), health.skewed_bits as f64);
+        m.insert("mean_hamming".into(), health.mean_pairwise_hamming);
+        m.insert("bit_entropy".into(), health.mean_bit_entropy);
         if let Some(a) = self.auc(&logits, &self.val) {
             m.insert("auc".into(), a);
         }
@@ -621,6 +665,26 @@ pub fn retrieval_report(
         rule,
         false,
     );
+    let hamming_only = report;
+    let raw = |h: &[f32]| -> Vec<Vec<f32>> { h.chunks(k).map(<[f32]>::to_vec).collect() };
+    let report = evaluate_hamming_refined(
+        &HammingSet {
+            codes: &qc,
+            truth: &qt,
+            bits: k,
+        },
+        &raw(&hq),
+        &HammingSet {
+            codes: &dc,
+            truth: &dt,
+            bits: k,
+        },
+        &raw(&hd),
+        rule,
+        false,
+    );
+    let health = code_health(&dc, k);
+    tracing::info!(database = %health.summary(), "code health");
     let levels = medret_eval::baseline::levels(&qt, &dt, rule);
     let strict = evaluate_hamming(
         &HammingSet {
@@ -641,8 +705,14 @@ pub fn retrieval_report(
         "database": database.len(),
         "bits": k,
         "relevance": rule.describe(),
+        "ranking": "Hamming distance, ties by the relaxed codes' squared Euclidean distance",
         "map@100": report.map.get("100"),
         "map@all": report.map.get("all"),
+        "map@100_hamming_only": hamming_only.map.get("100"),
+        "code_health": {
+            "database": health,
+            "queries": code_health(&qc, k),
+        },
         "p@10": report.precision.get("10"),
         "p@h<=2": report.precision_hamming_radius_2,
         "chance_precision": levels.chance_precision,

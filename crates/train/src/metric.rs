@@ -69,6 +69,10 @@ pub struct MetricSettings {
     pub transform: TransformConfig,
     pub val_fraction: f64,
     pub init: Option<InitWeights>,
+    /// The `--preset` the run was started with (`cpu`), if any; the values it set are
+    /// the other fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
 }
 
 impl MetricSettings {
@@ -98,6 +102,7 @@ impl MetricSettings {
             },
             val_fraction: 0.15,
             init: None,
+            preset: None,
         }
     }
 

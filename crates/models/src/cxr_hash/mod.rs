@@ -83,6 +83,10 @@ pub struct FusionHashConfig {
     pub branches: Branches,
     pub saliency: SaliencyKind,
     pub crop: CropConfig,
+    /// Batch-normalise the hash layer's pre-activations ([`hash_head`]); models trained
+    /// before it existed read as false and keep their head.
+    #[serde(default)]
+    pub hash_norm: bool,
 }
 
 impl FusionHashConfig {
@@ -99,6 +103,7 @@ impl FusionHashConfig {
             branches: Branches::Fusion,
             saliency: SaliencyKind::GradCam,
             crop: CropConfig::default(),
+            hash_norm: true,
         }
     }
 
@@ -154,6 +159,7 @@ impl FusionHashConfig {
                 fc_dim: self.fc_dim,
                 bits: self.bits,
                 classes: self.classes,
+                norm: self.hash_norm,
             }
             .init(device),
         }

@@ -5,7 +5,16 @@
 //! - bit balance `mean_k (mean_n h_k)^2`: each bit +1 on half the images, so every bit
 //!   carries information.
 //!
-//! The total is `L_cls + alpha * L_q + beta * L_b` (the task adds the classification term).
+//! - bit decorrelation `sum_{a != b} ((H^T H / N)_ab)^2 / (K (K - 1))`: the mean squared
+//!   off-diagonal second moment of the bits over the batch. Quantization and balance
+//!   alone let whole classes share one code (a classifier after the hash layer is
+//!   satisfied by one corner per class, and every bit can still be +1 on half the batch);
+//!   bits that must also be uncorrelated cannot all follow the class, so codes spread
+//!   within a class (the orthogonality term of SDH, Erin Liong et al., CVPR 2015, and of
+//!   many later deep-hashing losses).
+//!
+//! The total is `L_cls + alpha * L_q + beta * L_b + delta * L_d` (`delta`: `--decorrelation`) (the task adds the
+//! classification term).
 //!
 //! Two deep-hashing losses that DeepHash-pytorch users know replace `L_cls` on the same
 //! head (`medret train hash --loss dpsh|csq`):
@@ -31,6 +40,23 @@ pub fn quantization_loss(h: Tensor<2>) -> Tensor<1> {
 
 pub fn bit_balance_loss(h: Tensor<2>) -> Tensor<1> {
     h.mean_dim(0).powf_scalar(2.0).mean()
+}
+
+pub fn decorrelation_loss(h: Tensor<2>) -> Tensor<1> {
+    let [n, k] = h.dims();
+    if k < 2 {
+        return h.sum().mul_scalar(0.0);
+    }
+    let device = h.device();
+    let second = h.clone().transpose().matmul(h).div_scalar(n.max(1) as f64);
+    let off: Vec<f32> = (0..k * k)
+        .map(|i| if i / k == i % k { 0.0 } else { 1.0 })
+        .collect();
+    let off = Tensor::<2>::from_data(TensorData::new(off, [k, k]), &device);
+    (second * off)
+        .powf_scalar(2.0)
+        .sum()
+        .div_scalar((k * (k - 1)) as f64)
 }
 
 /// DPSH's pairwise negative log-likelihood. `sim` is `[N, N]` with 1 for pairs that share
@@ -137,6 +163,22 @@ mod tests {
         let b = t(&[1.0, -1.0, -1.0, 1.0], [2, 2]);
         assert_eq!(scalar(quantization_loss(b.clone())), 0.0);
         assert_eq!(scalar(bit_balance_loss(b)), 0.0);
+    }
+
+    #[test]
+    fn decorrelation_hand_computed() {
+        // h = [[1, 1, -1], [1, -1, 1]] (N = 2, K = 3): H^T H / 2 off-diagonal entries
+        // (0,1) = 0, (0,2) = 0, (1,2) = (-1 - 1) / 2 = -1. Sum of squares over both
+        // triangles 2, over K (K - 1) = 6.
+        let h = t(&[1.0, 1.0, -1.0, 1.0, -1.0, 1.0], [2, 3]);
+        assert!((scalar(decorrelation_loss(h)) - 2.0 / 6.0).abs() < 1e-6);
+        // Orthogonal bit columns (a Hadamard pattern) cost nothing; identical ones the most.
+        let ortho = t(&[1.0, 1.0, 1.0, -1.0, -1.0, 1.0, -1.0, -1.0], [4, 2]);
+        assert_eq!(scalar(decorrelation_loss(ortho)), 0.0);
+        let copy = t(&[1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0], [4, 2]);
+        assert!((scalar(decorrelation_loss(copy)) - 1.0).abs() < 1e-6);
+        // One bit: nothing to decorrelate.
+        assert_eq!(scalar(decorrelation_loss(t(&[0.3, -0.2], [2, 1]))), 0.0);
     }
 
     #[test]
