@@ -236,17 +236,7 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
             let info = opened.info()?;
             // How each code model's stored codes use their bits (collapsed codes make
             // Hamming search mostly ties).
-            let mut health = std::collections::BTreeMap::new();
-            for (m, _) in &info.models {
-                if let medret_store::ModelKind::Codes { bits } = m.kind {
-                    let codes: Vec<Vec<u64>> = opened
-                        .vectors(&m.name)?
-                        .iter()
-                        .map(|(_, v)| medret_eval::codes::pack_bytes(v))
-                        .collect();
-                    health.insert(m.name.clone(), medret_eval::code_health(&codes, bits));
-                }
-            }
+            let health = medret_search::health::stored_code_health(opened.as_mut(), &info)?;
             if *json {
                 let mut v = serde_json::to_value(&info)?;
                 v["code_health"] = serde_json::to_value(&health)?;
@@ -325,7 +315,7 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
                 serde_json::json!({
                     "results": res.hits,
                     "query": {
-                        "code": hex(&res.vector),
+                        "code": hex(model.kind.code_part(&res.vector).unwrap_or(&res.vector)),
                         "crop_box": crop,
                         "probabilities": encoder.card.class_names.iter().zip(&res.query.probabilities).map(|(c, p)| (c.clone(), *p)).collect::<std::collections::BTreeMap<_, _>>(),
                     },
@@ -363,7 +353,10 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
                     a.model
                 );
             }
-            parse_hex_code(h, bytes).map_err(|e| anyhow::anyhow!("--code: {e}"))?
+            // The code alone: an archive that also stores relaxed outputs ranks its ties
+            // by the code's signs.
+            parse_hex_code(h, model.kind.code_bytes().unwrap_or(bytes))
+                .map_err(|e| anyhow::anyhow!("--code: {e}"))?
         }
         (_, Some(f)) => {
             let (_, v) = read_f32_matrix(f)?;

@@ -103,12 +103,14 @@ pub fn grow(a: &GrowArgs) -> Result<()> {
             let (c, v) = &cases[serial % cases.len()];
             serial += 1;
             let v = match info.kind {
-                ModelKind::Codes { .. } => v
+                // Noise on the code's bits; relaxed outputs stored after it are kept.
+                ModelKind::Codes { bits, .. } => v
                     .iter()
-                    .map(|b| {
+                    .enumerate()
+                    .map(|(i, b)| {
                         let mut b = *b;
                         for bit in 0..8 {
-                            if rng.random_bool(a.noise) {
+                            if i < bits / 8 && rng.random_bool(a.noise) {
                                 b ^= 1 << bit;
                             }
                         }

@@ -7,36 +7,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{ok, s};
+use common::{ok, s, synth, train_hash_epochs};
 
-/// The helper's tiny model (densenet-tiny, 32 px, 16 bits), trained for 12 epochs: two
+/// The common tiny model (densenet-tiny, 32 px, 16 bits) trained for 12 epochs: two
 /// epochs leave the hash layer's running statistics and the validation choice too early
 /// to say anything about codes.
 fn train(data: &Path, out: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "train",
-        "hash",
-        "--data",
-        s(data),
-        "--arch",
-        "densenet-tiny",
-        "--size",
-        "32",
-        "--bits",
-        "16",
-        "--epochs",
-        "12",
-        "--batch-size",
-        "16",
-        "--lr",
-        "0.003",
-        "--seed",
-        "2",
-        "--out",
-        s(out),
-    ];
-    args.extend_from_slice(extra);
-    ok(&args)
+    train_hash_epochs(data, out, "2", "12", extra)
 }
 
 fn json(path: &Path) -> serde_json::Value {
@@ -52,18 +29,7 @@ fn health(report: &serde_json::Value) -> medret_eval::CodeHealth {
 fn trained_codes_spread_and_every_report_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("cxr");
-    ok(&[
-        "synth",
-        "cxr",
-        "--n",
-        "160",
-        "--size",
-        "64",
-        "--seed",
-        "11",
-        "--out",
-        s(&data),
-    ]);
+    synth("cxr", &data, 160, 64, 11);
     let model = tmp.path().join("model");
     let out = train(&data, &model, &[]);
     let h = health(&json(&model.join("test_report.json")));

@@ -5,24 +5,13 @@
 
 mod common;
 
-use common::{fails, ok, s};
+use common::{fails, ok, s, synth};
 
 #[test]
 fn report_for_a_tiny_model_and_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("cxr");
-    ok(&[
-        "synth",
-        "cxr",
-        "--n",
-        "60",
-        "--size",
-        "64",
-        "--seed",
-        "4",
-        "--out",
-        s(&data),
-    ]);
+    synth("cxr", &data, 60, 64, 4);
     let model = tmp.path().join("model");
     ok(&[
         "train",

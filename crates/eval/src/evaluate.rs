@@ -153,13 +153,15 @@ fn protocol(nq: usize, nd: usize, rule: Relevance, distance: &str, exclude_self:
     }
 }
 
-/// Evaluates Hamming retrieval. With `exclude_self`, queries are the database itself and
-/// query `i` never sees database item `i`.
-pub fn evaluate_hamming(
+/// Scores every query's ranking by `rank` (query index -> ranked database) with the
+/// Hamming protocol; `tie_rule` replaces the default rule's description.
+fn hamming_report(
     queries: &HammingSet,
     database: &HammingSet,
     rule: Relevance,
     exclude_self: bool,
+    rank: &(dyn Fn(usize) -> Vec<Ranked> + Sync),
+    tie_rule: Option<&str>,
 ) -> Report {
     assert_eq!(
         queries.bits, database.bits,
@@ -169,21 +171,39 @@ pub fn evaluate_hamming(
     let per: Vec<PerQuery> = (0..queries.codes.len())
         .into_par_iter()
         .map(|i| {
-            let ranked = rank_hamming(&queries.codes[i], database.codes, exclude_self.then_some(i));
-            per_query(&ranked, &queries.truth[i], database.truth, rule, Some(bits))
+            per_query(
+                &rank(i),
+                &queries.truth[i],
+                database.truth,
+                rule,
+                Some(bits),
+            )
         })
         .collect();
-    aggregate(
-        &per,
-        protocol(
-            queries.codes.len(),
-            database.codes.len(),
-            rule,
-            "hamming",
-            exclude_self,
-        ),
-        Some(bits),
-    )
+    let mut protocol = protocol(
+        queries.codes.len(),
+        database.codes.len(),
+        rule,
+        "hamming",
+        exclude_self,
+    );
+    if let Some(t) = tie_rule {
+        protocol.tie_rule = t.into();
+    }
+    aggregate(&per, protocol, Some(bits))
+}
+
+/// Evaluates Hamming retrieval. With `exclude_self`, queries are the database itself and
+/// query `i` never sees database item `i`.
+pub fn evaluate_hamming(
+    queries: &HammingSet,
+    database: &HammingSet,
+    rule: Relevance,
+    exclude_self: bool,
+) -> Report {
+    let rank =
+        |i: usize| rank_hamming(&queries.codes[i], database.codes, exclude_self.then_some(i));
+    hamming_report(queries, database, rule, exclude_self, &rank, None)
 }
 
 /// Evaluates two-stage Hamming retrieval ([`rank_hamming_refined`]): Hamming distance,
@@ -199,10 +219,6 @@ pub fn evaluate_hamming_refined(
     exclude_self: bool,
 ) -> Report {
     assert_eq!(
-        queries.bits, database.bits,
-        "queries and database of different code lengths"
-    );
-    assert_eq!(
         queries.codes.len(),
         query_raw.len(),
         "one relaxed code a query"
@@ -212,30 +228,27 @@ pub fn evaluate_hamming_refined(
         database_raw.len(),
         "one relaxed code a case"
     );
-    let bits = database.bits as u32;
-    let per: Vec<PerQuery> = (0..queries.codes.len())
-        .into_par_iter()
-        .map(|i| {
-            let ranked = rank_hamming_refined(
-                &queries.codes[i],
-                database.codes,
-                &query_raw[i],
-                database_raw,
-                exclude_self.then_some(i),
-            );
-            per_query(&ranked, &queries.truth[i], database.truth, rule, Some(bits))
-        })
-        .collect();
-    let mut protocol = protocol(
-        queries.codes.len(),
-        database.codes.len(),
+    let rank = |i: usize| {
+        rank_hamming_refined(
+            &queries.codes[i],
+            database.codes,
+            &query_raw[i],
+            database_raw,
+            exclude_self.then_some(i),
+        )
+    };
+    hamming_report(
+        queries,
+        database,
         rule,
-        "hamming",
         exclude_self,
-    );
-    protocol.tie_rule = "ascending Hamming distance, then ascending squared Euclidean distance between the relaxed codes, then ascending database index".into();
-    aggregate(&per, protocol, Some(bits))
+        &rank,
+        Some(REFINED_TIE_RULE),
+    )
 }
+
+/// The two-stage tie rule, as reports state it.
+pub const REFINED_TIE_RULE: &str = "ascending Hamming distance, then ascending squared Euclidean distance between the relaxed codes (the hash layer's outputs), then ascending database index";
 
 /// Evaluates cosine-similarity retrieval over float descriptors.
 pub fn evaluate_cosine(

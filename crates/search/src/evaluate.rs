@@ -350,33 +350,26 @@ pub fn evaluate(
         Relevance::SameGrade => (0..5).map(|g| format!("grade {g}")).collect(),
         _ => encoder.card.class_names.clone(),
     };
-    let (scores, per_query) = score(
-        &lists,
-        &qt,
-        &dt,
-        rule,
-        &opts.ks,
-        bits,
-        &class_names,
-        opts.sampling,
-    );
+    let score_lists = |lists: &[Vec<Ranked>], bits: Option<usize>| {
+        score(
+            lists,
+            &qt,
+            &dt,
+            rule,
+            &opts.ks,
+            bits,
+            &class_names,
+            opts.sampling,
+        )
+    };
+    let (scores, per_query) = score_lists(&lists, bits);
 
     // The same codes ranked by Hamming distance alone, ties by index: what the relaxed
     // codes add to the ranking.
     let hamming_only = match bits {
         Some(_) => {
             let plain = rank_all(&qvec, &dvec, true);
-            let (s, _) = score(
-                &plain,
-                &qt,
-                &dt,
-                rule,
-                &opts.ks,
-                bits,
-                &class_names,
-                opts.sampling,
-            );
-            Some(s.metrics)
+            Some(score_lists(&plain, bits).0.metrics)
         }
         None => None,
     };
@@ -393,17 +386,7 @@ pub fn evaluate(
         let b = bits.unwrap_or(64);
         for (name, q, d) in baselines(encoder, &queries, &database, b, opts, device, &mut notes)? {
             let lists: Vec<Vec<Ranked>> = q.iter().map(|c| rank_hamming(c, &d, None)).collect();
-            let (s, _) = score(
-                &lists,
-                &qt,
-                &dt,
-                rule,
-                &opts.ks,
-                Some(b),
-                &class_names,
-                opts.sampling,
-            );
-            base.insert(name, s);
+            base.insert(name, score_lists(&lists, Some(b)).0);
         }
     }
 
@@ -450,7 +433,7 @@ pub fn evaluate(
         "database": format!("{} split, {} images ({} skipped)", split_name(opts.database_split), database.len(), d_skipped),
         "relevance": rule.describe(),
         "distance": if bits.is_some() { "Hamming" } else { "1 - cosine" },
-        "tie_rule": if bits.is_some() { "ascending Hamming distance, then ascending squared Euclidean distance between the relaxed codes (the hash layer's outputs), then ascending database index" } else { "ascending distance, then ascending database index" },
+        "tie_rule": if bits.is_some() { medret_eval::evaluate::REFINED_TIE_RULE } else { "ascending distance, then ascending database index" },
         "code_health": health.as_ref().map(|h| h.summary()),
         "hamming_only_ties_by_index": hamming_only.as_ref().map(|m| m.iter().filter(|(k, _)| k.starts_with("map@")).map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")),
         "ndcg_gain": match rule { Relevance::SameGrade => "max(0, 2 - |g_q - g_d|)", _ => "1 if relevant" },

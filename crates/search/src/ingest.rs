@@ -33,19 +33,33 @@ pub fn case_from_record(r: &Record) -> NewCase {
 /// binarised descriptors of a descriptor model trained with `binary_bits`.
 pub fn model_kind(encoder: &Encoder, binary: bool) -> Result<ModelKind> {
     Ok(match (encoder.card.output, binary) {
-        (Output::Codes { bits }, _) => ModelKind::Codes { bits },
-        (Output::Descriptors { .. }, true) => ModelKind::Codes {
-            bits: encoder.binary_bits().ok_or_else(|| {
+        (Output::Codes { bits }, _) => ModelKind::codes(bits),
+        (Output::Descriptors { .. }, true) => {
+            ModelKind::codes(encoder.binary_bits().ok_or_else(|| {
                 SearchError::Invalid(format!(
                     "{}: this model has no binary codes; train it with --binary-bits to index them",
                     encoder.dir.display()
                 ))
-            })?,
-        },
+            })?)
+        }
         (Output::Descriptors { dim }, false) => ModelKind::Descriptors {
             dim,
             metric: Metric::Cosine,
         },
+    })
+}
+
+/// The model kind of a new archive built with `encoder`: [`model_kind`], with a hash
+/// model's relaxed outputs stored beside each code for the second stage of ranking.
+pub fn archive_kind(encoder: &Encoder, binary: bool) -> Result<ModelKind> {
+    Ok(match model_kind(encoder, binary)? {
+        ModelKind::Codes { bits, .. } if matches!(encoder.card.output, Output::Codes { .. }) => {
+            ModelKind::Codes {
+                bits,
+                relaxed: true,
+            }
+        }
+        other => other,
     })
 }
 
@@ -70,8 +84,22 @@ pub fn ingest_with_model(
         ));
     }
     let binding = ModelBinding::new(&encoder.dir, &encoder.card);
-    let kind = model_kind(encoder, binary)?;
-    match store.model(name) {
+    let mut kind = archive_kind(encoder, binary)?;
+    let existing = store.model(name);
+    // An archive built before relaxed outputs were stored keeps its layout.
+    if let (
+        Ok(ModelInfo {
+            kind: old @ ModelKind::Codes { bits: b, .. },
+            ..
+        }),
+        ModelKind::Codes { bits, .. },
+    ) = (&existing, kind)
+        && !build
+        && *b == bits
+    {
+        kind = *old;
+    }
+    match existing {
         Ok(existing) if build => {
             return Err(SearchError::Model {
                 model: name.into(),
@@ -112,7 +140,11 @@ pub fn ingest_with_model(
         }
         Err(_) => {}
     }
-    let vectors = encoder.encode_records_as(records, batch, binary, progress)?;
+    let vectors: Vec<Vec<u8>> = encoder
+        .encode_records_full(records, batch, progress)?
+        .iter()
+        .map(|e| crate::query::stored_vector(kind, e))
+        .collect();
     let items: Vec<(NewCase, Vec<u8>)> =
         records.iter().map(case_from_record).zip(vectors).collect();
     if build {
@@ -166,7 +198,7 @@ pub fn items_from_files(
                     ),
                 ));
             }
-            (p, ModelKind::Codes { bits }, shape[0], shape[1], data)
+            (p, ModelKind::codes(bits), shape[0], shape[1], data)
         }
         VectorFile::Descriptors(p, metric) => {
             let (shape, data) = read_f32_matrix(p)?;

@@ -9,6 +9,7 @@
 //! - [`query`]: an image file (PNG, JPEG, DICOM) to ranked hits with case metadata, the
 //!   query encoded by exactly the model that built the archive;
 //! - [`explain`]: the query's saliency overlay with its crop box, and the results';
+//! - [`health`]: how each code model's stored codes use their bits;
 //! - [`evaluate`]: a model scored on a dataset's splits, with reference levels,
 //!   baselines, timings and a gallery, as `report.json` and `report.html`.
 
@@ -16,6 +17,7 @@ pub mod binding;
 pub mod error;
 pub mod evaluate;
 pub mod explain;
+pub mod health;
 pub mod ingest;
 pub mod open;
 pub mod query;

@@ -260,10 +260,17 @@ pub fn search_decoded<S: CaseStore>(
 }
 
 /// What an archive of `kind` stores for an encoded image: a descriptor model's archive
-/// may hold its binarised codes instead of the floats.
+/// may hold its binarised codes instead of the floats; a hash model's archive with
+/// relaxed outputs holds the code followed by the hash layer's outputs.
 pub fn stored_vector(kind: medret_store::ModelKind, e: &Encoded) -> Vec<u8> {
+    use medret_store::ModelKind;
     match (kind, &e.code) {
-        (medret_store::ModelKind::Codes { .. }, Some(code)) => code.clone(),
+        (ModelKind::Codes { relaxed: true, .. }, None) => {
+            let mut v = e.vector.clone();
+            v.extend(e.raw.iter().flat_map(|x| x.to_le_bytes()));
+            v
+        }
+        (ModelKind::Codes { .. }, Some(code)) => code.clone(),
         _ => e.vector.clone(),
     }
 }
@@ -332,8 +339,11 @@ fn raw_search<S: CaseStore>(
     opts: &QueryOptions,
     excluded: usize,
 ) -> Result<Vec<Found>> {
-    let want = archive.model().kind.vector_bytes();
-    if vector.len() != want {
+    let kind = archive.model().kind;
+    let want = kind.vector_bytes();
+    // A code model with relaxed outputs also takes the code alone (a hex query).
+    let code_alone = kind.code_bytes() == Some(vector.len());
+    if vector.len() != want && !code_alone {
         return Err(SearchError::Invalid(format!(
             "query vector has {} bytes; model `{}` stores {want}",
             vector.len(),

@@ -88,7 +88,10 @@ async fn models(State(state): S) -> Result<Json<Value>, ApiError> {
         .map(|s| {
             let cases = s.archive.lock().map(|a| a.len()).unwrap_or(0);
             let (kind, size) = match s.info.kind {
-                ModelKind::Codes { bits } => ("codes", json!({ "bits": bits })),
+                ModelKind::Codes { bits, relaxed } => (
+                    "codes",
+                    json!({ "bits": bits, "ties_by_relaxed_outputs": relaxed }),
+                ),
                 ModelKind::Descriptors { dim, .. } => ("descriptors", json!({ "dim": dim })),
             };
             let card = s.encoder.as_ref().map(|e| &e.card);
@@ -296,8 +299,7 @@ async fn search(State(state): S, form: Multipart) -> Result<Json<Value>, ApiErro
             })),
             "probabilities": encoder.card.class_names.iter().zip(&q.probabilities)
                 .map(|(c, p)| (c.clone(), *p)).collect::<BTreeMap<_, _>>(),
-            "code": matches!(slot.info.kind, ModelKind::Codes { .. })
-                .then(|| medret_search::query::hex(&res.vector)),
+            "code": slot.info.kind.code_part(&res.vector).map(medret_search::query::hex),
             "region": opts.region,
         });
         if opts.explain {

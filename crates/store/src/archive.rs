@@ -4,6 +4,14 @@
 //!
 //! Writes go to the store first. Only a committed ingest or delete touches the index, so
 //! the index never holds a case the store does not.
+//!
+//! Code models stored with their relaxed outputs (`ModelKind::Codes { relaxed: true }`)
+//! are searched in two stages: the Hamming index finds every case up to the k-th
+//! distance (all of that distance's ties, not just the first k), then cases at equal
+//! distance are ordered by the squared Euclidean distance between the query's and the
+//! case's relaxed outputs, then by id. Without relaxed outputs ties stay ordered by id.
+
+use std::collections::HashMap;
 
 use medret_eval::codes::pack_bytes;
 use medret_index::{FloatHit, FloatIndex, HammingIndex, Hit, HnswIndex, HnswParams};
@@ -20,7 +28,8 @@ pub struct Found {
 }
 
 enum Index {
-    Codes(HammingIndex),
+    /// The Hamming index, and each case's relaxed outputs when the model stores them.
+    Codes(HammingIndex, Option<HashMap<u64, Vec<f32>>>),
     Floats(FloatIndex),
     Graph(HnswIndex),
 }
@@ -157,7 +166,10 @@ fn load<S: CaseStore>(
     let err = index_err(&name);
     let vectors = store.vectors(&model.name)?;
     let mut index = match model.kind {
-        ModelKind::Codes { bits } => Index::Codes(HammingIndex::new(bits).map_err(&err)?),
+        ModelKind::Codes { bits, relaxed } => Index::Codes(
+            HammingIndex::new(bits).map_err(&err)?,
+            relaxed.then(HashMap::new),
+        ),
         ModelKind::Descriptors { dim, metric } => {
             let graph = match float {
                 FloatSearch::Exact => None,
@@ -187,7 +199,7 @@ fn load<S: CaseStore>(
 impl<S: CaseStore> Archive<S> {
     pub fn len(&self) -> usize {
         match &self.index {
-            Index::Codes(i) => i.len(),
+            Index::Codes(i, _) => i.len(),
             Index::Floats(i) => i.len(),
             Index::Graph(i) => i.len(),
         }
@@ -220,7 +232,12 @@ impl<S: CaseStore> Archive<S> {
         let deleted = self.store.delete(key)?;
         if deleted {
             match &mut self.index {
-                Index::Codes(i) => i.remove(case.id),
+                Index::Codes(i, relaxed) => {
+                    if let Some(r) = relaxed {
+                        r.remove(&case.id);
+                    }
+                    i.remove(case.id)
+                }
                 Index::Floats(i) => i.remove(case.id),
                 Index::Graph(i) => i.remove(case.id).map_err(index_err(&self.model.name))?,
             };
@@ -229,11 +246,29 @@ impl<S: CaseStore> Archive<S> {
         Ok(deleted)
     }
 
-    /// The `k` nearest to `query` (the model's stored byte layout), by (distance, id).
+    /// The `k` nearest to `query` (the model's stored byte layout; a code model with
+    /// relaxed outputs also takes the code alone, whose relaxed outputs are then its
+    /// signs), by (distance, id), or by (distance, relaxed distance, id) for codes with
+    /// relaxed outputs.
     pub fn search(&self, query: &[u8], k: usize) -> Result<Vec<Found>> {
         let err = index_err(&self.model.name);
         Ok(match &self.index {
-            Index::Codes(i) => found(i.search(&pack_bytes(query), k).map_err(&err)?),
+            Index::Codes(i, None) => found(i.search(&pack_bytes(query), k).map_err(&err)?),
+            Index::Codes(i, Some(relaxed)) => {
+                let (code, q) = self.split_query(query)?;
+                let first = i.search(&pack_bytes(code), k).map_err(&err)?;
+                // Every case as close as the k-th, so that the second stage sees the
+                // whole tie at the cut.
+                let all = match first.last() {
+                    Some(last) if first.len() == k => {
+                        i.radius(&pack_bytes(code), last.distance).map_err(&err)?
+                    }
+                    _ => first,
+                };
+                let mut ranked = refine(all, &q, relaxed);
+                ranked.truncate(k);
+                ranked
+            }
             Index::Floats(i) => found(i.search(&floats(query), k).map_err(&err)?),
             Index::Graph(i) => found(i.search(&floats(query), k).map_err(&err)?),
         })
@@ -242,15 +277,76 @@ impl<S: CaseStore> Archive<S> {
     /// Every case within Hamming distance `radius` (binary codes only).
     pub fn radius(&self, query: &[u8], radius: u32) -> Result<Vec<Found>> {
         match &self.index {
-            Index::Codes(i) => Ok(found(
+            Index::Codes(i, None) => Ok(found(
                 i.radius(&pack_bytes(query), radius)
                     .map_err(index_err(&self.model.name))?,
             )),
+            Index::Codes(i, Some(relaxed)) => {
+                let (code, q) = self.split_query(query)?;
+                let hits = i
+                    .radius(&pack_bytes(code), radius)
+                    .map_err(index_err(&self.model.name))?;
+                Ok(refine(hits, &q, relaxed))
+            }
             Index::Floats(_) | Index::Graph(_) => Err(StoreError::InvalidCase(
                 "radius search applies to binary codes only".into(),
             )),
         }
     }
+}
+
+impl<S: CaseStore> Archive<S> {
+    /// A code query's packed code and relaxed outputs: the stored layout, or the code
+    /// alone with its signs (+-1) as relaxed outputs (a query given as a hex code).
+    fn split_query<'a>(&self, query: &'a [u8]) -> Result<(&'a [u8], Vec<f32>)> {
+        let ModelKind::Codes { bits, .. } = self.model.kind else {
+            unreachable!("only code models have relaxed outputs")
+        };
+        let code_len = bits / 8;
+        if query.len() == code_len {
+            let signs = (0..bits)
+                .map(|i| {
+                    if query[i / 8] >> (i % 8) & 1 == 1 {
+                        1.0
+                    } else {
+                        -1.0
+                    }
+                })
+                .collect();
+            return Ok((query, signs));
+        }
+        if query.len() != self.model.kind.vector_bytes() {
+            return Err(StoreError::VectorSize {
+                model: self.model.name.clone(),
+                message: format!(
+                    "query has {} bytes; the model stores {} (a {bits}-bit code and its relaxed outputs) or takes the code alone ({code_len})",
+                    query.len(),
+                    self.model.kind.vector_bytes()
+                ),
+            });
+        }
+        Ok((&query[..code_len], floats(&query[code_len..])))
+    }
+}
+
+/// Hamming hits ordered by (distance, squared Euclidean distance between `query` and the
+/// case's relaxed outputs, id).
+fn refine(hits: Vec<Hit>, query: &[f32], relaxed: &HashMap<u64, Vec<f32>>) -> Vec<Found> {
+    let l2 = |id: u64| {
+        relaxed.get(&id).map_or(f32::INFINITY, |r| {
+            r.iter().zip(query).map(|(a, b)| (a - b) * (a - b)).sum()
+        })
+    };
+    let mut keyed: Vec<(u32, f32, u64)> =
+        hits.iter().map(|h| (h.distance, l2(h.id), h.id)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+    keyed
+        .into_iter()
+        .map(|(d, _, id)| Found {
+            id,
+            distance: d as f64,
+        })
+        .collect()
 }
 
 /// Either index's hits as `Found`.
@@ -278,7 +374,14 @@ impl From<FloatHit> for Found {
 
 fn add(index: &mut Index, id: u64, v: &[u8]) -> medret_index::Result<()> {
     match index {
-        Index::Codes(i) => i.add(id, &pack_bytes(v)),
+        Index::Codes(i, None) => i.add(id, &pack_bytes(v)),
+        Index::Codes(i, Some(relaxed)) => {
+            // The stored layout is the code then `bits` floats: bits / 8 + 4 bits bytes.
+            let code_len = v.len() / 33;
+            i.add(id, &pack_bytes(&v[..code_len]))?;
+            relaxed.insert(id, floats(&v[code_len..]));
+            Ok(())
+        }
         Index::Floats(i) => i.add(id, &floats(v)),
         Index::Graph(i) => i.add(id, &floats(v)),
     }

@@ -32,8 +32,14 @@ pub use sqlite::SqliteStore;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ModelKind {
     /// Packed binary codes of `bits` bits (`bits / 8` bytes, little-endian bit order:
-    /// bit `i` is bit `i % 8` of byte `i / 8`).
-    Codes { bits: usize },
+    /// bit `i` is bit `i % 8` of byte `i / 8`). With `relaxed`, each code is followed by
+    /// the `bits` float32 outputs of the hash layer it was cut from (little-endian), which
+    /// order cases at equal Hamming distance (two-stage ranking: [`archive`]).
+    Codes {
+        bits: usize,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        relaxed: bool,
+    },
     /// float32 descriptors of dimension `dim`, compared by `metric` (`cosine` or `l2`).
     Descriptors { dim: usize, metric: Metric },
 }
@@ -42,12 +48,34 @@ pub enum ModelKind {
 pub use medret_index::Metric;
 
 impl ModelKind {
+    /// Packed binary codes without relaxed outputs.
+    pub fn codes(bits: usize) -> Self {
+        ModelKind::Codes {
+            bits,
+            relaxed: false,
+        }
+    }
+
     /// Bytes of one stored vector.
     pub fn vector_bytes(&self) -> usize {
         match *self {
-            ModelKind::Codes { bits } => bits / 8,
+            ModelKind::Codes { bits, relaxed } => bits / 8 + if relaxed { bits * 4 } else { 0 },
             ModelKind::Descriptors { dim, .. } => dim * 4,
         }
+    }
+
+    /// Bytes of the packed code of a code model (`None` for descriptors).
+    pub fn code_bytes(&self) -> Option<usize> {
+        match *self {
+            ModelKind::Codes { bits, .. } => Some(bits / 8),
+            ModelKind::Descriptors { .. } => None,
+        }
+    }
+
+    /// The packed code at the start of a stored vector of a code model (`None` for
+    /// descriptors): what a user sees as "the code".
+    pub fn code_part<'a>(&self, vector: &'a [u8]) -> Option<&'a [u8]> {
+        vector.get(..self.code_bytes()?)
     }
 }
 

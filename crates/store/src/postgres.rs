@@ -9,7 +9,7 @@ use ::postgres::types::ToSql;
 use ::postgres::{Client, NoTls};
 
 use crate::error::{Result, StoreError};
-use crate::{Case, CaseStore, Metric, ModelInfo, ModelKind, NewCase, StoreInfo};
+use crate::{Case, CaseStore, ModelInfo, NewCase, StoreInfo};
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -285,18 +285,7 @@ impl CaseStore for PgStore {
         let metric: Option<String> = row.get(2);
         Ok(ModelInfo {
             name: name.to_string(),
-            kind: if kind == "codes" {
-                ModelKind::Codes { bits: dim }
-            } else {
-                ModelKind::Descriptors {
-                    dim,
-                    metric: if metric.as_deref() == Some("l2") {
-                        Metric::L2
-                    } else {
-                        Metric::Cosine
-                    },
-                }
-            },
+            kind: crate::sqlite::kind_from_columns(&kind, dim, metric.as_deref()),
             config_hash: row.get(3),
         })
     }

@@ -253,7 +253,9 @@ fn bump_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<usize> {
 
 pub(crate) fn kind_columns(kind: &ModelKind) -> (&'static str, i64, Option<&'static str>) {
     match *kind {
-        ModelKind::Codes { bits } => ("codes", bits as i64, None),
+        // A code model's `metric` column names its tie-break: the relaxed outputs stored
+        // after each code (no schema change: the column is free text for codes).
+        ModelKind::Codes { bits, relaxed } => ("codes", bits as i64, relaxed.then_some("relaxed")),
         ModelKind::Descriptors { dim, metric } => (
             "descriptors",
             dim as i64,
@@ -265,9 +267,27 @@ pub(crate) fn kind_columns(kind: &ModelKind) -> (&'static str, i64, Option<&'sta
     }
 }
 
+/// The inverse of [`kind_columns`], for both stores.
+pub(crate) fn kind_from_columns(kind: &str, dim: usize, metric: Option<&str>) -> ModelKind {
+    match kind {
+        "codes" => ModelKind::Codes {
+            bits: dim,
+            relaxed: metric == Some("relaxed"),
+        },
+        _ => ModelKind::Descriptors {
+            dim,
+            metric: if metric == Some("l2") {
+                Metric::L2
+            } else {
+                Metric::Cosine
+            },
+        },
+    }
+}
+
 pub(crate) fn validate_kind(kind: &ModelKind) -> Result<()> {
     match *kind {
-        ModelKind::Codes { bits } if bits == 0 || !bits.is_multiple_of(8) || bits > 1024 => {
+        ModelKind::Codes { bits, .. } if bits == 0 || !bits.is_multiple_of(8) || bits > 1024 => {
             Err(StoreError::InvalidCase(format!(
                 "code length {bits} bits: must be a multiple of 8 between 8 and 1024"
             )))
@@ -355,17 +375,7 @@ impl CaseStore for SqliteStore {
             .map_err(|e| self.db_err(e))?;
         let (kind, dim, metric, config_hash) =
             row.ok_or_else(|| StoreError::UnknownModel(name.to_string()))?;
-        let kind = match kind.as_str() {
-            "codes" => ModelKind::Codes { bits: dim as usize },
-            _ => ModelKind::Descriptors {
-                dim: dim as usize,
-                metric: if metric.as_deref() == Some("l2") {
-                    Metric::L2
-                } else {
-                    Metric::Cosine
-                },
-            },
-        };
+        let kind = kind_from_columns(&kind, dim as usize, metric.as_deref());
         Ok(ModelInfo {
             name: name.to_string(),
             kind,

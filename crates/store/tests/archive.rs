@@ -30,7 +30,7 @@ fn index_follows_ingest_and_delete() {
     store
         .add_model(&ModelInfo {
             name: "h".into(),
-            kind: ModelKind::Codes { bits: 16 },
+            kind: ModelKind::codes(16),
             config_hash: String::new(),
         })
         .unwrap();
@@ -163,7 +163,7 @@ fn archives_on_one_store_see_each_others_writes() {
     let path = dir.path().join("s.db");
     let model = ModelInfo {
         name: "m".into(),
-        kind: ModelKind::Codes { bits: 16 },
+        kind: ModelKind::codes(16),
         config_hash: String::new(),
     };
     let mut s = SqliteStore::open(&path).unwrap();
@@ -182,4 +182,76 @@ fn archives_on_one_store_see_each_others_writes() {
     assert!(one.sync().unwrap());
     assert_eq!(one.len(), 1);
     assert_eq!(one.generation(), two.generation());
+}
+
+/// A stored vector of an 8-bit code model with relaxed outputs: the code, then 8 floats.
+fn relaxed_vector(code: u8, outputs: [f32; 8]) -> Vec<u8> {
+    let mut v = vec![code];
+    v.extend(outputs.iter().flat_map(|x| x.to_le_bytes()));
+    v
+}
+
+#[test]
+fn codes_with_relaxed_outputs_rank_ties_by_them_not_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let mut store = SqliteStore::open(&path).unwrap();
+    let kind = ModelKind::Codes {
+        bits: 8,
+        relaxed: true,
+    };
+    store
+        .add_model(&ModelInfo {
+            name: "h".into(),
+            kind,
+            config_hash: String::new(),
+        })
+        .unwrap();
+    assert_eq!(
+        store.model("h").unwrap().kind,
+        kind,
+        "the kind survives SQLite"
+    );
+    // a, b, c share code 0b1111_0000; d is one bit away. Relaxed distance to the query
+    // outputs q: c closest, then b, then a, so ids (a < b < c) would give the opposite.
+    let q = [-0.9, -0.9, -0.9, -0.9, 0.9, 0.9, 0.9, 0.9];
+    let near = |e: f32| [-e, -e, -e, -e, e, e, e, e];
+    let mut archive = Archive::open(store, "h").unwrap();
+    let ids = archive
+        .ingest(&[
+            (case("a"), relaxed_vector(0b1111_0000, near(0.1))),
+            (case("b"), relaxed_vector(0b1111_0000, near(0.5))),
+            (case("c"), relaxed_vector(0b1111_0000, near(0.85))),
+            (case("d"), relaxed_vector(0b1111_0001, near(0.9))),
+        ])
+        .unwrap();
+    let order =
+        |found: Vec<medret_store::Found>| -> Vec<u64> { found.iter().map(|f| f.id).collect() };
+    let query = relaxed_vector(0b1111_0000, q);
+    let want = vec![ids[2], ids[1], ids[0], ids[3]];
+    assert_eq!(order(archive.search(&query, 4).unwrap()), want);
+    // The cut at k sees the whole tie: the best of the three, not the lowest id.
+    assert_eq!(order(archive.search(&query, 1).unwrap()), vec![ids[2]]);
+    assert_eq!(
+        order(archive.radius(&query, 0).unwrap()),
+        want[..3].to_vec()
+    );
+    // Reloaded from the store: the same order.
+    let fresh = Archive::open(SqliteStore::open(&path).unwrap(), "h").unwrap();
+    assert_eq!(order(fresh.search(&query, 4).unwrap()), want);
+    // The code alone (a hex query) ranks ties by the distance to its signs (+-1): c's
+    // outputs are the nearest to that corner.
+    assert_eq!(
+        order(archive.search(&[0b1111_0000], 1).unwrap()),
+        vec![ids[2]]
+    );
+    // A query of any other length is refused, naming both accepted sizes.
+    let err = archive.search(&[0; 5], 1).unwrap_err().to_string();
+    assert!(err.contains("33") && err.contains("(1)"), "{err}");
+    // A deleted case leaves the second stage too.
+    assert!(archive.delete("c").unwrap());
+    assert_eq!(
+        order(archive.search(&query, 4).unwrap()),
+        vec![ids[1], ids[0], ids[3]]
+    );
 }

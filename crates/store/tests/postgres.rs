@@ -38,7 +38,7 @@ fn case(key: &str) -> NewCase {
 fn codes64() -> ModelInfo {
     ModelInfo {
         name: "hash64".into(),
-        kind: ModelKind::Codes { bits: 64 },
+        kind: ModelKind::codes(64),
         config_hash: "abc".into(),
     }
 }
@@ -94,8 +94,22 @@ fn round_trip_all_or_nothing_and_cascade() {
     assert_eq!(s.vectors("hash64").unwrap().len(), 1);
     assert_eq!(s.vectors("desc").unwrap().len(), 0);
     let mut other = codes64();
-    other.kind = ModelKind::Codes { bits: 128 };
+    other.kind = ModelKind::codes(128);
     assert!(s.add_model(&other).is_err());
+    // Codes with relaxed outputs: the kind survives the database, and the vector size
+    // includes the outputs (1 code byte + 8 floats).
+    let relaxed = ModelInfo {
+        name: "relaxed".into(),
+        kind: ModelKind::Codes {
+            bits: 8,
+            relaxed: true,
+        },
+        config_hash: String::new(),
+    };
+    s.add_model(&relaxed).unwrap();
+    assert_eq!(s.model("relaxed").unwrap(), relaxed);
+    assert!(s.ingest("relaxed", &[(case("b"), vec![0; 1])]).is_err());
+    s.ingest("relaxed", &[(case("b"), vec![0; 33])]).unwrap();
 }
 
 #[test]

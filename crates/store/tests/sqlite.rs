@@ -18,7 +18,7 @@ fn case(key: &str) -> NewCase {
 fn codes64() -> ModelInfo {
     ModelInfo {
         name: "hash64".into(),
-        kind: ModelKind::Codes { bits: 64 },
+        kind: ModelKind::codes(64),
         config_hash: "abc".into(),
     }
 }
@@ -81,7 +81,7 @@ fn ingest_is_all_or_nothing() {
     assert!(s.ingest("nope", &[(case("q"), vec![0; 8])]).is_err());
     // A conflicting model definition under the same name.
     let mut other = codes64();
-    other.kind = ModelKind::Codes { bits: 128 };
+    other.kind = ModelKind::codes(128);
     let err = s.add_model(&other).unwrap_err();
     assert!(err.to_string().contains("another definition"), "{err}");
 }

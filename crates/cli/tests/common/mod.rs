@@ -33,9 +33,36 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `medret synth KIND --n N --size PX --seed SEED --out DIR`: phantoms to train on.
+pub fn synth(kind: &str, dir: &Path, n: usize, size: usize, seed: u64) {
+    ok(&[
+        "synth",
+        kind,
+        "--n",
+        &n.to_string(),
+        "--size",
+        &size.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        s(dir),
+    ]);
+}
+
 /// A small chest hashing model (densenet-tiny, 32 px, 16 bits, 2 epochs): seconds to
 /// train, enough for the product path.
 pub fn train_hash(data: &Path, out: &Path, seed: &str, extra: &[&str]) -> String {
+    train_hash_epochs(data, out, seed, "2", extra)
+}
+
+/// [`train_hash`] for `epochs` epochs.
+pub fn train_hash_epochs(
+    data: &Path,
+    out: &Path,
+    seed: &str,
+    epochs: &str,
+    extra: &[&str],
+) -> String {
     let mut args = vec![
         "train",
         "hash",
@@ -48,7 +75,7 @@ pub fn train_hash(data: &Path, out: &Path, seed: &str, extra: &[&str]) -> String
         "--bits",
         "16",
         "--epochs",
-        "2",
+        epochs,
         "--batch-size",
         "16",
         "--lr",
