@@ -29,8 +29,12 @@ run() { # name, data, then the training command's arguments
     echo "$name|$data|$(( t1 - t0 ))|$*" >> "$out/runs.txt"
     echo "== $name: trained in $(( t1 - t0 )) s"
 }
-hash=(train hash --arch densenet-tiny --bits 48 --epochs 12 --batch-size 32 --lr 3e-3)
-metric=(train metric --arch densenet-tiny --size 96 --epochs 12 --batch-size 20 --lr 1e-3)
+# `--preset cpu` (crates/cli/src/preset.rs): densenet-tiny, 48 bits, 12 epochs, batch 32,
+# lr 3e-3 for hashing (96 px; chest_xray_nih64 keeps its native 64 px, given explicitly);
+# densenet-tiny, 96 px, 12 epochs, batch 20, lr 1e-3 for the fundus method. Budget: 30
+# minutes of training per model on 2 cores; measured 17-72 s a model (docs/results.md).
+hash=(train hash --preset cpu)
+metric=(train metric --preset cpu)
 for seed in $seeds; do
     # The paper's classifier loss first (the rows compare against it), then the two
     # deep-hashing losses on the same head and trainer.
