@@ -229,6 +229,10 @@ fn api_answers_as_the_cli_does_and_guards_writes() {
     assert_eq!(models["models"][0]["name"], "cxr16");
     assert_eq!(models["models"][0]["cases"].as_u64(), Some(vectors0));
     assert_eq!(models["models"][0]["size"]["bits"], 16);
+    assert_eq!(
+        models["models"][0]["size"]["ties_by_relaxed_outputs"], true,
+        "an archive built with the model stores its relaxed outputs"
+    );
 
     // Search by image: the same hits and the same query code as `medret search --image`.
     let q = &test_images(&data)[0];
