@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 
 use medret_eval::codes::pack_bytes;
+use medret_eval::ranking::squared_l2;
 use medret_index::{FloatHit, FloatIndex, HammingIndex, Hit, HnswIndex, HnswParams};
 
 use crate::error::{Result, StoreError};
@@ -333,9 +334,9 @@ impl<S: CaseStore> Archive<S> {
 /// case's relaxed outputs, id).
 fn refine(hits: Vec<Hit>, query: &[f32], relaxed: &HashMap<u64, Vec<f32>>) -> Vec<Found> {
     let l2 = |id: u64| {
-        relaxed.get(&id).map_or(f32::INFINITY, |r| {
-            r.iter().zip(query).map(|(a, b)| (a - b) * (a - b)).sum()
-        })
+        relaxed
+            .get(&id)
+            .map_or(f32::INFINITY, |r| squared_l2(r, query))
     };
     let mut keyed: Vec<(u32, f32, u64)> =
         hits.iter().map(|h| (h.distance, l2(h.id), h.id)).collect();
