@@ -2,9 +2,15 @@
 //! (and code length), then one table (mean ± sd over seeds, and the paired bootstrap
 //! interval of each variant's difference to the full method) as markdown, JSON and HTML.
 //!
-//! Each run is a folder under `OUT/runs/`; a run whose `eval/report.json` exists is done
-//! and is not redone, a run with checkpoints and no model resumes from them, so an
-//! interrupted ablation continues where it stopped.
+//! Each run is a folder under `OUT/runs/`, named by variant, code length and seed, with
+//! the settings that determine it (the training and evaluation arguments, the dataset,
+//! `--quick`, the C2L backbone's fingerprint) recorded in its `settings.json`. A run
+//! whose settings equal the requested ones and whose `eval/report.json` exists is done and
+//! is not redone; one with checkpoints and no model resumes from them, so an interrupted
+//! ablation continues where it stopped. A run folder recorded with other settings (a
+//! `--quick` run, other epochs or size, another dataset), or with none, is not reused:
+//! the log says so, the folder is cleared and the run trained afresh. `OUT/c2l` is
+//! treated the same way.
 
 use std::path::{Path, PathBuf};
 
@@ -121,6 +127,51 @@ fn variants(method: AblateMethod, c2l: Option<&Path>) -> Vec<Variant> {
     }
 }
 
+/// The name of the file in a run folder that records the run's settings.
+const SETTINGS: &str = "settings.json";
+
+/// FNV-1a, 64 bits: a stable fingerprint of a file's bytes (a C2L backbone), so a run
+/// initialised from it is redone when the backbone changes under the same path.
+fn fingerprint(p: &Path) -> Result<String> {
+    let bytes =
+        std::fs::read(p).with_context(|| format!("cannot read {} to fingerprint", p.display()))?;
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    Ok(format!("{} bytes, fnv1a64 {h:016x}", bytes.len()))
+}
+
+/// Makes `dir` hold a run of `settings`: keeps it when its recorded settings are equal,
+/// otherwise (other settings, none recorded, unreadable) says so, clears it and records
+/// `settings`, so what follows trains afresh.
+fn claim(dir: &Path, name: &str, settings: &serde_json::Value) -> Result<()> {
+    let file = dir.join(SETTINGS);
+    if dir.exists() {
+        let recorded = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        match recorded {
+            Some(r) if &r == settings => return Ok(()),
+            Some(_) => println!(
+                "== {name}: {} was run with other settings than those asked (recorded in {}); training it afresh",
+                dir.display(),
+                file.display()
+            ),
+            None => println!(
+                "== {name}: {} records no settings it was run with; training it afresh",
+                dir.display()
+            ),
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Written whole or not at all: a kill here leaves no half-written record.
+    let tmp = dir.join(format!("{SETTINGS}.partial"));
+    std::fs::write(&tmp, serde_json::to_string_pretty(settings)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &file).with_context(|| format!("cannot write {}", file.display()))
+}
+
 fn slug(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -150,21 +201,27 @@ pub fn run(a: &AblateArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let data = a.data.display().to_string();
+    // The dataset as recorded in the settings: the same folder however it is spelled.
+    let data_key = std::fs::canonicalize(&a.data)
+        .unwrap_or_else(|_| a.data.clone())
+        .display()
+        .to_string();
     let c2l = match (a.method, &a.c2l) {
         (AblateMethod::Fundus, _) => None,
         (_, Some(p)) => Some(p.clone()),
         (_, None) => {
             let dir = a.out.join("c2l");
             let backbone = dir.join("backbone.safetensors");
+            let mut args = s(&["pretrain", "c2l", "--arch"]);
+            args.extend([a.arch.clone(), "--size".into(), size.to_string()]);
+            args.extend(["--epochs".into(), pretrain.to_string()]);
+            claim(
+                &dir,
+                "c2l",
+                &serde_json::json!({"quick": a.quick, "data": data_key, "pretrain": args}),
+            )?;
             if !backbone.is_file() {
-                let mut args = s(&["pretrain", "c2l", "--data"]);
-                args.extend([data.clone(), "--arch".into(), a.arch.clone()]);
-                args.extend([
-                    "--size".into(),
-                    size.to_string(),
-                    "--epochs".into(),
-                    pretrain.to_string(),
-                ]);
+                args.extend(["--data".into(), data.clone()]);
                 args.extend(["--out".into(), dir.display().to_string()]);
                 if has_checkpoints(&dir)? {
                     args.push("--resume".into());
@@ -176,6 +233,7 @@ pub fn run(a: &AblateArgs) -> Result<()> {
         }
     };
     let vs = variants(a.method, c2l.as_deref());
+    let c2l_print = c2l.as_deref().map(fingerprint).transpose()?;
     let bit_list: Vec<Option<usize>> = match a.method {
         AblateMethod::Cxr => bits.iter().map(|b| Some(*b)).collect(),
         AblateMethod::Fundus => vec![None],
@@ -191,37 +249,58 @@ pub fn run(a: &AblateArgs) -> Result<()> {
                 );
                 let dir = a.out.join("runs").join(&name);
                 let report = dir.join("eval/report.json");
+                // Everything that determines the run but its folder and the dataset's
+                // spelling: the training and evaluation arguments.
+                let mut train = match a.method {
+                    AblateMethod::Cxr => s(&["train", "hash", "--bits"])
+                        .into_iter()
+                        .chain([b.unwrap_or(48).to_string()])
+                        .chain(s(&["--batch-size", "32", "--lr", "3e-3"]))
+                        .collect::<Vec<_>>(),
+                    AblateMethod::Fundus => {
+                        s(&["train", "metric", "--batch-size", "20", "--lr", "1e-3"])
+                    }
+                };
+                train.extend(["--arch".into(), a.arch.clone()]);
+                train.extend([
+                    "--size".into(),
+                    size.to_string(),
+                    "--epochs".into(),
+                    epochs.to_string(),
+                ]);
+                train.extend(["--seed".into(), seed.to_string()]);
+                train.extend(v.flags.iter().cloned());
+                let eval = s(&[
+                    "eval",
+                    "-k",
+                    "10,100",
+                    "--gallery",
+                    "0",
+                    "--resamples",
+                    "200",
+                ]);
+                let init = v
+                    .flags
+                    .iter()
+                    .any(|f| f == "--init")
+                    .then(|| c2l_print.clone())
+                    .flatten();
+                claim(
+                    &dir,
+                    &name,
+                    &serde_json::json!({
+                        "quick": a.quick,
+                        "data": data_key,
+                        "train": train,
+                        "eval": eval,
+                        "init": init,
+                    }),
+                )?;
                 if !report.is_file() {
                     if !dir.join("model.json").is_file() {
-                        let mut args = match a.method {
-                            AblateMethod::Cxr => s(&["train", "hash", "--bits"])
-                                .into_iter()
-                                .chain([b.unwrap_or(48).to_string()])
-                                .chain(s(&["--batch-size", "32", "--lr", "3e-3"]))
-                                .collect::<Vec<_>>(),
-                            AblateMethod::Fundus => {
-                                s(&["train", "metric", "--batch-size", "20", "--lr", "1e-3"])
-                            }
-                        };
-                        args.extend([
-                            "--data".into(),
-                            data.clone(),
-                            "--arch".into(),
-                            a.arch.clone(),
-                        ]);
-                        args.extend([
-                            "--size".into(),
-                            size.to_string(),
-                            "--epochs".into(),
-                            epochs.to_string(),
-                        ]);
-                        args.extend([
-                            "--seed".into(),
-                            seed.to_string(),
-                            "--out".into(),
-                            dir.display().to_string(),
-                        ]);
-                        args.extend(v.flags.iter().cloned());
+                        let mut args = train.clone();
+                        args.extend(["--data".into(), data.clone()]);
+                        args.extend(["--out".into(), dir.display().to_string()]);
                         if has_checkpoints(&dir)? {
                             args.push("--resume".into());
                         }
@@ -229,21 +308,11 @@ pub fn run(a: &AblateArgs) -> Result<()> {
                         crate::demo::medret(&args)?;
                     }
                     println!("== {name}: evaluating");
-                    crate::demo::medret(&[
-                        "eval".into(),
-                        "--model".into(),
-                        dir.display().to_string(),
-                        "--data".into(),
-                        data.clone(),
-                        "-k".into(),
-                        "10,100".into(),
-                        "--gallery".into(),
-                        "0".into(),
-                        "--resamples".into(),
-                        "200".into(),
-                        "--out".into(),
-                        dir.join("eval").display().to_string(),
-                    ])?;
+                    let mut args = eval.clone();
+                    args.extend(["--model".into(), dir.display().to_string()]);
+                    args.extend(["--data".into(), data.clone()]);
+                    args.extend(["--out".into(), dir.join("eval").display().to_string()]);
+                    crate::demo::medret(&args)?;
                 } else {
                     println!("== {name}: done before, kept");
                 }

@@ -117,3 +117,110 @@ fn fundus_ablation_resumes_after_a_kill() {
             .contains("<table>")
     );
 }
+
+/// Each run's report in `out`, by run folder.
+fn reports(out: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("eval/report.json"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_run_with_other_settings_is_trained_afresh_not_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("fundus");
+    ok(&[
+        "synth",
+        "fundus",
+        "--n",
+        "48",
+        "--size",
+        "48",
+        "--seed",
+        "5",
+        "--out",
+        s(&data),
+    ]);
+    let out = tmp.path().join("ablate");
+    let quick = [
+        "ablate",
+        "--method",
+        "fundus",
+        "--data",
+        s(&data),
+        "--quick",
+        "--out",
+        s(&out),
+    ];
+    ok(&quick);
+    // Mark the quick figures, so the table shows whether they are reused.
+    let quick_reports = reports(&out);
+    assert_eq!(quick_reports.len(), 4);
+    for p in &quick_reports {
+        let mut r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        r["metrics"]["map@10"] = serde_json::json!(0.987654);
+        std::fs::write(p, r.to_string()).unwrap();
+    }
+    // The same settings again: every finished run is kept, figures and all.
+    let text = ok(&quick);
+    assert_eq!(text.matches(": done before, kept").count(), 4, "{text}");
+    let md = std::fs::read_to_string(out.join("ablation.md")).unwrap();
+    assert!(md.contains("0.9877 ± 0.0000"), "{md}");
+
+    // Other settings (a full run: 1 seed, 1 epoch) into the same folder: no run is the
+    // one asked for, so each is trained and scored afresh, and the log says why.
+    let text = ok(&[
+        "ablate",
+        "--method",
+        "fundus",
+        "--data",
+        s(&data),
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--size",
+        "48",
+        "--out",
+        s(&out),
+    ]);
+    assert!(!text.contains("done before, kept"), "{text}");
+    assert_eq!(
+        text.matches("was run with other settings than those asked")
+            .count(),
+        4,
+        "{text}"
+    );
+    let md = std::fs::read_to_string(out.join("ablation.md")).unwrap();
+    assert!(
+        !md.contains("0.9877"),
+        "the quick figures were reused:\n{md}"
+    );
+    for p in reports(&out) {
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_ne!(r["metrics"]["map@10"], serde_json::json!(0.987654), "{p:?}");
+        let run = p.parent().unwrap().parent().unwrap();
+        let settings: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("settings.json")).unwrap())
+                .unwrap();
+        assert_eq!(settings["quick"], false, "{run:?}");
+        let train: Vec<&str> = settings["train"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(
+            train.windows(2).any(|w| w == ["--epochs", "1"]),
+            "{train:?}"
+        );
+        // Trained once, for one epoch: the quick run's second epoch is gone.
+        let epochs = std::fs::read_to_string(run.join("log/epochs.csv")).unwrap();
+        assert_eq!(epochs.lines().count(), 2, "{run:?}:\n{epochs}");
+    }
+}

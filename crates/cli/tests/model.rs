@@ -68,6 +68,11 @@ fn features_of_png_files_match_pytorch() {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
+    // The folds below skip NaN: every value must be finite first.
+    assert!(
+        got.iter().chain(&want).all(|v| v.is_finite()),
+        "non-finite features"
+    );
     let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
     let err = got
         .iter()

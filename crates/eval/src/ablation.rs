@@ -1,7 +1,11 @@
 //! The ablation table of `medret ablate`: for each variant (and code length), the mean
 //! and standard deviation of each metric over seeds, and the paired bootstrap 95%
-//! interval of its difference to the full method over the same (seed, query) pairs. A
-//! difference is established only where that interval excludes 0.
+//! interval of its difference to the full method over the same seeds and queries. The
+//! bootstrap has two levels: each resample draws seeds with replacement, then queries with
+//! replacement within each drawn seed, so the interval carries the variation between
+//! training seeds as well as between queries (resampling (seed, query) pairs as if
+//! independent would not). A difference is established only where that interval excludes
+//! 0.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -9,7 +13,7 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 
 use crate::html::esc;
-use crate::report::bootstrap_interval;
+use crate::report::clustered_bootstrap_interval;
 
 /// One finished run: a variant at a code length and seed, with its metrics and their
 /// per-query values (in the split's query order, the same for every run).
@@ -31,7 +35,8 @@ pub struct Row {
     pub mean: BTreeMap<String, f64>,
     pub sd: BTreeMap<String, f64>,
     /// `[mean difference, low, high]` of (this variant - the full method), paired over
-    /// seeds and queries; absent for the full method itself.
+    /// seeds and queries, the interval a two-level bootstrap (seeds, then queries within
+    /// each seed); absent for the full method itself.
     pub vs_full: BTreeMap<String, [f64; 3]>,
 }
 
@@ -91,7 +96,8 @@ pub fn table(
                 if variant == full {
                     continue;
                 }
-                let mut diffs = Vec::new();
+                // The paired differences, one group per seed.
+                let mut diffs: Vec<Vec<f64>> = Vec::new();
                 for r in &mine {
                     let Some(f) = runs
                         .iter()
@@ -101,13 +107,15 @@ pub fn table(
                     };
                     if let (Some(x), Some(y)) = (r.per_query.get(m), f.per_query.get(m))
                         && x.len() == y.len()
+                        && !x.is_empty()
                     {
-                        diffs.extend(x.iter().zip(y).map(|(a, b)| a - b));
+                        diffs.push(x.iter().zip(y).map(|(a, b)| a - b).collect());
                     }
                 }
                 if !diffs.is_empty() {
-                    let d = diffs.iter().sum::<f64>() / diffs.len() as f64;
-                    let [lo, hi] = bootstrap_interval(&diffs, resamples, seed);
+                    let n: usize = diffs.iter().map(Vec::len).sum();
+                    let d = diffs.iter().flatten().sum::<f64>() / n as f64;
+                    let [lo, hi] = clustered_bootstrap_interval(&diffs, resamples, seed);
                     vs_full.insert(m.clone(), [d, lo, hi]);
                 }
             }
@@ -143,7 +151,7 @@ pub fn markdown(rows: &[Row], metrics: &[String], full: &str) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "Mean ± sd over seeds; beside each, the difference to the full method (`{full}`) with its paired bootstrap 95% interval over (seed, query) pairs, `*` where it excludes 0.\n"
+        "Mean ± sd over seeds; beside each, the difference to the full method (`{full}`) with its paired bootstrap 95% interval (two levels: seeds resampled, then queries within each seed), `*` where it excludes 0.\n"
     );
     o.push_str("| variant | bits | seeds |");
     for m in metrics {
@@ -174,7 +182,7 @@ pub fn markdown(rows: &[Row], metrics: &[String], full: &str) -> String {
 /// The table as a self-contained HTML page.
 pub fn html(rows: &[Row], metrics: &[String], full: &str, title: &str) -> String {
     let mut o = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{0}</title><style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}th{{background:#f4f4f4}}</style></head><body><h1>{0}</h1><p>Mean ± sd over seeds; beside each, the difference to the full method ({1}) with its paired bootstrap 95% interval over (seed, query) pairs, * where it excludes 0.</p><table><tr><th>variant</th><th>bits</th><th>seeds</th>",
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{0}</title><style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}th{{background:#f4f4f4}}</style></head><body><h1>{0}</h1><p>Mean ± sd over seeds; beside each, the difference to the full method ({1}) with its paired bootstrap 95% interval (two levels: seeds resampled, then queries within each seed), * where it excludes 0.</p><table><tr><th>variant</th><th>bits</th><th>seeds</th>",
         esc(title),
         esc(full)
     );
@@ -232,6 +240,7 @@ pub fn html(rows: &[Row], metrics: &[String], full: &str, title: &str) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::bootstrap_interval;
 
     fn run(variant: &str, seed: u64, values: &[f64]) -> RunResult {
         let m = values.iter().sum::<f64>() / values.len() as f64;
@@ -290,6 +299,39 @@ mod tests {
         assert!(
             !html(&rows, &metrics, "full", "t").contains("<svg"),
             "one length, no plot"
+        );
+    }
+
+    #[test]
+    fn the_interval_carries_the_disagreement_between_seeds() {
+        // 50 queries. Against the full method the variant loses 0.3 on every query with
+        // seed 0 and gains 0.1 on every query with seed 1: within a seed the differences
+        // are constant, so all the uncertainty is between the seeds. Resampling the 100
+        // (seed, query) pairs as independent gives about -0.1 +- 0.04, which excludes 0;
+        // resampling seeds first gives -0.3 (seed 0 twice), -0.1 or +0.1 (seed 1 twice).
+        let q = 50;
+        let runs = vec![
+            run("full", 0, &vec![0.6; q]),
+            run("full", 1, &vec![0.5; q]),
+            run("variant", 0, &vec![0.3; q]),
+            run("variant", 1, &vec![0.6; q]),
+        ];
+        let metrics = vec!["map@10".to_string()];
+        let rows = table(&runs, "full", &metrics, 1000, 7);
+        let [d, lo, hi] = rows[1].vs_full["map@10"];
+        assert!((d + 0.1).abs() < 1e-9, "{d}");
+        assert!(
+            (lo + 0.3).abs() < 1e-9 && (hi - 0.1).abs() < 1e-9,
+            "[{lo}, {hi}] should span both seeds' differences, -0.3 and +0.1"
+        );
+        let md = markdown(&rows, &metrics, "full");
+        assert!(!md.contains(" * |"), "no established difference:\n{md}");
+        // Within a seed the queries are still resampled: one seed of varying differences
+        // gives the one-level query bootstrap.
+        let one: Vec<f64> = (0..20).map(|i| f64::from(i % 2)).collect();
+        assert_eq!(
+            clustered_bootstrap_interval(std::slice::from_ref(&one), 500, 3),
+            bootstrap_interval(&one, 500, 3)
         );
     }
 }

@@ -1,5 +1,7 @@
 //! Whole-protocol evaluation: every query against the database, metrics averaged over
 //! queries (a query with no relevant item counts as 0), protocol spelled out in the report.
+//! The one exception is the precision-recall curve, averaged over the queries with at
+//! least one relevant item in the database only (see [`Report::pr_curve`]).
 
 use std::collections::BTreeMap;
 
@@ -40,8 +42,13 @@ pub struct Report {
     pub ndcg: BTreeMap<String, f64>,
     /// Hashing only.
     pub precision_hamming_radius_2: Option<f64>,
-    /// Hashing only: `(radius, precision, recall)`.
+    /// Hashing only: `(radius, precision, recall)`, each the mean over the queries with at
+    /// least one relevant item in the database: such a query has no recall, and its
+    /// precision is 0 at every radius, so both averages leave it out (every point is over
+    /// the same queries). `precision_hamming_radius_2` stays a mean over all queries.
     pub pr_curve: Option<Vec<(u32, f64, f64)>>,
+    /// Hashing only: how many queries the PR curve averages (0 gives a curve of zeros).
+    pub pr_curve_queries: Option<usize>,
     /// Expected mAP@all over random orders of tied items (exact).
     pub map_all_expected_over_ties: f64,
 }
@@ -63,6 +70,8 @@ struct PerQuery {
     ap_ties: f64,
     ph2: f64,
     pr: Vec<(f64, f64)>,
+    /// Whether the database holds a relevant item for this query.
+    has_relevant: bool,
 }
 
 fn per_query(
@@ -94,6 +103,7 @@ fn per_query(
         ap_ties: expected_average_precision_ties(&dist, &rel),
         ph2: radii.map_or(0.0, |_| precision_within_radius(&dist, &rel, 2.0)),
         pr: radii.map_or_else(Vec::new, |m| pr_over_radii(&dist, &rel, m)),
+        has_relevant: total > 0,
     }
 }
 
@@ -120,9 +130,12 @@ fn aggregate(per: &[PerQuery], protocol: Protocol, radii: Option<u32>) -> Report
         ndcg.insert(k.to_string(), col(&|q| q.ndcg[i]));
     }
     ndcg.insert("1000".into(), col(&|q| q.ndcg[P_KS.len()]));
+    let answerable: Vec<&PerQuery> = per.iter().filter(|q| q.has_relevant).collect();
+    let pr_col =
+        |f: &dyn Fn(&PerQuery) -> f64| mean(answerable.iter().map(|q| f(q)), answerable.len());
     let pr_curve = radii.map(|m| {
         (0..=m as usize)
-            .map(|r| (r as u32, col(&|q| q.pr[r].0), col(&|q| q.pr[r].1)))
+            .map(|r| (r as u32, pr_col(&|q| q.pr[r].0), pr_col(&|q| q.pr[r].1)))
             .collect()
     });
     Report {
@@ -133,6 +146,7 @@ fn aggregate(per: &[PerQuery], protocol: Protocol, radii: Option<u32>) -> Report
         ndcg,
         precision_hamming_radius_2: radii.map(|_| col(&|q| q.ph2)),
         pr_curve,
+        pr_curve_queries: radii.map(|_| answerable.len()),
         map_all_expected_over_ties: col(&|q| q.ap_ties),
     }
 }

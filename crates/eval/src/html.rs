@@ -229,6 +229,11 @@ figcaption{{font-size:11px}}.rel{{border:3px solid #2a2}}.irr{{border:3px solid 
         curves.push((name.clone(), b.pr_curve.as_slice()));
     }
     o.push_str("<h2>Precision and recall</h2>");
+    let _ = write!(
+        o,
+        "<p>Mean precision and recall over the {} of {} queries with a relevant case in the database (a query with none has no recall).</p>",
+        p.scores.pr_curve_queries, p.scores.queries
+    );
     o.push_str(&pr_svg(&curves, &p.scores.pr_over)?);
 
     if !p.scores.per_class_ap.is_empty() {

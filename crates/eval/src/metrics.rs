@@ -70,7 +70,8 @@ pub fn precision_within_radius(dist: &[f64], rel: &[bool], r: f64) -> f64 {
 }
 
 /// Precision and recall of the Hamming ball of each radius `0..=max_radius`.
-/// Precision is 0 for an empty ball (the P@H<=2 rule); recall is 0 without relevant items.
+/// Precision is 0 for an empty ball (the P@H<=2 rule); recall is 0 without relevant items,
+/// and [`crate::evaluate`] leaves such a query out of the curve's averages.
 pub fn pr_over_radii(dist: &[f64], rel: &[bool], max_radius: u32) -> Vec<(f64, f64)> {
     let total = rel.iter().filter(|&&x| x).count();
     (0..=max_radius)

@@ -67,7 +67,14 @@ pub struct Scores {
     pub majority: BTreeMap<String, f64>,
     /// `"radius"` (codes) or `"rank"` (descriptors).
     pub pr_over: String,
+    /// Mean precision and recall over the queries with at least one relevant case in the
+    /// database: such a query has no recall, and its precision is 0 at every point, so
+    /// both averages leave it out and every point is over the same queries. (The metrics
+    /// above, `p@h<=2` included, stay means over all queries.)
     pub pr_curve: Vec<PrPoint>,
+    /// How many queries the PR curve averages (0 gives a curve of zeros).
+    #[serde(default)]
+    pub pr_curve_queries: usize,
     /// Mean AP@k (k the largest asked) over the queries carrying each class.
     pub per_class_ap: BTreeMap<String, f64>,
     /// mAP over the whole ranking, ties broken by database order (the tie rule)...
@@ -173,6 +180,44 @@ pub fn bootstrap_interval(values: &[f64], resamples: usize, seed: u64) -> [f64; 
     let n = values.len();
     let mut stats: Vec<f64> = (0..resamples)
         .map(|_| (0..n).map(|_| values[rng.random_range(0..n)]).sum::<f64>() / n as f64)
+        .collect();
+    stats.sort_by(f64::total_cmp);
+    let at = |q: f64| stats[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
+    [at(0.025), at(0.975)]
+}
+
+/// Two-level percentile bootstrap 95% interval of the mean of `groups` pooled, for values
+/// clustered in groups (per-query values of several training seeds): each resample first
+/// draws `groups.len()` groups with replacement, then within each drawn group as many of
+/// its values with replacement, and takes the mean of all drawn values. Resampling the
+/// pooled values as if independent ignores the variation between groups (seeds), so its
+/// interval is too narrow whenever groups disagree. Empty groups are ignored; with one
+/// group this is [`bootstrap_interval`].
+pub fn clustered_bootstrap_interval(groups: &[Vec<f64>], resamples: usize, seed: u64) -> [f64; 2] {
+    let groups: Vec<&Vec<f64>> = groups.iter().filter(|g| !g.is_empty()).collect();
+    if groups.is_empty() || resamples == 0 {
+        return [f64::NAN, f64::NAN];
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let s = groups.len();
+    let mut stats: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let (mut sum, mut count) = (0.0, 0usize);
+            for _ in 0..s {
+                // One group: no draw, so this is exactly the one-level bootstrap.
+                let g = if s == 1 {
+                    groups[0]
+                } else {
+                    groups[rng.random_range(0..s)]
+                };
+                let n = g.len();
+                for _ in 0..n {
+                    sum += g[rng.random_range(0..n)];
+                }
+                count += n;
+            }
+            sum / count as f64
+        })
         .collect();
     stats.sort_by(f64::total_cmp);
     let at = |q: f64| stats[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
@@ -298,6 +343,9 @@ pub fn score(
         })
         .collect();
     let nq = qt.len().max(1) as f64;
+    // The PR curve averages the queries that have a relevant case.
+    let pr_queries = total.iter().filter(|&&t| t > 0).count();
+    let npr = pr_queries.max(1) as f64;
     let (pr_over, pr_curve) = match bits {
         Some(b) => (
             "radius",
@@ -305,19 +353,20 @@ pub fn score(
                 .map(|r| {
                     let (mut p, mut rc) = (0.0, 0.0);
                     for ((l, rel), &t) in lists.iter().zip(&rels).zip(&total) {
+                        if t == 0 {
+                            continue;
+                        }
                         let n = l.partition_point(|x| x.distance <= r as f64);
                         let hits = rel[..n].iter().filter(|&&x| x).count();
                         if n > 0 {
                             p += hits as f64 / n as f64;
                         }
-                        if t > 0 {
-                            rc += hits as f64 / t as f64;
-                        }
+                        rc += hits as f64 / t as f64;
                     }
                     PrPoint {
                         at: r,
-                        precision: p / nq,
-                        recall: rc / nq,
+                        precision: p / npr,
+                        recall: rc / npr,
                     }
                 })
                 .collect(),
@@ -329,16 +378,17 @@ pub fn score(
                 .map(|k| {
                     let (mut p, mut rc) = (0.0, 0.0);
                     for (rel, &t) in rels.iter().zip(&total) {
+                        if t == 0 {
+                            continue;
+                        }
                         let hits = rel[..k.min(rel.len())].iter().filter(|&&x| x).count();
                         p += hits as f64 / k as f64;
-                        if t > 0 {
-                            rc += hits as f64 / t as f64;
-                        }
+                        rc += hits as f64 / t as f64;
                     }
                     PrPoint {
                         at: k,
-                        precision: p / nq,
-                        recall: rc / nq,
+                        precision: p / npr,
+                        recall: rc / npr,
                     }
                 })
                 .collect(),
@@ -369,6 +419,7 @@ pub fn score(
         majority: to_map(&majority),
         pr_over: pr_over.into(),
         pr_curve,
+        pr_curve_queries: pr_queries,
         per_class_ap,
         map_all: rels.iter().map(|r| average_precision(r, None)).sum::<f64>() / nq,
         map_all_expected_over_ties: lists
@@ -413,6 +464,56 @@ mod tests {
         // A constant has a zero-width interval; a paired difference of equal lists is 0.
         assert_eq!(bootstrap_interval(&[0.3; 7], 100, 0), [0.3, 0.3]);
         assert_eq!(paired_interval(&small, &small, 100, 0), [0.0, 0.0]);
+    }
+
+    #[test]
+    fn pr_curves_leave_out_queries_with_no_relevant_case() {
+        // Database labels 0,1,0,1 at distances 0,1,2,2 from both queries. Query A (label
+        // 0) has relevant cases 0 and 2; query B (label 7) has none.
+        let dt: Vec<Truth> = [0, 1, 0, 1]
+            .iter()
+            .map(|&l| Truth::labels(vec![l]))
+            .collect();
+        let qt = vec![Truth::labels(vec![0]), Truth::labels(vec![7])];
+        let list: Vec<Ranked> = [(0, 0.0), (1, 1.0), (2, 2.0), (3, 2.0)]
+            .iter()
+            .map(|&(index, distance)| Ranked { index, distance })
+            .collect();
+        let lists = vec![list.clone(), list];
+        let curve = |bits: Option<usize>| {
+            let (s, _) = score(
+                &lists,
+                &qt,
+                &dt,
+                Relevance::SharesLabel,
+                &[4],
+                bits,
+                &[],
+                Sampling {
+                    resamples: 10,
+                    chance_rankings: 1,
+                    seed: 0,
+                },
+            );
+            assert_eq!(s.pr_curve_queries, 1);
+            // The metrics stay means over both queries: B's P@4 is 0.
+            assert_eq!(s.metrics["p@4"], 0.25);
+            s.pr_curve
+                .iter()
+                .map(|p| (p.at, p.precision, p.recall))
+                .collect::<Vec<_>>()
+        };
+        // Query A's curve alone; counting B would halve every value. Radii 0..=2: balls
+        // {0}, {0,1}, all: precision 1, 1/2, 1/2; recall 1/2, 1/2, 1.
+        assert_eq!(
+            curve(Some(2)),
+            vec![(0, 1.0, 0.5), (1, 0.5, 0.5), (2, 0.5, 1.0)]
+        );
+        // Ranks 1, 2, 4: precision 1, 1/2, 1/2; recall 1/2, 1/2, 1.
+        assert_eq!(
+            curve(None),
+            vec![(1, 1.0, 0.5), (2, 0.5, 0.5), (4, 0.5, 1.0)]
+        );
     }
 
     #[test]

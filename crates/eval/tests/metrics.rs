@@ -279,3 +279,53 @@ fn whole_hamming_protocol_by_hand() {
     assert_close!(me.map["all"], (0.5 + 1.0 / 3.0 + 1.0 / 3.0 + 0.5) / 4.0);
     assert!(me.protocol.exclude_self);
 }
+
+#[test]
+fn pr_curve_leaves_out_queries_with_no_relevant_case() {
+    // Database 000 (label 0), 001 (1), 011 (0), 111 (1). Query A (label 0) at 000 sees
+    // distances 0,1,2,3, relevant at 0 and 2 (2 relevant). Query B (label 5) at 000 has
+    // no relevant case in the database.
+    let db = vec![vec![0b000u64], vec![0b001], vec![0b011], vec![0b111]];
+    let dt: Vec<Truth> = [0, 1, 0, 1]
+        .iter()
+        .map(|&l| Truth::labels(vec![l]))
+        .collect();
+    let q = vec![vec![0b000u64], vec![0b000]];
+    let qt = vec![Truth::labels(vec![0]), Truth::labels(vec![5])];
+    let rep = evaluate_hamming(
+        &HammingSet {
+            codes: &q,
+            truth: &qt,
+            bits: 3,
+        },
+        &HammingSet {
+            codes: &db,
+            truth: &dt,
+            bits: 3,
+        },
+        Relevance::SharesLabel,
+        false,
+    );
+    // The curve is query A's alone: balls {0}, {0,1}, {0,1,2}, all: precision 1, 1/2,
+    // 2/3, 1/2; recall 1/2, 1/2, 1, 1. Counting B would halve every value (recall could
+    // never reach 1).
+    let curve = rep.pr_curve.as_ref().unwrap();
+    let want = [
+        (0, 1.0, 0.5),
+        (1, 0.5, 0.5),
+        (2, 2.0 / 3.0, 1.0),
+        (3, 0.5, 1.0),
+    ];
+    assert_eq!(curve.len(), want.len());
+    for (got, want) in curve.iter().zip(want) {
+        assert_eq!(got.0, want.0);
+        assert!(
+            close(got.1, want.1) && close(got.2, want.2),
+            "{got:?}, expected {want:?}"
+        );
+    }
+    assert_eq!(rep.pr_curve_queries, Some(1));
+    // The metrics stay means over both queries (B counts 0): P@H<=2 = (2/3 + 0) / 2.
+    assert_close!(rep.precision_hamming_radius_2.unwrap(), 1.0 / 3.0);
+    assert_close!(rep.map["all"], (1.0 + 2.0 / 3.0) / 2.0 / 2.0);
+}

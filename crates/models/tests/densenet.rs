@@ -13,6 +13,9 @@ use medret_models::weights::{expected_tensors, read_header};
 use medret_models::{DenseNetConfig, WeightsError, load_torchvision, save_torchvision};
 use safetensors::SafeTensors;
 
+mod common;
+use common::rel_err;
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -31,17 +34,6 @@ fn f32s(st: &SafeTensors, name: &str) -> (Vec<f32>, Vec<usize>) {
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec::<f32>().unwrap()
-}
-
-/// Max |a - b| relative to the output's scale (max |b|, at least 1).
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
 }
 
 #[test]

@@ -118,6 +118,11 @@ fn closed_form_grad_cam_equals_autodiff_through_a_pooled_linear_head() {
     let weight = lin.weight.val().into_data().try_into_vec::<f32>().unwrap();
     let closed = grad_cam_pooled_linear(&host, [n, c, h, w], &weight, k, &targets);
     assert_eq!(auto.len(), closed.len());
+    // The fold below skips NaN: every value must be finite first.
+    assert!(
+        auto.iter().chain(&closed).all(|v| v.is_finite()),
+        "{auto:?} vs {closed:?}"
+    );
     let scale = auto.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
     for (a, b) in auto.iter().zip(&closed) {
         assert!((a - b).abs() / scale < 1e-4, "{auto:?} vs {closed:?}");
