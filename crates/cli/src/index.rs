@@ -303,7 +303,7 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
                 &encoder,
                 &res.shown,
                 &res.query,
-                Some(&res.decoded),
+                res.decoded.as_ref(),
                 &res.hits,
                 None,
             )?;

@@ -72,6 +72,17 @@ pub struct GrowArgs {
 pub fn grow(a: &GrowArgs) -> Result<()> {
     let mut store = open_store(&a.store)?;
     let info = store.model(&a.model)?;
+    match info.kind {
+        medret_store::ModelKind::Codes { .. } if !(0.0..=1.0).contains(&a.noise) => bail!(
+            "--noise {}: for a code model it is the chance that a bit flips, from 0 to 1",
+            a.noise
+        ),
+        _ if !(a.noise.is_finite() && a.noise >= 0.0) => bail!(
+            "--noise {}: the noise's standard deviation must be a finite number, 0 or more",
+            a.noise
+        ),
+        _ => {}
+    }
     let base = store.vectors(&a.model)?;
     if base.is_empty() {
         bail!(

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Compute device (cpu, or cuda:N in a GPU build).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Largest image accepted, in pixels per frame, checked from the header before any
+    /// pixel is decoded (larger uploads get 413). Default 8192 x 8192.
+    #[arg(long, default_value_t = medret_server::upload::MAX_PIXELS)]
+    max_pixels: u64,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -72,6 +76,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
     cfg.upload_dir = a.upload_dir;
     cfg.image_root = a.image_root;
     cfg.device = a.device;
+    if a.max_pixels == 0 {
+        bail!("--max-pixels must be at least 1");
+    }
+    cfg.max_pixels = a.max_pixels;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

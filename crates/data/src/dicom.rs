@@ -50,6 +50,25 @@ fn check_image_attributes(path: &Path, obj: &DefaultDicomObject) -> Result<()> {
     Ok(())
 }
 
+/// Rows and columns as the header declares them, read without decoding any pixel: what a
+/// server checks against its size limit before it decodes an upload.
+pub fn declared_size(path: &Path) -> Result<(u64, u64)> {
+    let obj = open(path)?;
+    check_image_attributes(path, &obj)?;
+    let dim = |tag, what: &str| -> Result<u64> {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_int::<u32>().ok())
+            .map(u64::from)
+            .ok_or_else(|| dicom_err(path, format!("no {what} in the header")))
+    };
+    Ok((
+        dim(tags::ROWS, "Rows (0028,0010)")?,
+        dim(tags::COLUMNS, "Columns (0028,0011)")?,
+    ))
+}
+
 /// Reads a DICOM file's record (no pixels decoded yet).
 pub fn read_dicom_record(path: &Path) -> Result<Record> {
     let obj = open(path)?;

@@ -98,6 +98,9 @@ pub struct HnswIndex {
     index: Index,
     dim: usize,
     metric: Metric,
+    /// efSearch as configured; a search for more than this many hits widens it for that
+    /// search only.
+    ef_search: std::sync::atomic::AtomicUsize,
 }
 
 fn backend(what: &str, e: impl std::fmt::Display) -> IndexError {
@@ -156,7 +159,12 @@ impl HnswIndex {
             multi: false,
         };
         let index = Index::new(&options).map_err(|e| backend("creation", e))?;
-        Ok(HnswIndex { index, dim, metric })
+        Ok(HnswIndex {
+            index,
+            dim,
+            metric,
+            ef_search: params.ef_search.into(),
+        })
     }
 
     /// Builds the graph from all `items`, inserting on every rayon thread. The result
@@ -269,7 +277,14 @@ impl HnswIndex {
 
     /// Sets efSearch for later searches.
     pub fn set_ef_search(&self, ef: usize) {
+        self.ef_search
+            .store(ef.max(1), std::sync::atomic::Ordering::Relaxed);
         self.index.change_expansion_search(ef.max(1));
+    }
+
+    /// efSearch as configured (a search for more hits uses `k` for that search).
+    pub fn ef_search(&self) -> usize {
+        self.ef_search.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Approximate `k` nearest, ranked by (distance, id) among those found. Distances are
@@ -280,8 +295,13 @@ impl HnswIndex {
         if k == 0 || self.is_empty() {
             return Ok(Vec::new());
         }
-        if self.index.expansion_search() < k {
-            self.index.change_expansion_search(k);
+        // Per search: a large k once must not leave every later search slower (the
+        // library keeps one setting per index). Searches that overlap from several
+        // threads may run with each other's setting; results stay correct, only their
+        // effort varies.
+        let ef = self.ef_search().max(k);
+        if self.index.expansion_search() != ef {
+            self.index.change_expansion_search(ef);
         }
         let m = self
             .index
@@ -338,6 +358,7 @@ impl HnswIndex {
         .map_err(|e| bad(&e))?;
         Ok(HnswIndex {
             dim: index.dimensions(),
+            ef_search: index.expansion_search().into(),
             index,
             metric,
         })
@@ -572,5 +593,26 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_large_k_does_not_raise_later_searches_ef() {
+        let params = HnswParams::default();
+        let items: Vec<(u64, Vec<f32>)> = (0..200u64)
+            .map(|i| {
+                (
+                    i,
+                    (0..8)
+                        .map(|j| ((i * 7 + j * 13) % 17) as f32 - 8.0)
+                        .collect(),
+                )
+            })
+            .collect();
+        let graph = HnswIndex::build(8, Metric::L2, params, &items).unwrap();
+        assert_eq!(graph.ef_search(), params.ef_search);
+        graph.search(&items[0].1, 150).unwrap();
+        assert_eq!(graph.index.expansion_search(), 150);
+        graph.search(&items[0].1, 5).unwrap();
+        assert_eq!(graph.index.expansion_search(), params.ef_search);
     }
 }

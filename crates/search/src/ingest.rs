@@ -314,25 +314,71 @@ pub fn content_key(bytes: &[u8]) -> String {
     format!("upload-{}", crate::query::hex(&Sha256::digest(bytes)[..8]))
 }
 
+/// How the store records an image that the server itself wrote: `upload:` and its file
+/// name in the upload folder. Only such images are ever removed by medret (with their
+/// case); images ingested from a dataset are referenced by their own path and never
+/// touched.
+pub const UPLOAD_SCHEME: &str = "upload:";
+
+/// The file name in the upload folder of a stored path written by the server, or `None`
+/// for any other path. A name with a separator or `..` is refused, so a stored path can
+/// never reach outside the upload folder.
+pub fn uploaded_file_name(stored: &str) -> Option<&str> {
+    let name = stored.strip_prefix(UPLOAD_SCHEME)?;
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && !name.starts_with('.');
+    plain.then_some(name)
+}
+
 /// A case id as a file name: anything but ASCII letters, digits, `-`, `_` and `.`
-/// becomes `_`.
+/// becomes `_`, and 8 hex digits of the id's SHA-256 follow, so that two ids that clean
+/// to the same text (`a/b`, `a_b`) never share a file.
 fn file_stem(key: &str) -> String {
-    key.chars()
+    use sha2::{Digest, Sha256};
+    let clean: String = key
+        .chars()
+        .take(64)
         .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+            if c.is_ascii_alphanumeric() || "-_".contains(c) {
                 c
             } else {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    format!(
+        "{clean}-{}",
+        crate::query::hex(&Sha256::digest(key.as_bytes())[..4])
+    )
+}
+
+/// The suffix of an image written before its ingest committed. Such a file is named
+/// `.<final name>.<random>.partial`; it becomes `<final name>` only after the commit, so
+/// a crash never leaves a file under a name that blocks a later ingest.
+const PARTIAL: &str = ".partial";
+
+/// How old a partial file must be before a sweep touches it: far longer than any ingest
+/// transaction waits.
+pub const PARTIAL_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The final name a partial file stands for.
+fn partial_target(file: &str) -> Option<&str> {
+    let inner = file.strip_prefix('.')?.strip_suffix(PARTIAL)?;
+    let (target, _random) = inner.rsplit_once('.')?;
+    (!target.is_empty()).then_some(target)
 }
 
 /// Stores each image in `dir` and ingests them all, with the metadata of `template`
 /// (its key and path replaced), into `archive` in one transaction: all or nothing. Case
-/// ids that exist, repeat within the batch, or whose image file exists are refused
-/// before anything is written; the image files are written (never overwriting) before
-/// the transaction and removed again if it fails.
+/// ids that exist or repeat within the batch are refused before anything is written.
+///
+/// Each image is written under a temporary name first. If the store does not commit,
+/// those files are removed; once it has committed, nothing is removed: the files are
+/// renamed to their final names (a crash in between is completed by [`sweep_uploads`]).
+/// The store records each image as `upload:<file name>` ([`UPLOAD_SCHEME`]).
 pub fn ingest_images<S: CaseStore>(
     archive: &mut medret_store::Archive<S>,
     images: &[NewImage],
@@ -356,36 +402,127 @@ pub fn ingest_images<S: CaseStore>(
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| io("cannot create the image folder", e))?;
-    let mut written = Vec::new();
-    let result = (|| {
-        let mut items = Vec::new();
-        for im in images {
-            let path = dir.join(format!("{}.{}", file_stem(&im.key), im.extension));
-            let mut tmp =
-                tempfile::NamedTempFile::new_in(dir).map_err(|e| io("temporary file", e))?;
-            std::io::Write::write_all(&mut tmp, &im.bytes)
-                .and_then(|_| tmp.as_file().sync_all())
-                .map_err(|e| io("writing an image", e))?;
-            tmp.persist_noclobber(&path).map_err(|_| {
-                conflict(format!("an image for case `{}` is already stored", im.key))
-            })?;
-            written.push(path.clone());
-            let path = std::fs::canonicalize(&path).unwrap_or(path);
-            items.push((
-                NewCase {
-                    key: im.key.clone(),
-                    path: path.display().to_string(),
-                    ..template.clone()
-                },
-                im.vector.clone(),
-            ));
-        }
-        Ok(archive.ingest(&items)?)
-    })();
-    if result.is_err() {
-        for p in &written {
-            let _ = std::fs::remove_file(p);
+    let mut partial: Vec<(tempfile::TempPath, String)> = Vec::new();
+    let mut items = Vec::new();
+    for im in images {
+        let name = format!("{}.{}", file_stem(&im.key), im.extension);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(PARTIAL)
+            .tempfile_in(dir)
+            .map_err(|e| io("temporary file", e))?;
+        std::io::Write::write_all(&mut tmp, &im.bytes)
+            .and_then(|_| tmp.as_file().sync_all())
+            .map_err(|e| io("writing an image", e))?;
+        items.push((
+            NewCase {
+                key: im.key.clone(),
+                path: format!("{UPLOAD_SCHEME}{name}"),
+                ..template.clone()
+            },
+            im.vector.clone(),
+        ));
+        // Dropping a TempPath removes the file: every early return below cleans up.
+        partial.push((tmp.into_temp_path(), name));
+    }
+    let ids = archive.ingest(&items)?;
+    // Committed: from here on, nothing is removed.
+    for (tmp, name) in partial {
+        let target = dir.join(&name);
+        if let Err(e) = tmp.persist(&target) {
+            // The file stays under its temporary name; the next sweep completes it.
+            let kept = e.path.keep();
+            tracing::error!(
+                error = %e.error,
+                "an ingested image could not be moved to its final name; it is kept and the next start-up completes the move"
+            );
+            drop(kept);
         }
     }
-    result
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    Ok(ids)
+}
+
+/// What [`sweep_uploads`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Sweep {
+    /// Images whose ingest committed but whose rename did not happen (a crash): renamed.
+    pub completed: usize,
+    /// Images of ingests that never committed: removed.
+    pub removed: usize,
+}
+
+/// Finishes or undoes what a crash interrupted in the upload folder `dir`: a partial
+/// file whose case the store holds (recorded as `upload:<its final name>`) is renamed to
+/// that name; any other partial file is removed. Partial files younger than
+/// [`PARTIAL_GRACE`] are left for later. Files under final names are left alone
+/// (`medret index check` lists those no case references).
+pub fn sweep_uploads(store: &mut dyn CaseStore, dir: &Path) -> Result<Sweep> {
+    let mut sweep = Sweep::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(sweep);
+    };
+    let referenced = store.paths_with_prefix(UPLOAD_SCHEME)?;
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(target) = file.to_str().and_then(partial_target) else {
+            continue;
+        };
+        let path = entry.path();
+        // A partial file this young may belong to an ingest in flight on another server
+        // sharing the folder; it is left for a later sweep.
+        let young = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < PARTIAL_GRACE);
+        if young {
+            continue;
+        }
+        if referenced.contains(&format!("{UPLOAD_SCHEME}{target}")) {
+            let to = dir.join(target);
+            if to.exists() {
+                std::fs::remove_file(&path).ok();
+                sweep.removed += 1;
+            } else if std::fs::rename(&path, &to).is_ok() {
+                sweep.completed += 1;
+            }
+        } else if std::fs::remove_file(&path).is_ok() {
+            sweep.removed += 1;
+        }
+    }
+    Ok(sweep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_names_stay_inside_the_folder() {
+        assert_eq!(uploaded_file_name("upload:a-1.png"), Some("a-1.png"));
+        for bad in [
+            "upload:",
+            "upload:../x.png",
+            "upload:a/b.png",
+            "upload:..",
+            "upload:.a.png.x.partial",
+            "/data/x.png",
+            "x.png",
+        ] {
+            assert_eq!(uploaded_file_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_names_differ_for_ids_that_clean_alike() {
+        assert_ne!(file_stem("a/b"), file_stem("a_b"));
+        assert!(file_stem("../etc/passwd").starts_with("___etc_passwd-"));
+        assert_eq!(
+            partial_target(".x-1234abcd.png.Ab12Cd.partial"),
+            Some("x-1234abcd.png")
+        );
+        assert_eq!(partial_target("x.png"), None);
+    }
 }

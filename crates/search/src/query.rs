@@ -26,6 +26,26 @@ pub struct Hit {
     pub study: serde_json::Value,
 }
 
+/// Hits in one answer at most, also for a radius search (the rest by `offset`): one
+/// request must not turn into thousands of store reads.
+pub const MAX_HITS: usize = 500;
+
+/// Nearest cases a filtered search looks at, per query vector, at most. Filters are
+/// applied to the ranked list, so a rare filter value could otherwise read the whole
+/// archive; when this many did not fill the answer, it says it was cut.
+pub const MAX_FILTER_CANDIDATES: usize = 10_000;
+
+/// One answer: the hits, whether the ranking was exact (an HNSW graph is approximate),
+/// and whether it was cut short (a radius search beyond [`QueryOptions::max_hits`], whose
+/// next page starts at `next_offset`, or a filtered search that ran out of candidates).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page {
+    pub hits: Vec<Hit>,
+    pub exact: bool,
+    pub truncated: bool,
+    pub next_offset: Option<usize>,
+}
+
 /// `****` for a present patient id, empty for none.
 pub fn mask(id: &str) -> String {
     if id.is_empty() {
@@ -49,9 +69,10 @@ pub fn collect_hits(
         if k.is_some_and(|k| out.len() == k) {
             break;
         }
-        let c: Case = store.case(f.id)?.ok_or_else(|| {
-            SearchError::Invalid(format!("case {} vanished during the search", f.id))
-        })?;
+        // Deleted by another writer since the index was searched: left out.
+        let Some(c) = store.case(f.id)? else {
+            continue;
+        };
         out.push(hit(out.len() + 1, c, f.distance, show_ids));
     }
     Ok(out)
@@ -81,14 +102,19 @@ pub fn open_model_encoder(
 /// What an image query gives.
 pub struct ImageResults {
     pub hits: Vec<Hit>,
+    /// Whether the ranking was exact and the answer complete ([`Page`]).
+    pub exact: bool,
+    pub truncated: bool,
+    pub next_offset: Option<usize>,
     /// The query as the archive compares it: packed code bytes or f32 descriptor bytes.
     pub vector: Vec<u8>,
     /// The query's code or descriptor, probabilities and explanation.
     pub query: Encoded,
     /// The query as the model saw it (before normalisation), for overlays.
     pub shown: ImageF32,
-    /// The query as decoded, for explanations that run the model again.
-    pub decoded: ImageF32,
+    /// The query as decoded, for explanations that run the model again (`None` when
+    /// the holder let it go early, as the server does).
+    pub decoded: Option<ImageF32>,
     /// Seconds spent encoding (the network, with the explanation when asked for) and
     /// searching (index and case metadata).
     pub encode_seconds: f64,
@@ -129,6 +155,10 @@ pub struct QueryOptions {
     pub filters: Filters,
     /// Search by this part of the query image only.
     pub region: Option<Region>,
+    /// Hits to skip (paging through a radius search).
+    pub offset: usize,
+    /// Hits of a radius search in one answer at most ([`MAX_HITS`] by default).
+    pub max_hits: usize,
 }
 
 impl Default for QueryOptions {
@@ -140,6 +170,8 @@ impl Default for QueryOptions {
             explain: false,
             filters: Filters::default(),
             region: None,
+            offset: 0,
+            max_hits: MAX_HITS,
         }
     }
 }
@@ -228,13 +260,25 @@ impl Region {
     }
 }
 
-/// Searches `archive` with a decoded image (cut to `opts.region` first, if given).
-pub fn search_decoded<S: CaseStore>(
-    archive: &mut Archive<S>,
+/// An image query encoded, before any archive is touched.
+pub struct EncodedQuery {
+    pub vector: Vec<u8>,
+    pub query: Encoded,
+    pub shown: ImageF32,
+    /// The full-size image, for explanations that run the model again; a holder that
+    /// needs none sets it to `None` to free its memory before searching.
+    pub decoded: Option<ImageF32>,
+    pub encode_seconds: f64,
+}
+
+/// Runs the network on a decoded image (cut to `opts.region` first, if given) for an
+/// archive that stores `kind`. Needs no archive, so a server runs it outside any lock.
+pub fn encode_query(
     encoder: &Encoder,
+    kind: medret_store::ModelKind,
     decoded: ImageF32,
     opts: &QueryOptions,
-) -> Result<ImageResults> {
+) -> Result<EncodedQuery> {
     let decoded = match &opts.region {
         Some(r) => r.crop(&decoded)?,
         None => decoded,
@@ -244,19 +288,46 @@ pub fn search_decoded<S: CaseStore>(
     let query = encoder
         .encode_images(vec![decoded.clone()], opts.explain)
         .remove(0);
-    let encode_seconds = t.elapsed().as_secs_f64();
-    let vector = stored_vector(archive.model().kind, &query);
-    let t = std::time::Instant::now();
-    let hits = search_vector_with(archive, &vector, opts, &[])?;
-    Ok(ImageResults {
-        hits,
-        vector,
+    Ok(EncodedQuery {
+        vector: stored_vector(kind, &query),
         query,
         shown,
-        decoded,
-        encode_seconds,
+        decoded: Some(decoded),
+        encode_seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// Searches `archive` with an encoded image query.
+pub fn search_encoded<S: CaseStore>(
+    archive: &mut Archive<S>,
+    q: EncodedQuery,
+    opts: &QueryOptions,
+) -> Result<ImageResults> {
+    let t = std::time::Instant::now();
+    let page = search_vector_page(archive, &q.vector, opts, &[])?;
+    Ok(ImageResults {
+        hits: page.hits,
+        exact: page.exact,
+        truncated: page.truncated,
+        next_offset: page.next_offset,
+        vector: q.vector,
+        query: q.query,
+        shown: q.shown,
+        decoded: q.decoded,
+        encode_seconds: q.encode_seconds,
         search_seconds: t.elapsed().as_secs_f64(),
     })
+}
+
+/// Searches `archive` with a decoded image (cut to `opts.region` first, if given).
+pub fn search_decoded<S: CaseStore>(
+    archive: &mut Archive<S>,
+    encoder: &Encoder,
+    decoded: ImageF32,
+    opts: &QueryOptions,
+) -> Result<ImageResults> {
+    let q = encode_query(encoder, archive.model().kind, decoded, opts)?;
+    search_encoded(archive, q, opts)
 }
 
 /// What an archive of `kind` stores for an encoded image: a descriptor model's archive
@@ -299,6 +370,15 @@ pub fn search_cases<S: CaseStore>(
     keys: &[String],
     opts: &QueryOptions,
 ) -> Result<Vec<Hit>> {
+    Ok(search_cases_page(archive, keys, opts)?.hits)
+}
+
+/// [`search_cases`], with whether the answer is exact and complete.
+pub fn search_cases_page<S: CaseStore>(
+    archive: &mut Archive<S>,
+    keys: &[String],
+    opts: &QueryOptions,
+) -> Result<Page> {
     if keys.is_empty() {
         return Err(SearchError::Invalid("no case ids to search by".into()));
     }
@@ -328,7 +408,8 @@ pub fn search_cases<S: CaseStore>(
         .map(|(id, distance)| Found { id, distance })
         .collect();
     merged.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
-    collect_filtered(archive.store(), merged, &ids, opts)
+    let exact = !archive.is_approximate();
+    collect_filtered(archive.store(), merged, &ids, opts, exact)
 }
 
 /// Index hits for one query vector: enough of them that `opts.k` survive the filters and
@@ -353,33 +434,77 @@ fn raw_search<S: CaseStore>(
     archive.sync()?;
     Ok(match opts.radius {
         Some(r) => archive.radius(vector, r)?,
-        // Filters are applied to the ranked list, so a filtered search ranks everything.
-        None if !opts.filters.is_empty() => archive.search(vector, archive.len())?,
-        None => archive.search(vector, opts.k + excluded)?,
+        // Filters are applied to the ranked list: the nearest candidates, bounded.
+        None if !opts.filters.is_empty() => archive.search(
+            vector,
+            (opts.offset + opts.k + excluded).max(MAX_FILTER_CANDIDATES + excluded),
+        )?,
+        None => archive.search(vector, opts.offset + opts.k + excluded)?,
     })
 }
 
+/// Ranked index hits to an answer: the query cases left out, the filters applied to at
+/// most [`MAX_FILTER_CANDIDATES`] cases, `opts.offset` matches skipped, then `opts.k` (or
+/// for a radius search `opts.max_hits`) hits, each one store read.
 fn collect_filtered<S: CaseStore>(
     store: &mut S,
     found: Vec<Found>,
     exclude: &[u64],
     opts: &QueryOptions,
-) -> Result<Vec<Hit>> {
-    let k = opts.radius.is_none().then_some(opts.k);
-    let mut out = Vec::new();
-    for f in found.into_iter().filter(|f| !exclude.contains(&f.id)) {
-        if k.is_some_and(|k| out.len() == k) {
-            break;
+    exact: bool,
+) -> Result<Page> {
+    let limit = match opts.radius {
+        Some(_) => opts.max_hits,
+        None => opts.k,
+    };
+    let filtered = !opts.filters.is_empty();
+    let mut page = Page {
+        hits: Vec::new(),
+        exact,
+        truncated: false,
+        next_offset: None,
+    };
+    let mut skipped = 0;
+    let mut examined = 0;
+    let mut rest = found.into_iter().filter(|f| !exclude.contains(&f.id));
+    for f in rest.by_ref() {
+        if filtered {
+            if examined == MAX_FILTER_CANDIDATES {
+                page.truncated = true;
+                break;
+            }
+            examined += 1;
+        } else if skipped < opts.offset {
+            skipped += 1;
+            continue;
         }
-        let c: Case = store.case(f.id)?.ok_or_else(|| {
-            SearchError::Invalid(format!("case {} vanished during the search", f.id))
-        })?;
+        // Deleted by another writer since the index was searched: left out.
+        let Some(c) = store.case(f.id)? else {
+            continue;
+        };
         if !opts.filters.keeps(&c) {
             continue;
         }
-        out.push(hit(out.len() + 1, c, f.distance, opts.show_ids));
+        if skipped < opts.offset {
+            skipped += 1;
+            continue;
+        }
+        page.hits.push(hit(
+            opts.offset + page.hits.len() + 1,
+            c,
+            f.distance,
+            opts.show_ids,
+        ));
+        if page.hits.len() == limit {
+            break;
+        }
     }
-    Ok(out)
+    if opts.radius.is_some() && page.hits.len() == limit && rest.next().is_some() {
+        // More cases lie within the radius (for a filtered search: may match).
+        page.truncated = true;
+        page.next_offset = Some(opts.offset + limit);
+    }
+    Ok(page)
 }
 
 fn hit(rank: usize, c: Case, distance: f64, show_ids: bool) -> Hit {
@@ -407,8 +532,19 @@ pub fn search_vector_with<S: CaseStore>(
     opts: &QueryOptions,
     exclude: &[u64],
 ) -> Result<Vec<Hit>> {
+    Ok(search_vector_page(archive, vector, opts, exclude)?.hits)
+}
+
+/// [`search_vector_with`], with whether the answer is exact and complete.
+pub fn search_vector_page<S: CaseStore>(
+    archive: &mut Archive<S>,
+    vector: &[u8],
+    opts: &QueryOptions,
+    exclude: &[u64],
+) -> Result<Page> {
     let found = raw_search(archive, vector, opts, exclude.len())?;
-    collect_filtered(archive.store(), found, exclude, opts)
+    let exact = !archive.is_approximate();
+    collect_filtered(archive.store(), found, exclude, opts, exact)
 }
 
 /// Parses a query code given as hex (`bits / 8` bytes, byte 0 first, optional `0x`).
@@ -450,6 +586,8 @@ pub fn search_case<S: CaseStore>(
         k,
         radius,
         show_ids,
+        // A local user asked for this radius: every case in it, not one page.
+        max_hits: usize::MAX,
         ..QueryOptions::default()
     };
     search_cases(archive, &[key.to_string()], &opts)
@@ -468,6 +606,8 @@ pub fn search_vector<S: CaseStore>(
         k,
         radius,
         show_ids,
+        // A local user asked for this radius: every case in it, not one page.
+        max_hits: usize::MAX,
         ..QueryOptions::default()
     };
     search_vector_with(archive, vector, &opts, &[])

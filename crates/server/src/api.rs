@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
@@ -48,20 +49,68 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/cases/{id}/overlay", get(case_overlay))
 }
 
+/// When a request's blocking work must stop: checked between its stages (decode,
+/// encode, search, explain), so the work of a request that was answered 408 ends at the
+/// next boundary instead of running on.
+#[derive(Clone, Copy)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    pub fn check(&self) -> Result<(), ApiError> {
+        if Instant::now() > self.0 {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request took longer than this server allows; its work was stopped",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Runs `f` on a blocking thread with one of the server's work permits, which it keeps
+/// until `f` returns (also after its request timed out), and the request's deadline.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    state: &Arc<AppState>,
+    f: impl FnOnce(Deadline) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await?
+    let deadline = Deadline(Instant::now() + state.config.timeout);
+    let permit = state
+        .work
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("the server is shutting down"))?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        deadline.check()?;
+        f(deadline)
+    })
+    .await?
+}
+
+/// The admin store connection; a panic while it was held leaves nothing half-done in
+/// it (every write is one transaction), so a poisoned lock is simply taken over.
+fn admin(state: &AppState) -> std::sync::MutexGuard<'_, crate::state::Store> {
+    state.admin.lock().unwrap_or_else(|p| {
+        state.admin.clear_poison();
+        p.into_inner()
+    })
+}
+
+/// Models that could not be loaded, with why.
+fn unavailable(state: &AppState) -> BTreeMap<String, String> {
+    state
+        .unavailable
+        .read()
+        .map(|u| u.clone())
+        .unwrap_or_default()
 }
 
 async fn readyz(State(state): S) -> Response {
     let st = state.clone();
-    match blocking(move || {
-        st.admin
-            .lock()
-            .map_err(|_| ApiError::internal("store connection poisoned"))?
-            .generation()
-            .map_err(ApiError::from)
+    match blocking(&state, move |_| {
+        admin(&st).generation().map_err(ApiError::from)
     })
     .await
     {
@@ -69,6 +118,7 @@ async fn readyz(State(state): S) -> Response {
             "ready": true,
             "models": state.model_count(),
             "generation": g,
+            "unavailable": unavailable(&state),
         }))
         .into_response(),
         Err(e) => (
@@ -81,12 +131,13 @@ async fn readyz(State(state): S) -> Response {
 
 async fn models(State(state): S) -> Result<Json<Value>, ApiError> {
     let st = state.clone();
-    blocking(move || st.refresh_models()).await?;
-    let list: Vec<Value> = state
+    blocking(&state, move |_| st.refresh_models()).await?;
+    let mut list: Vec<Value> = state
         .all_slots()
         .iter()
         .map(|s| {
-            let cases = s.archive.lock().map(|a| a.len()).unwrap_or(0);
+            // Never waits on a search in progress: `null` while one holds the model.
+            let cases = s.cases_now();
             let (kind, size) = match s.info.kind {
                 ModelKind::Codes { bits, relaxed } => (
                     "codes",
@@ -108,9 +159,14 @@ async fn models(State(state): S) -> Result<Json<Value>, ApiError> {
                 "class_names": card.map(|c| c.class_names.clone()).unwrap_or_default(),
                 "input_size": card.map(|c| c.preprocessing.size),
                 "radius_search": matches!(s.info.kind, ModelKind::Codes { .. }),
+                "exact": !s.approximate,
+                "available": true,
             })
         })
         .collect();
+    for (name, why) in unavailable(&state) {
+        list.push(json!({ "name": name, "available": false, "error": why }));
+    }
     Ok(Json(json!({ "models": list })))
 }
 
@@ -169,6 +225,18 @@ impl Form {
             grade: self.parse("grade")?,
             split: self.get("split").map(String::from),
         })
+    }
+}
+
+/// Paging offsets up to this: deeper pages of one radius search are not a use anyone has.
+const MAX_OFFSET: usize = 100_000;
+
+fn check_offset(offset: Option<usize>) -> Result<usize, ApiError> {
+    match offset.unwrap_or(0) {
+        o if o > MAX_OFFSET => Err(ApiError::bad_request(format!(
+            "offset is at most {MAX_OFFSET}"
+        ))),
+        o => Ok(o),
     }
 }
 
@@ -269,9 +337,11 @@ async fn search(State(state): S, form: Multipart) -> Result<Json<Value>, ApiErro
         explain: form.get("explain") != Some("false"),
         filters: form.filters()?,
         region: form.get("region").map(Region::parse).transpose()?,
+        offset: check_offset(form.parse("offset")?)?,
+        ..QueryOptions::default()
     };
     let st = state.clone();
-    blocking(move || {
+    blocking(&state, move |deadline| {
         let slot = st.slot(&model)?;
         if opts.radius.is_some() && !matches!(slot.info.kind, ModelKind::Codes { .. }) {
             return Err(ApiError::bad_request(format!(
@@ -279,12 +349,23 @@ async fn search(State(state): S, form: Multipart) -> Result<Json<Value>, ApiErro
             )));
         }
         let encoder = slot.encoder()?.clone();
-        let (img, _, decode_s) = upload::decode(&bytes, &name)?;
+        let (img, _, decode_s, reservation) =
+            upload::decode(&bytes, &name, st.config.max_pixels, &st.decode_budget)?;
+        drop(bytes);
         st.metrics.stage("decode", decode_s);
+        deadline.check()?;
+        // The network runs before the model's lock is taken: a slow query never makes
+        // the others wait.
+        let mut encoded = medret_search::query::encode_query(&encoder, slot.info.kind, img, &opts)?;
+        // This API never shows the full-size image: it goes before the search.
+        encoded.decoded = None;
+        drop(reservation);
+        deadline.check()?;
         let res = {
             let mut archive = slot.lock()?;
-            medret_search::query::search_decoded(&mut archive, &encoder, img, &opts)?
+            medret_search::query::search_encoded(&mut archive, encoded, &opts)?
         };
+        deadline.check()?;
         st.metrics.stage("encode", res.encode_seconds);
         st.metrics.stage("search", res.search_seconds);
         let t = std::time::Instant::now();
@@ -320,6 +401,9 @@ async fn search(State(state): S, form: Multipart) -> Result<Json<Value>, ApiErro
             "model": model,
             "results": res.hits.iter().map(|h| result_json(h, &model)).collect::<Vec<_>>(),
             "summary": summary(&res.hits),
+            "exact": res.exact,
+            "truncated": res.truncated,
+            "next_offset": res.next_offset,
             "query": query,
             "timings_ms": {
                 "decode": decode_s * 1e3,
@@ -340,6 +424,8 @@ struct CasesQuery {
     k: Option<usize>,
     radius: Option<u32>,
     #[serde(default)]
+    offset: Option<usize>,
+    #[serde(default)]
     filters: Filters,
 }
 
@@ -358,38 +444,40 @@ async fn search_cases(
         explain: false,
         filters: q.filters,
         region: None,
+        offset: check_offset(q.offset)?,
+        ..QueryOptions::default()
     };
     let st = state.clone();
-    blocking(move || {
+    blocking(&state, move |_| {
         let slot = st.slot(&q.model)?;
         let t = std::time::Instant::now();
-        let hits = {
+        let page = {
             let mut archive = slot.lock()?;
-            medret_search::query::search_cases(&mut archive, &q.case_ids, &opts)?
+            medret_search::query::search_cases_page(&mut archive, &q.case_ids, &opts)?
         };
         st.metrics.stage("search", t.elapsed().as_secs_f64());
         Ok(Json(json!({
             "model": q.model,
             "query": { "case_ids": q.case_ids },
-            "results": hits.iter().map(|h| result_json(h, &q.model)).collect::<Vec<_>>(),
-            "summary": summary(&hits),
+            "results": page.hits.iter().map(|h| result_json(h, &q.model)).collect::<Vec<_>>(),
+            "summary": summary(&page.hits),
+            "exact": page.exact,
+            "truncated": page.truncated,
+            "next_offset": page.next_offset,
         })))
     })
     .await
 }
 
 fn find_case(state: &AppState, key: &str) -> Result<Case, ApiError> {
-    state
-        .admin
-        .lock()
-        .map_err(|_| ApiError::internal("store connection poisoned"))?
+    admin(state)
         .case_by_key(key)?
         .ok_or_else(|| ApiError::not_found(format!("no case `{key}`")))
 }
 
 async fn case(State(state): S, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
     let st = state.clone();
-    blocking(move || {
+    blocking(&state, move |_| {
         let c = find_case(&st, &key)?;
         let id = url_segment(&c.key);
         let mut v = json!({
@@ -437,7 +525,7 @@ async fn case_image(
     Query(q): Query<ImageQuery>,
 ) -> Result<Response, ApiError> {
     let st = state.clone();
-    let bytes = blocking(move || {
+    let bytes = blocking(&state, move |_| {
         let c = find_case(&st, &key)?;
         let img = load_case_image(&st, &c)?.to_dynamic();
         let img = match q.size {
@@ -464,7 +552,7 @@ async fn case_overlay(
     Query(q): Query<OverlayQuery>,
 ) -> Result<Response, ApiError> {
     let st = state.clone();
-    let bytes = blocking(move || {
+    let bytes = blocking(&state, move |_| {
         let slot = st.slot(&q.model)?;
         let encoder = slot.encoder()?.clone();
         let c = find_case(&st, &key)?;
@@ -560,17 +648,21 @@ async fn ingest(
     };
     let st = state.clone();
     let model_name = model.clone();
-    let ids = blocking(move || {
+    let ids = blocking(&state, move |deadline| {
         let slot: Arc<Slot> = st.slot(&model)?;
         let encoder = slot.encoder()?.clone();
         // Everything is decoded and encoded before anything is written, and outside the
         // model's lock.
         let mut decoded = Vec::new();
         let mut kinds = Vec::new();
+        let mut reservations = Vec::new();
         for (name, bytes) in &form.files {
-            let (img, kind, _) = upload::decode(bytes, name)?;
+            let (img, kind, _, reservation) =
+                upload::decode(bytes, name, st.config.max_pixels, &st.decode_budget)?;
             decoded.push(img);
+            reservations.push(reservation);
             kinds.push(kind);
+            deadline.check()?;
         }
         let images: Vec<NewImage> = encoder
             .encode_images(decoded, false)
@@ -586,6 +678,9 @@ async fn ingest(
                 vector: medret_search::query::stored_vector(slot.info.kind, e),
             })
             .collect();
+        drop(reservations);
+        // The last point where giving up changes nothing: past it the ingest completes.
+        deadline.check()?;
         let mut archive = slot.lock()?;
         medret_search::ingest::ingest_images(&mut archive, &images, &template, &st.upload_dir())?;
         Ok(images.into_iter().map(|i| i.key).collect::<Vec<_>>())
@@ -606,26 +701,21 @@ async fn delete(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
     let st = state.clone();
-    blocking(move || {
+    blocking(&state, move |_| {
         let c = find_case(&st, &key)?;
         // Through a model's archive when there is one, so its index follows at once;
         // the others see the store's generation move and reload.
         let deleted = match st.all_slots().first() {
             Some(slot) => slot.lock()?.delete(&key)?,
-            None => st
-                .admin
-                .lock()
-                .map_err(|_| ApiError::internal("store connection poisoned"))?
-                .delete(&key)?,
+            None => admin(&st).delete(&key)?,
         };
         if !deleted {
             return Err(ApiError::not_found(format!("no case `{key}`")));
         }
-        // An image the server stored itself goes with its case.
-        let dir = std::fs::canonicalize(st.upload_dir()).ok();
-        let path = std::path::Path::new(&c.path);
-        if dir.is_some_and(|d| path.starts_with(d)) {
-            let _ = std::fs::remove_file(path);
+        // An image the server stored itself (recorded as such in the store) goes with
+        // its case; an image ingested from a dataset is never touched, wherever it is.
+        if let Some(name) = medret_search::ingest::uploaded_file_name(&c.path) {
+            let _ = std::fs::remove_file(st.upload_dir().join(name));
         }
         tracing::info!("deleted one case");
         Ok(Json(json!({ "deleted": key })))

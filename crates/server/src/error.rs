@@ -78,10 +78,17 @@ impl From<SearchError> for ApiError {
             }
             SearchError::NotFound(m) => ApiError::not_found(m),
             SearchError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
-            SearchError::Model { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
-            SearchError::File { .. } | SearchError::Invalid(_) => {
-                ApiError::bad_request(e.to_string())
+            // The store's location is the server's business, not the client's.
+            SearchError::Model { model, message, .. } => {
+                ApiError::new(StatusCode::CONFLICT, format!("model `{model}`: {message}"))
             }
+            // A file the server itself failed to write or read (its upload folder):
+            // logged with the path, answered without it.
+            SearchError::File { .. } => {
+                tracing::error!(error = %e, "server file error");
+                ApiError::internal("the server could not store or read an image file")
+            }
+            SearchError::Invalid(m) => ApiError::bad_request(m),
         }
     }
 }

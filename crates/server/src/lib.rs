@@ -58,7 +58,9 @@ pub struct ServeConfig {
     pub show_patient_ids: bool,
     /// Requests processed at once, server-wide; more wait their turn.
     pub concurrency: usize,
-    /// A request taking longer gets 408.
+    /// A request taking longer gets 408. Its work stops at the next stage boundary
+    /// (after decoding, after encoding, after the index search) and keeps its share of
+    /// `concurrency` until it has.
     pub timeout: Duration,
     /// Where ingested images are kept (default: beside a SQLite store, `<store>.images`).
     pub upload_dir: Option<PathBuf>,
@@ -66,6 +68,11 @@ pub struct ServeConfig {
     pub image_root: Option<PathBuf>,
     /// Compute device for the networks (`cpu`, or `cuda:N` in a GPU build).
     pub device: String,
+    /// Largest image decoded, in pixels per frame (from the header, before decoding).
+    pub max_pixels: u64,
+    /// Memory that uploads being decoded may take at once, in MiB
+    /// ([`upload::DecodeBudget`]).
+    pub decode_budget_mib: u32,
 }
 
 impl ServeConfig {
@@ -82,6 +89,8 @@ impl ServeConfig {
             upload_dir: None,
             image_root: None,
             device: "cpu".into(),
+            max_pixels: upload::MAX_PIXELS,
+            decode_budget_mib: 4096,
         }
     }
 }

@@ -145,12 +145,13 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "# HELP medret_index_cases Cases in each model's index.\n# TYPE medret_index_cases gauge\n",
     );
     for slot in state.all_slots() {
-        if let Ok(a) = slot.archive.lock() {
+        // Never waits on a search in progress (this handler runs on the async runtime).
+        if let Some(n) = slot.cases_now() {
             let _ = writeln!(
                 out,
                 "medret_index_cases{{model=\"{}\"}} {}",
                 slot.info.name.replace(['"', '\\', '\n'], "_"),
-                a.len()
+                n
             );
         }
     }

@@ -30,6 +30,8 @@ pub struct Slot {
     pub encoder: Option<Arc<Encoder>>,
     /// Why there is no encoder.
     pub no_encoder: Option<String>,
+    /// Float searches go through an HNSW graph (approximate).
+    pub approximate: bool,
 }
 
 impl Slot {
@@ -46,16 +48,46 @@ impl Slot {
         })
     }
 
+    /// The archive, for one search or write. A request that panicked while holding it
+    /// leaves the lock poisoned: the next holder takes it over and reloads the index from
+    /// the store (the store is the truth; the index may have been left half-changed), so
+    /// one failure never disables a model until restart.
     pub fn lock(&self) -> Result<std::sync::MutexGuard<'_, Archive<Store>>, ApiError> {
-        self.archive
-            .lock()
-            .map_err(|_| ApiError::internal("an earlier request failed while holding this model"))
+        Ok(self.archive.lock().unwrap_or_else(|poisoned| {
+            self.archive.clear_poison();
+            let mut archive = poisoned.into_inner();
+            archive.mark_stale();
+            tracing::warn!(
+                model = %self.info.name,
+                "a request failed while holding this model; its index is reloaded"
+            );
+            archive
+        }))
+    }
+
+    /// Cases in the index, without waiting: `None` while a request holds the model.
+    pub fn cases_now(&self) -> Option<usize> {
+        match self.archive.try_lock() {
+            Ok(a) => Some(a.len()),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().len()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 }
 
 pub struct AppState {
     pub config: ServeConfig,
     pub slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    /// Models of the store that could not be loaded, with why: shown as unavailable in
+    /// `/readyz` and `/api/v1/models`, retried on the next refresh, never fatal to the
+    /// other models.
+    pub unavailable: RwLock<BTreeMap<String, String>>,
+    /// Permits for blocking work (decode, networks, searches). A permit moves into the
+    /// blocking task and is released when that work ends, not when its request times
+    /// out, so the limit holds for the work itself.
+    pub work: Arc<tokio::sync::Semaphore>,
+    /// Memory for decoding uploads, shared by every request.
+    pub decode_budget: crate::upload::DecodeBudget,
     pub metrics: Metrics,
     device: burn::prelude::Device,
     /// A connection for writes that concern every model (deletes) and for readiness.
@@ -73,10 +105,27 @@ impl AppState {
         }
         let device =
             medret_models::device::parse_device(&config.device).map_err(ApiError::bad_request)?;
-        let admin = open_store(&config.store)?;
+        let mut admin = open_store(&config.store)?;
+        let upload_dir = upload_dir_of(&config);
+        if config.token.is_some() && !config.read_only {
+            check_upload_dir(&config, &upload_dir)?;
+        }
+        let swept = medret_search::ingest::sweep_uploads(&mut *admin, &upload_dir)?;
+        if swept != Default::default() {
+            tracing::info!(
+                completed = swept.completed,
+                removed = swept.removed,
+                "upload folder: finished or undone what an interrupted ingest left"
+            );
+        }
+        let config_budget = config.decode_budget_mib;
+        let work = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
         let state = AppState {
             config,
             slots: RwLock::new(BTreeMap::new()),
+            unavailable: RwLock::new(BTreeMap::new()),
+            work,
+            decode_budget: crate::upload::DecodeBudget::new(config_budget),
             metrics: Metrics::default(),
             device,
             admin: Mutex::new(admin),
@@ -103,7 +152,7 @@ impl AppState {
             .info()?;
         let names: Vec<String> = info.models.iter().map(|(m, _)| m.name.clone()).collect();
         let missing: Vec<String> = {
-            let slots = self.slots.read().expect("slots lock");
+            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
             names
                 .iter()
                 .filter(|n| !slots.contains_key(*n))
@@ -111,10 +160,18 @@ impl AppState {
                 .collect()
         };
         let mut loaded = Vec::new();
+        let mut failed = BTreeMap::new();
         for name in missing {
-            loaded.push((name.clone(), Arc::new(self.load(&name)?)));
+            match self.load(&name) {
+                Ok(slot) => loaded.push((name.clone(), Arc::new(slot))),
+                Err(e) => {
+                    tracing::error!(model = %name, error = %e.message, "model unavailable");
+                    failed.insert(name, e.message);
+                }
+            }
         }
-        let mut slots = self.slots.write().expect("slots lock");
+        *self.unavailable.write().unwrap_or_else(|p| p.into_inner()) = failed;
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
         slots.retain(|n, _| names.contains(n));
         for (n, s) in loaded {
             slots.entry(n).or_insert(s);
@@ -126,6 +183,7 @@ impl AppState {
         let store = open_store(&self.config.store)?;
         let archive = Archive::open_with(store, name, FloatSearch::Auto)?;
         let info = archive.model().clone();
+        let approximate = archive.is_approximate();
         let (encoder, no_encoder) = match ModelBinding::from_config_hash(&info.config_hash) {
             None => (
                 None,
@@ -150,18 +208,35 @@ impl AppState {
             archive: Mutex::new(archive),
             encoder,
             no_encoder,
+            approximate,
         })
     }
 
     /// The slot of `model`, loading it if the store gained it since.
     pub fn slot(&self, model: &str) -> Result<Arc<Slot>, ApiError> {
-        if let Some(s) = self.slots.read().expect("slots lock").get(model) {
+        if let Some(s) = self
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(model)
+        {
             return Ok(s.clone());
         }
         self.refresh_models()?;
+        if let Some(why) = self
+            .unavailable
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(model)
+        {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("model `{model}` is unavailable: {why}"),
+            ));
+        }
         self.slots
             .read()
-            .expect("slots lock")
+            .unwrap_or_else(|p| p.into_inner())
             .get(model)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("no model `{model}` in this store")))
@@ -170,7 +245,7 @@ impl AppState {
     pub fn all_slots(&self) -> Vec<Arc<Slot>> {
         self.slots
             .read()
-            .expect("slots lock")
+            .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
             .collect()
@@ -178,23 +253,52 @@ impl AppState {
 
     /// Where ingested images go.
     pub fn upload_dir(&self) -> PathBuf {
-        match &self.config.upload_dir {
-            Some(d) => d.clone(),
-            None if !is_url(&self.config.store) => {
-                let mut p = self.config.store.clone().into_os_string();
-                p.push(".images");
-                PathBuf::from(p)
-            }
-            None => PathBuf::from("medret-images"),
-        }
+        upload_dir_of(&self.config)
     }
 
-    /// A stored image path, resolved against the image root when relative.
+    /// A stored image path: an image the server wrote (`upload:<name>`) in the upload
+    /// folder, any other path resolved against the image root when relative.
     pub fn image_path(&self, stored: &str) -> PathBuf {
+        if let Some(name) = medret_search::ingest::uploaded_file_name(stored) {
+            return self.upload_dir().join(name);
+        }
         let p = Path::new(stored);
         match &self.config.image_root {
             Some(root) if p.is_relative() => root.join(p),
             _ => p.to_path_buf(),
         }
     }
+}
+
+/// Where ingested images go: `--upload-dir`, or beside a SQLite store `<store>.images`.
+pub fn upload_dir_of(config: &ServeConfig) -> PathBuf {
+    match &config.upload_dir {
+        Some(d) => d.clone(),
+        None if !is_url(&config.store) => {
+            let mut p = config.store.clone().into_os_string();
+            p.push(".images");
+            PathBuf::from(p)
+        }
+        None => PathBuf::from("medret-images"),
+    }
+}
+
+/// A server that takes writes must keep the images it writes where every replica reads
+/// them: with a PostgreSQL store (replicas on several hosts) the folder must be given,
+/// as an absolute path (a shared mount); and it must be writable now, not at the first
+/// ingest.
+fn check_upload_dir(config: &ServeConfig, dir: &Path) -> Result<(), ApiError> {
+    if is_url(&config.store) && !config.upload_dir.as_ref().is_some_and(|d| d.is_absolute()) {
+        return Err(ApiError::bad_request(
+            "a server with writes on a PostgreSQL store needs --upload-dir, an absolute path that every replica shares (a network mount): the images it stores must be readable from each",
+        ));
+    }
+    std::fs::create_dir_all(dir)
+        .and_then(|_| tempfile::NamedTempFile::new_in(dir).map(drop))
+        .map_err(|e| {
+            ApiError::internal(format!(
+                "the upload folder {} is not writable: {e}",
+                dir.display()
+            ))
+        })
 }

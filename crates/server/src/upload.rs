@@ -39,8 +39,59 @@ impl Kind {
     }
 }
 
-/// Images above this many pixels are refused before their pixels are decoded.
-pub const MAX_PIXELS: u64 = 16384 * 16384;
+/// Images above this many pixels (per frame) are refused before any pixel is decoded,
+/// unless `medret serve --max-pixels` raises it: 8192 x 8192 covers every radiograph and
+/// fundus camera, and decodes to at most 768 MiB of f32 RGB.
+pub const MAX_PIXELS: u64 = 8192 * 8192;
+
+/// Bytes of memory a decode is charged per pixel: the decoder's own buffer, the f32 RGB
+/// image (12 bytes) and the copies the model's preprocessing makes before it resizes.
+pub const BYTES_PER_PIXEL: u64 = 32;
+
+/// Memory that uploads being decoded and encoded may take at once, shared by every
+/// request: each one reserves `pixels x BYTES_PER_PIXEL` from the header before decoding
+/// and holds it until its network has run, so a burst of large uploads waits its turn
+/// instead of multiplying the server's memory.
+#[derive(Clone)]
+pub struct DecodeBudget {
+    mib: u32,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// A reservation from a [`DecodeBudget`], returned when dropped.
+pub type Reservation = Option<tokio::sync::OwnedSemaphorePermit>;
+
+impl DecodeBudget {
+    pub fn new(mib: u32) -> Self {
+        let mib = mib.max(1);
+        DecodeBudget {
+            mib,
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(mib as usize)),
+        }
+    }
+
+    /// Waits (on a blocking thread) until `w x h` pixels fit; 413 when they never can.
+    fn reserve(&self, name: &str, w: u64, h: u64) -> Result<Reservation, ApiError> {
+        let need = (w * h * BYTES_PER_PIXEL).div_ceil(1 << 20).max(1);
+        if need > self.mib as u64 {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{name}: decoding {w}x{h} pixels needs about {need} MiB, more than this server's decode budget ({} MiB)",
+                    self.mib
+                ),
+            ));
+        }
+        let permits = self.permits.clone();
+        let permit = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt.block_on(permits.acquire_many_owned(need as u32)),
+            // Outside a runtime (unit tests): no one to wait for.
+            Err(_) => return Ok(None),
+        }
+        .map_err(|_| ApiError::internal("the server is shutting down"))?;
+        Ok(Some(permit))
+    }
+}
 
 /// A file name fit for messages: the upload's own name without directories or control
 /// characters, at most 80 characters.
@@ -58,7 +109,14 @@ pub fn shown_name(name: Option<&str>) -> String {
 
 /// Decodes one upload, or says which upload and what is wrong with it. Returns the image
 /// and the seconds spent.
-pub fn decode(bytes: &[u8], name: &str) -> Result<(ImageF32, Kind, f64), ApiError> {
+/// The image comes with its reservation from `budget`: keep it until the image (and
+/// what is made from it at full size) is dropped.
+pub fn decode(
+    bytes: &[u8],
+    name: &str,
+    max_pixels: u64,
+    budget: &DecodeBudget,
+) -> Result<(ImageF32, Kind, f64, Reservation), ApiError> {
     let t = Instant::now();
     if bytes.is_empty() {
         return Err(ApiError::bad_request(format!("{name}: the file is empty")));
@@ -89,6 +147,7 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<(ImageF32, Kind, f64), ApiErro
             "the file is truncated (no end-of-image marker)".into(),
         ));
     }
+    let reservation;
     let img = match kind {
         Kind::Png | Kind::Jpeg => {
             let format = if kind == Kind::Png {
@@ -96,14 +155,23 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<(ImageF32, Kind, f64), ApiErro
             } else {
                 image::ImageFormat::Jpeg
             };
-            let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-            let mut limits = image::Limits::default();
-            limits.max_alloc = Some(1 << 30);
-            reader.limits(limits);
-            let (w, h) = reader
-                .into_dimensions()
-                .map_err(|e| unreadable(e.to_string()))?;
-            check_size(name, w as u64, h as u64)?;
+            // A PNG's size is in its first chunk (IHDR), read here directly: the decoder
+            // wants more of the file than the header before it reports dimensions.
+            let (w, h) = match png_declared_size(bytes) {
+                Some(size) => size,
+                None => {
+                    let mut reader =
+                        image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+                    let mut limits = image::Limits::default();
+                    limits.max_alloc = Some(1 << 30);
+                    reader.limits(limits);
+                    reader
+                        .into_dimensions()
+                        .map_err(|e| unreadable(e.to_string()))?
+                }
+            };
+            check_size(name, w as u64, h as u64, max_pixels)?;
+            reservation = budget.reserve(name, w as u64, h as u64)?;
             let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
             let mut limits = image::Limits::default();
             limits.max_alloc = Some(1 << 30);
@@ -121,27 +189,41 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<(ImageF32, Kind, f64), ApiErro
             std::io::Write::write_all(&mut f, bytes)
                 .map_err(|e| ApiError::internal(format!("temporary file: {e}")))?;
             let tmp = f.path().display().to_string();
-            medret_data::dicom::decode_dicom(f.path()).map_err(|e| {
-                // The reader names the temporary file; the client knows its own name.
-                unreadable(e.to_string().replace(&tmp, name))
-            })?
+            // The reader names the temporary file; the client knows its own name.
+            let unreadable =
+                |e: medret_data::DataError| unreadable(e.to_string().replace(&tmp, name));
+            let (h, w) = medret_data::dicom::declared_size(f.path()).map_err(unreadable)?;
+            check_size(name, w, h, max_pixels)?;
+            reservation = budget.reserve(name, w, h)?;
+            medret_data::dicom::decode_dicom(f.path()).map_err(unreadable)?
         }
     };
-    check_size(name, img.width as u64, img.height as u64)?;
-    Ok((img, kind, t.elapsed().as_secs_f64()))
+    check_size(name, img.width as u64, img.height as u64, max_pixels)?;
+    Ok((img, kind, t.elapsed().as_secs_f64(), reservation))
 }
 
-fn check_size(name: &str, w: u64, h: u64) -> Result<(), ApiError> {
+/// Width and height from a PNG's IHDR chunk, when the file starts with one.
+fn png_declared_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < 24 || !bytes.starts_with(b"\x89PNG\r\n\x1a\n") || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    Some((be(16), be(20)))
+}
+
+fn check_size(name: &str, w: u64, h: u64, max_pixels: u64) -> Result<(), ApiError> {
     if w == 0 || h == 0 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("{name}: the image is {w}x{h} pixels"),
         ));
     }
-    if w * h > MAX_PIXELS {
+    if w * h > max_pixels {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{name}: {w}x{h} pixels is more than this server decodes (16384x16384)"),
+            format!(
+                "{name}: {w}x{h} pixels is more than this server decodes ({max_pixels} pixels; `medret serve --max-pixels` raises it)"
+            ),
         ));
     }
     Ok(())
@@ -164,9 +246,15 @@ mod tests {
 
     #[test]
     fn bad_uploads_are_4xx_with_the_name() {
-        let e = decode(b"", "a.png").unwrap_err();
+        let e = decode(b"", "a.png", MAX_PIXELS, &DecodeBudget::new(4096)).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        let e = decode(b"hello world", "x.png").unwrap_err();
+        let e = decode(
+            b"hello world",
+            "x.png",
+            MAX_PIXELS,
+            &DecodeBudget::new(4096),
+        )
+        .unwrap_err();
         assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         assert!(e.message.starts_with("x.png:"), "{}", e.message);
         // A PNG signature and a header claiming 40000 x 40000 pixels, nothing else.
@@ -176,8 +264,8 @@ mod tests {
         png.extend_from_slice(&[8, 0, 0, 0, 0]);
         let crc = crc32(&png[12..]);
         png.extend_from_slice(&crc.to_be_bytes());
-        let e = decode(&png, "big.png").unwrap_err();
-        assert!(e.status.is_client_error(), "{e:?}");
+        let e = decode(&png, "big.png", MAX_PIXELS, &DecodeBudget::new(4096)).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{e:?}");
         assert_eq!(shown_name(Some("C:\\x\\y/scan\n.png")), "scan.png");
     }
 

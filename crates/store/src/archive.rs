@@ -69,6 +69,9 @@ pub struct Archive<S: CaseStore> {
     float: FloatSearch,
     /// The store's generation the index reflects.
     generation: u64,
+    /// The index could not follow a committed write (or a holder's lock was poisoned):
+    /// reload it from the store before the next use.
+    stale: bool,
 }
 
 fn floats(v: &[u8]) -> Vec<f32> {
@@ -102,6 +105,7 @@ impl<S: CaseStore> Archive<S> {
             index,
             float,
             generation,
+            stale: false,
         })
     }
 
@@ -109,14 +113,41 @@ impl<S: CaseStore> Archive<S> {
     /// same PostgreSQL store) changed the archive since it was loaded. True if it did.
     pub fn sync(&mut self) -> Result<bool> {
         let g = self.store.generation()?;
-        if g == self.generation {
+        if g == self.generation && !self.stale {
             return Ok(false);
         }
         let (model, index) = load(&mut self.store, &self.model.name, self.float)?;
         self.model = model;
         self.index = index;
         self.generation = g;
+        self.stale = false;
         Ok(true)
+    }
+
+    /// Makes the next [`Archive::sync`] reload the index from the store: for a holder
+    /// that cannot vouch for it (a request panicked while holding it).
+    pub fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    /// Whether the index waits for a reload (see [`Archive::mark_stale`]).
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// After our own committed write: bring the index along with `follow`, or mark it
+    /// stale when that fails. The store holds the write either way, so the caller is told
+    /// it succeeded; the index catches up on the next sync.
+    fn follow_commit(&mut self, before: u64, follow: impl FnOnce(&mut Index) -> Result<()>) {
+        let done = follow(&mut self.index).and_then(|_| self.after_write(before));
+        if let Err(e) = done {
+            tracing::warn!(
+                model = %self.model.name,
+                error = %e,
+                "the index could not follow a committed write; it reloads on next use"
+            );
+            self.stale = true;
+        }
     }
 
     /// After a write of our own that raised the generation by one from `before`: adopt
@@ -210,16 +241,20 @@ impl<S: CaseStore> Archive<S> {
         self.len() == 0
     }
 
-    /// Ingests into the store (one transaction), then into the index.
+    /// Ingests into the store (one transaction), then into the index. An error means
+    /// the store did not commit; once it has, this returns the ids even if the index
+    /// could not follow (it is then reloaded before the next search).
     pub fn ingest(&mut self, items: &[(NewCase, Vec<u8>)]) -> Result<Vec<u64>> {
         self.sync()?;
         let before = self.generation;
         let ids = self.store.ingest(&self.model.name, items)?;
         let name = self.model.name.clone();
-        for (id, (_, v)) in ids.iter().zip(items) {
-            add(&mut self.index, *id, v).map_err(index_err(&name))?;
-        }
-        self.after_write(before)?;
+        self.follow_commit(before, |index| {
+            for (id, (_, v)) in ids.iter().zip(items) {
+                add(index, *id, v).map_err(index_err(&name))?;
+            }
+            Ok(())
+        });
         Ok(ids)
     }
 
@@ -232,17 +267,20 @@ impl<S: CaseStore> Archive<S> {
         let before = self.generation;
         let deleted = self.store.delete(key)?;
         if deleted {
-            match &mut self.index {
-                Index::Codes(i, relaxed) => {
-                    if let Some(r) = relaxed {
-                        r.remove(&case.id);
+            let name = self.model.name.clone();
+            self.follow_commit(before, |index| {
+                match index {
+                    Index::Codes(i, relaxed) => {
+                        if let Some(r) = relaxed {
+                            r.remove(&case.id);
+                        }
+                        i.remove(case.id)
                     }
-                    i.remove(case.id)
-                }
-                Index::Floats(i) => i.remove(case.id),
-                Index::Graph(i) => i.remove(case.id).map_err(index_err(&self.model.name))?,
-            };
-            self.after_write(before)?;
+                    Index::Floats(i) => i.remove(case.id),
+                    Index::Graph(i) => i.remove(case.id).map_err(index_err(&name))?,
+                };
+                Ok(())
+            });
         }
         Ok(deleted)
     }

@@ -154,6 +154,9 @@ pub trait CaseStore {
     /// process (another server on the same PostgreSQL store) changed the archive.
     fn generation(&mut self) -> Result<u64>;
     fn info(&mut self) -> Result<StoreInfo>;
+    /// Every stored image path that starts with `prefix` (for the images the server
+    /// wrote: `upload:`).
+    fn paths_with_prefix(&mut self, prefix: &str) -> Result<std::collections::BTreeSet<String>>;
 }
 
 /// A boxed store is a store, so commands can pick SQLite or PostgreSQL at run time.
@@ -194,5 +197,8 @@ impl<T: CaseStore + ?Sized> CaseStore for Box<T> {
     }
     fn info(&mut self) -> Result<StoreInfo> {
         (**self).info()
+    }
+    fn paths_with_prefix(&mut self, prefix: &str) -> Result<std::collections::BTreeSet<String>> {
+        (**self).paths_with_prefix(prefix)
     }
 }

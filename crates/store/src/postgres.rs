@@ -383,6 +383,19 @@ impl CaseStore for PgStore {
             .collect())
     }
 
+    fn paths_with_prefix(&mut self, prefix: &str) -> Result<std::collections::BTreeSet<String>> {
+        Ok(self
+            .client
+            .query(
+                "SELECT path FROM cases WHERE left(path, char_length($1)) = $1",
+                &[&prefix],
+            )
+            .map_err(|e| self.db_err(e))?
+            .into_iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect())
+    }
+
     fn info(&mut self) -> Result<StoreInfo> {
         let cases: i64 = self
             .client

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Result, StoreError};
 use crate::{Case, CaseStore, Metric, ModelInfo, ModelKind, NewCase, StoreInfo};
@@ -75,6 +75,10 @@ impl SqliteStore {
         };
         let existed = path.exists();
         let conn = Connection::open(path).map_err(db)?;
+        // Another process writing (a second server on the same file) makes a write wait
+        // for its turn instead of failing at once with "database is locked".
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db)?;
         // A file that is not SQLite fails on the first read.
         let app: i64 = conn
             .query_row("PRAGMA application_id", [], |r| r.get(0))
@@ -111,10 +115,13 @@ impl SqliteStore {
 
     fn migrate(&mut self, from: u32) -> Result<()> {
         for (v, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
-            let tx = self.conn.transaction().map_err(|e| StoreError::Database {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| StoreError::Database {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                })?;
             tx.execute_batch(sql)
                 .and_then(|_| tx.pragma_update(None, "application_id", APPLICATION_ID))
                 .and_then(|_| tx.pragma_update(None, "user_version", (v + 1) as i64))
@@ -146,7 +153,10 @@ impl SqliteStore {
             path: path.clone(),
             message: e.to_string(),
         };
-        let tx = self.conn.transaction().map_err(db)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
         if create {
             let (kind, dim, metric) = kind_columns(&info.kind);
             tx.execute(
@@ -232,12 +242,18 @@ impl SqliteStore {
 
 /// Test hook for crash tests: with `MEDRET_TEST_INGEST_PAUSE=<file>` set, an ingest
 /// halfway through its transaction creates `<file>` and sleeps, so a test can kill the
-/// process at a moment known to lie inside the transaction. Unset, it costs one
-/// environment lookup per ingest.
+/// process at a moment known to lie inside the transaction. Only in builds with debug
+/// assertions (the tests' builds): a release build has no sleep to trigger.
 pub(crate) struct TestHook(PathBuf);
 
+#[cfg(debug_assertions)]
 pub(crate) fn test_hook() -> Option<TestHook> {
     std::env::var_os("MEDRET_TEST_INGEST_PAUSE").map(|p| TestHook(PathBuf::from(p)))
+}
+
+#[cfg(not(debug_assertions))]
+pub(crate) fn test_hook() -> Option<TestHook> {
+    None
 }
 
 impl TestHook {
@@ -299,13 +315,20 @@ pub(crate) fn validate_kind(kind: &ModelKind) -> Result<()> {
     }
 }
 
-/// Checks every item before anything is written: vector sizes and keys.
+/// Checks every item before anything is written: vector sizes, finite floats (one NaN
+/// in the store would keep the model's index from ever loading again) and keys.
 pub(crate) fn validate_items(
     model: &str,
     info: &ModelInfo,
     items: &[(NewCase, Vec<u8>)],
 ) -> Result<()> {
     let bytes = info.kind.vector_bytes();
+    // Where the float32 part of a stored vector starts.
+    let floats_from = match info.kind {
+        ModelKind::Codes { relaxed: true, .. } => info.kind.code_bytes(),
+        ModelKind::Codes { .. } => None,
+        ModelKind::Descriptors { .. } => Some(0),
+    };
     for (i, (case, v)) in items.iter().enumerate() {
         if v.len() != bytes {
             return Err(StoreError::VectorSize {
@@ -321,6 +344,19 @@ pub(crate) fn validate_items(
             return Err(StoreError::InvalidCase(format!(
                 "item {i} has an empty key"
             )));
+        }
+        if let Some(from) = floats_from
+            && let Some(j) = v[from..]
+                .chunks_exact(4)
+                .position(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
+        {
+            return Err(StoreError::VectorSize {
+                model: model.into(),
+                message: format!(
+                    "item {i} (case `{}`): value {j} is not a finite number",
+                    case.key
+                ),
+            });
         }
     }
     Ok(())
@@ -339,10 +375,13 @@ impl CaseStore for SqliteStore {
             });
         }
         let (kind, dim, metric) = kind_columns(&model.kind);
-        let tx = self.conn.transaction().map_err(|e| StoreError::Database {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::Database {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
         tx.execute(
             "INSERT INTO models (name, kind, dim, metric, config_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![model.name, kind, dim, metric, model.config_hash],
@@ -409,7 +448,10 @@ impl CaseStore for SqliteStore {
             path: path.clone(),
             message: e.to_string(),
         };
-        let tx = self.conn.transaction().map_err(db)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
         let n = tx
             .execute("DELETE FROM cases WHERE case_key = ?1", params![key])
             .map_err(db)?;
@@ -473,6 +515,20 @@ impl CaseStore for SqliteStore {
             })
             .map_err(|e| self.db_err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn paths_with_prefix(&mut self, prefix: &str) -> Result<std::collections::BTreeSet<String>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT path FROM cases WHERE substr(path, 1, ?2) = ?1")
+            .map_err(|e| self.db_err(e))?;
+        let rows = st
+            .query_map(params![prefix, prefix.chars().count() as i64], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(|e| self.db_err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
             .map_err(|e| self.db_err(e))
     }
 

@@ -185,3 +185,53 @@ fn a_failed_create_and_ingest_leaves_no_model_and_a_rerun_succeeds() {
     assert!(!s.delete("a").unwrap());
     assert_eq!(s.generation().unwrap(), g0 + 2, "one delete, one no-op");
 }
+
+#[test]
+fn non_finite_floats_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let mut s = SqliteStore::open(&path).unwrap();
+    let floats = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    s.add_model(&ModelInfo {
+        name: "d".into(),
+        kind: ModelKind::Descriptors {
+            dim: 3,
+            metric: Metric::Cosine,
+        },
+        config_hash: String::new(),
+    })
+    .unwrap();
+    let relaxed = ModelInfo {
+        name: "r".into(),
+        kind: ModelKind::Codes {
+            bits: 8,
+            relaxed: true,
+        },
+        config_hash: String::new(),
+    };
+    s.add_model(&relaxed).unwrap();
+    let g = s.generation().unwrap();
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let e = s
+            .ingest(
+                "d",
+                &[
+                    (case("ok"), floats(&[1.0, 0.0, 0.0])),
+                    (case("bad"), floats(&[0.5, bad, 0.0])),
+                ],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`bad`") && e.contains("not a finite"), "{e}");
+        // The relaxed outputs of a code are floats too; its code byte is not.
+        let mut v = vec![0xffu8];
+        v.extend(floats(&[0.1, -0.2, 0.3, 0.4, 0.5, 0.6, bad, 0.8]));
+        let e = s.ingest("r", &[(case("bad"), v)]).unwrap_err().to_string();
+        assert!(e.contains("value 6"), "{e}");
+    }
+    assert_eq!(s.info().unwrap().cases, 0);
+    assert_eq!(s.generation().unwrap(), g);
+    let mut v = vec![0xffu8];
+    v.extend(floats(&[0.0; 8]));
+    s.ingest("r", &[(case("fine"), v)]).unwrap();
+}
