@@ -30,6 +30,26 @@ pub enum IndexCommand {
         #[arg(required = true)]
         cases: Vec<String>,
     },
+    /// Whether the store's rows, every model's vectors, the indexes rebuilt from them
+    /// and the image files agree; lists missing and orphan files. Exits 0 only when
+    /// consistent.
+    Check {
+        #[arg(long)]
+        store: PathBuf,
+        /// The folder of images the server wrote (default: `<store>.images` beside a
+        /// SQLite store; needed for a PostgreSQL store whose cases were uploaded).
+        #[arg(long)]
+        upload_dir: Option<PathBuf>,
+        /// Root for relative image paths (as `medret serve --image-root`).
+        #[arg(long)]
+        image_root: Option<PathBuf>,
+        /// Remove orphan files from the upload folder and finish or undo interrupted
+        /// uploads (never a file a case refers to).
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Counts, models and size on disk.
     Info {
         #[arg(long)]
@@ -225,6 +245,42 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
             println!("deleted {} cases", cases.len() - missing.len());
             if !missing.is_empty() {
                 bail!("not in the store: {}", missing.join(", "));
+            }
+            Ok(())
+        }
+        IndexCommand::Check {
+            store,
+            upload_dir,
+            image_root,
+            repair,
+            json,
+        } => {
+            if !is_url(store) && !store.exists() {
+                bail!("{}: no such store", shown(store));
+            }
+            let upload_dir = upload_dir.clone().or_else(|| {
+                (!is_url(store)).then(|| {
+                    let mut p = store.clone().into_os_string();
+                    p.push(".images");
+                    PathBuf::from(p)
+                })
+            });
+            let files = medret_search::check::Files {
+                upload_dir,
+                image_root: image_root.clone(),
+            };
+            let mut opened = open_store(store)?;
+            let report =
+                medret_search::check::check(&mut opened, || open_store(store), &files, *repair)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for line in report.lines() {
+                    println!("{line}");
+                }
+            }
+            if !report.consistent {
+                bail!("{}: the store is not consistent", shown(store));
             }
             Ok(())
         }

@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// pixel is decoded (larger uploads get 413). Default 8192 x 8192.
     #[arg(long, default_value_t = medret_server::upload::MAX_PIXELS)]
     max_pixels: u64,
+    /// Name cases by opaque ids (`c` and 32 hex digits, one per case, fixed per store)
+    /// in every response and request, never by the archive's own case ids, which often
+    /// hold patient or accession numbers. `--opaque-ids false` shows the archive's ids.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    opaque_ids: bool,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -80,6 +85,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         bail!("--max-pixels must be at least 1");
     }
     cfg.max_pixels = a.max_pixels;
+    cfg.opaque_ids = a.opaque_ids;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -25,12 +25,30 @@ impl Server {
         Self::start_env(store, extra, &[])
     }
 
+    /// Most tests compare the server's answers with the CLI's case ids, so they run with
+    /// `--opaque-ids false` unless they say otherwise.
     fn start_env(store: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_logged(store, extra, env, None)
+    }
+
+    /// With `log`, the server's standard error goes to that file.
+    fn start_logged(
+        store: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_medret"));
         cmd.args(["serve", "--store", store, "--addr", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(match log {
+                Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+                None => Stdio::null(),
+            });
+        if !extra.contains(&"--opaque-ids") {
+            cmd.args(["--opaque-ids", "false"]);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -68,15 +86,15 @@ fn agent() -> ureq::Agent {
 }
 
 /// Status and body (parsed as JSON when it is JSON).
+/// Status, JSON body and bytes; status 0 when the connection failed (a killed server).
 fn answer(res: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value, Vec<u8>) {
-    let mut res = res.unwrap();
+    let Ok(mut res) = res else {
+        return (0, Value::Null, Vec::new());
+    };
     let status = res.status().as_u16();
-    let bytes = res
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_vec()
-        .unwrap();
+    let Ok(bytes) = res.body_mut().with_config().limit(64 << 20).read_to_vec() else {
+        return (0, Value::Null, Vec::new());
+    };
     let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     (status, json, bytes)
 }
@@ -861,11 +879,297 @@ fn replicas_follow_each_other(store: &str, env: &[(&str, &str)], upload: &Path, 
     );
 }
 
+/// Runs `medret index check` on `store`; panics with its report unless consistent.
+fn index_check(store: &str, env: &[(&str, &str)], upload: &Path) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medret"));
+    cmd.args([
+        "index",
+        "check",
+        "--store",
+        store,
+        "--upload-dir",
+        s(upload),
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "index check: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Case ids and distances of a search by `img` on `srv` (every case up to 500).
+fn ranking(srv: &Server, img: &[u8]) -> Vec<(String, f64)> {
+    let (code, r, _) = post_form(
+        &srv.url("/api/v1/search"),
+        None,
+        &[("model", "cxr16"), ("k", "500"), ("explain", "false")],
+        &[("q.png", img)],
+    );
+    assert_eq!(code, 200, "{}", brief(&r));
+    r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["case_id"].as_str().unwrap().to_string(),
+                h["distance"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// What the clients were told: ingests and deletes acknowledged, and every status.
+#[derive(Default)]
+struct Acks {
+    ingested: std::collections::BTreeSet<String>,
+    deleted: std::collections::BTreeSet<String>,
+    statuses: std::collections::BTreeMap<u16, usize>,
+}
+
+/// Two servers on one store, 4 clients each for a bounded time, mixing searches,
+/// ingests (new cases, duplicates that must get 409, broken images that must get 4xx)
+/// and deletes of acknowledged cases. Then: no 5xx, every acknowledged ingest present,
+/// every acknowledged delete gone, `index check` clean, and both servers answer as a
+/// fresh one. Then one server is killed (SIGKILL) in the middle of an ingest burst and
+/// restarted, and the same holds.
+fn concurrent_clients(store: &str, env: &[(&str, &str)], upload: &Path, data: &Path) {
+    use std::sync::{Arc, Mutex};
+    let token = upload.with_extension("token");
+    std::fs::create_dir_all(upload).unwrap();
+    std::fs::write(&token, TOKEN).unwrap();
+    let args = ["--token-file", s(&token), "--upload-dir", s(upload)];
+    let a = Server::start_env(store, &args, env);
+    let b = Server::start_env(store, &args, env);
+    let images: Vec<Vec<u8>> = test_images(data)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let images = Arc::new(images);
+    // Cases that are never deleted: the duplicates' targets.
+    let pinned = ["pin-0", "pin-1"];
+    for (i, key) in pinned.iter().enumerate() {
+        let (code, r, _) = post_form(
+            &a.url("/api/v1/cases"),
+            Some(TOKEN),
+            &[("model", "cxr16"), ("case_id", key)],
+            &[("p.png", &images[i])],
+        );
+        assert_eq!(code, 201, "{r}");
+    }
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    let deletable = Arc::new(Mutex::new(Vec::<String>::new()));
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut clients = Vec::new();
+    for c in 0..8u64 {
+        let base = if c < 4 {
+            a.base.clone()
+        } else {
+            b.base.clone()
+        };
+        let (images, acks, deletable) = (images.clone(), acks.clone(), deletable.clone());
+        clients.push(std::thread::spawn(move || {
+            let mut r = c * 7919 + 1;
+            let mut next = || {
+                r = r
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (r >> 33) as usize
+            };
+            let mut n = 0;
+            while Instant::now() < deadline {
+                let img = &images[next() % images.len()];
+                let (code, body) = match next() % 10 {
+                    0..=3 => {
+                        let (code, body, _) = post_form(
+                            &format!("{base}/api/v1/search"),
+                            None,
+                            &[("model", "cxr16"), ("k", "20"), ("explain", "false")],
+                            &[("q.png", img)],
+                        );
+                        (code, body)
+                    }
+                    4..=6 => {
+                        n += 1;
+                        let key = format!("c{c}-{n}");
+                        let (code, body, _) = post_form(
+                            &format!("{base}/api/v1/cases"),
+                            Some(TOKEN),
+                            &[("model", "cxr16"), ("case_id", &key)],
+                            &[("q.png", img)],
+                        );
+                        if code == 201 {
+                            acks.lock().unwrap().ingested.insert(key.clone());
+                            deletable.lock().unwrap().push(key);
+                        }
+                        (code, body)
+                    }
+                    7 => {
+                        let key = ["pin-0", "pin-1"][next() % 2];
+                        let (code, body, _) = post_form(
+                            &format!("{base}/api/v1/cases"),
+                            Some(TOKEN),
+                            &[("model", "cxr16"), ("case_id", key)],
+                            &[("q.png", img)],
+                        );
+                        assert_eq!(code, 409, "a duplicate of {key}: {body}");
+                        (code, body)
+                    }
+                    8 => {
+                        let broken = &img[..img.len() / 2];
+                        let (code, body, _) = post_form(
+                            &format!("{base}/api/v1/cases"),
+                            Some(TOKEN),
+                            &[("model", "cxr16"), ("case_id", &format!("broken-{c}"))],
+                            &[("b.png", broken)],
+                        );
+                        assert!((400..500).contains(&code), "a broken image: {code} {body}");
+                        (code, body)
+                    }
+                    _ => {
+                        let key = {
+                            let mut d = deletable.lock().unwrap();
+                            if d.is_empty() {
+                                continue;
+                            }
+                            let i = next() % d.len();
+                            d.swap_remove(i)
+                        };
+                        let (code, body, _) =
+                            delete(&format!("{base}/api/v1/cases/{key}"), Some(TOKEN));
+                        if code == 200 {
+                            acks.lock().unwrap().deleted.insert(key);
+                        }
+                        (code, body)
+                    }
+                };
+                assert!(code < 500, "{code}: {body}");
+                *acks.lock().unwrap().statuses.entry(code).or_default() += 1;
+            }
+        }));
+    }
+    for c in clients {
+        c.join().unwrap();
+    }
+    let check_acks = |acks: &Acks| {
+        let mut sq = medret_search::open::open_store(Path::new(store)).unwrap();
+        for key in &acks.ingested {
+            let present = sq.case_by_key(key).unwrap().is_some();
+            assert_eq!(
+                present,
+                !acks.deleted.contains(key),
+                "{key}: acknowledged ingest, {} delete",
+                if acks.deleted.contains(key) {
+                    "acknowledged"
+                } else {
+                    "no"
+                }
+            );
+        }
+    };
+    {
+        let acks = acks.lock().unwrap();
+        eprintln!(
+            "concurrency: {} ingests, {} deletes acknowledged; statuses {:?}",
+            acks.ingested.len(),
+            acks.deleted.len(),
+            acks.statuses
+        );
+        assert!(acks.ingested.len() >= 8 && !acks.deleted.is_empty());
+        // The store schema comes from the environment (PostgreSQL), as for the servers.
+        with_env(env, || check_acks(&acks));
+    }
+    index_check(store, env, upload);
+    let fresh = Server::start_env(store, &args, env);
+    for img in images.iter().take(3) {
+        let want = ranking(&fresh, img);
+        assert_eq!(
+            ranking(&a, img),
+            want,
+            "server A differs from a fresh server"
+        );
+        assert_eq!(
+            ranking(&b, img),
+            want,
+            "server B differs from a fresh server"
+        );
+    }
+    drop(fresh);
+
+    // SIGKILL in the middle of an ingest burst on A.
+    let burst_acks = Arc::new(Mutex::new(Acks::default()));
+    let mut burst = Vec::new();
+    for c in 0..4 {
+        let (base, images, acks) = (a.base.clone(), images.clone(), burst_acks.clone());
+        burst.push(std::thread::spawn(move || {
+            for n in 0.. {
+                let key = format!("burst{c}-{n}");
+                let (code, _, _) = post_form(
+                    &format!("{base}/api/v1/cases"),
+                    Some(TOKEN),
+                    &[("model", "cxr16"), ("case_id", &key)],
+                    &[("q.png", &images[n % images.len()])],
+                );
+                if code == 201 {
+                    acks.lock().unwrap().ingested.insert(key);
+                } else {
+                    // The server is gone (a connection error reads as a status >= 500
+                    // or 0 here): the burst ends.
+                    break;
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(a);
+    for t in burst {
+        t.join().unwrap();
+    }
+    let a = Server::start_env(store, &args, env);
+    {
+        let acks = burst_acks.lock().unwrap();
+        assert!(!acks.ingested.is_empty(), "the burst ingested nothing");
+        with_env(env, || check_acks(&acks));
+    }
+    index_check(store, env, upload);
+    let fresh = Server::start_env(store, &args, env);
+    for img in images.iter().take(2) {
+        let want = ranking(&fresh, img);
+        assert_eq!(ranking(&a, img), want, "the restarted server differs");
+        assert_eq!(ranking(&b, img), want, "server B differs after A's crash");
+    }
+}
+
+/// Runs `f` with `env` set in this process (the store schema of a PostgreSQL store).
+fn with_env(env: &[(&str, &str)], f: impl FnOnce()) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let old: Vec<_> = env.iter().map(|(k, _)| (*k, std::env::var_os(k))).collect();
+    for (k, v) in env {
+        // SAFETY: the lock above serialises every environment change of this test
+        // binary, and no other thread of this test reads these variables meanwhile.
+        unsafe { std::env::set_var(k, v) };
+    }
+    f();
+    for (k, v) in old {
+        match v {
+            Some(v) => unsafe { std::env::set_var(k, v) },
+            None => unsafe { std::env::remove_var(k) },
+        }
+    }
+}
+
 #[test]
 fn two_servers_on_one_store_see_each_others_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, model, store, _) = archive(tmp.path());
     replicas_follow_each_other(s(&store), &[], &tmp.path().join("up"), &data);
+    concurrent_clients(s(&store), &[], &tmp.path().join("up-c"), &data);
     // The same on PostgreSQL when .ci/run provides one.
     let Ok(url) = std::env::var("MEDRET_PG_URL") else {
         eprintln!(
@@ -902,6 +1206,12 @@ fn two_servers_on_one_store_see_each_others_writes() {
         &url,
         &[("MEDRET_PG_SCHEMA", &schema)],
         &tmp.path().join("up-pg"),
+        &data,
+    );
+    concurrent_clients(
+        &url,
+        &[("MEDRET_PG_SCHEMA", &schema)],
+        &tmp.path().join("up-pg-c"),
         &data,
     );
     let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
@@ -1420,4 +1730,136 @@ fn the_server_removes_only_its_own_files_and_survives_crashes_and_broken_models(
         "1.5",
     ]);
     assert!(e.contains("--noise 1.5") && !e.contains("panicked"), "{e}");
+}
+
+/// Case ids hold patient and accession numbers (DICOM case ids are file stems; NIH image
+/// ids start with the patient number): with opaque ids, the default, no response and no
+/// log line carries a patient id, name or birth date, or an accession number, from the
+/// DICOM files the archive was built from or from a DICOM upload. A client cannot probe
+/// for a case by its archive id either.
+#[test]
+fn no_response_or_log_line_names_a_patient() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_data, model, _store, token) = archive(tmp.path());
+    let dcm = tmp.path().join("dicom");
+    std::fs::create_dir_all(&dcm).unwrap();
+    for n in 0..12u8 {
+        let pixels = (0..64 * 64u32)
+            .map(|i| ((i / 64 * (n as u32 + 1) + i % 64 * 3) % 251) as u8)
+            .collect();
+        std::fs::write(
+            dcm.join(format!("ACC9876{n:02}.dcm")),
+            dicom(64, 64, Some(pixels)),
+        )
+        .unwrap();
+    }
+    let store = tmp.path().join("dicom.db");
+    let st = s(&store);
+    ok(&[
+        "index",
+        "build",
+        "--store",
+        st,
+        "--name",
+        "cxr16",
+        "--model",
+        s(&model),
+        "--data",
+        s(&dcm),
+        "--format",
+        "dicom",
+    ]);
+    let log = tmp.path().join("server.log");
+    let srv = Server::start_logged(
+        st,
+        &["--token-file", s(&token), "--opaque-ids", "true"],
+        &[("MEDRET_LOG", "debug")],
+        Some(&log),
+    );
+    let mut seen: Vec<u8> = Vec::new();
+    let mut keep = |r: (u16, Value, Vec<u8>)| -> (u16, Value) {
+        seen.extend_from_slice(&r.2);
+        seen.push(b'\n');
+        (r.0, r.1)
+    };
+    for path in ["/healthz", "/readyz", "/api/v1/models", "/metrics", "/"] {
+        assert_eq!(keep(get(&srv.url(path))).0, 200, "{path}");
+    }
+    // A DICOM upload with identifiers of its own, searched and then ingested.
+    let upload = dicom(
+        64,
+        64,
+        Some((0..64 * 64u32).map(|i| (i % 200) as u8).collect()),
+    );
+    let (code, res) = keep(post_form(
+        &srv.url("/api/v1/search"),
+        None,
+        &[("model", "cxr16"), ("k", "5")],
+        &[("scan.dcm", &upload)],
+    ));
+    assert_eq!(code, 200, "{}", brief(&res));
+    let ids: Vec<String> = res["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["case_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    for id in &ids {
+        assert!(id.starts_with('c') && id.len() == 33, "not opaque: {id}");
+    }
+    let body = json!({ "model": "cxr16", "case_ids": [ids[0]], "k": 3 }).to_string();
+    let (code, r) = keep(post_json(&srv.url("/api/v1/search/cases"), &body));
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["query"]["case_ids"][0], ids[0].as_str());
+    for path in [
+        format!("/api/v1/cases/{}", ids[0]),
+        format!("/api/v1/cases/{}/image?size=32", ids[0]),
+        format!("/api/v1/cases/{}/overlay?model=cxr16", ids[1]),
+    ] {
+        assert_eq!(keep(get(&srv.url(&path))).0, 200, "{path}");
+    }
+    let (code, r) = keep(post_form(
+        &srv.url("/api/v1/cases"),
+        Some(TOKEN),
+        &[("model", "cxr16")],
+        &[("scan.dcm", &upload)],
+    ));
+    assert_eq!(code, 201, "{r}");
+    let new_id = r["ingested"][0].as_str().unwrap().to_string();
+    assert!(new_id.starts_with('c') && new_id.len() == 33, "{new_id}");
+    assert_eq!(
+        keep(delete(
+            &srv.url(&format!("/api/v1/cases/{new_id}")),
+            Some(TOKEN)
+        ))
+        .0,
+        200
+    );
+    assert_eq!(
+        keep(delete(
+            &srv.url(&format!("/api/v1/cases/{}", ids[2])),
+            Some(TOKEN)
+        ))
+        .0,
+        200
+    );
+    // An archive case id is not a way in, and a forged id names nothing.
+    assert_eq!(get(&srv.url("/api/v1/cases/ACC987601")).0, 404);
+    let mut forged = ids[0].clone().into_bytes();
+    forged[10] = if forged[10] == b'a' { b'b' } else { b'a' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_eq!(get(&srv.url(&format!("/api/v1/cases/{forged}"))).0, 404);
+    drop(srv);
+    let logged = std::fs::read(&log).unwrap();
+    assert!(
+        !logged.is_empty(),
+        "the server logged nothing at debug level"
+    );
+    for (what, text) in [("responses", &seen), ("the log", &logged)] {
+        let text = String::from_utf8_lossy(text);
+        for secret in ["PAT-SECRET-42", "Doe^Jane", "Doe", "19500101", "ACC9876"] {
+            assert!(!text.contains(secret), "{secret} appears in {what}");
+        }
+    }
 }

@@ -454,8 +454,8 @@ pub struct Sweep {
 
 /// Finishes or undoes what a crash interrupted in the upload folder `dir`: a partial
 /// file whose case the store holds (recorded as `upload:<its final name>`) is renamed to
-/// that name; any other partial file is removed. Partial files younger than
-/// [`PARTIAL_GRACE`] are left for later. Files under final names are left alone
+/// that name (whatever its age); any other partial file older than [`PARTIAL_GRACE`] is
+/// removed (a younger one may be an ingest in flight on another server). Files under final names are left alone
 /// (`medret index check` lists those no case references).
 pub fn sweep_uploads(store: &mut dyn CaseStore, dir: &Path) -> Result<Sweep> {
     let mut sweep = Sweep::default();
@@ -469,18 +469,20 @@ pub fn sweep_uploads(store: &mut dyn CaseStore, dir: &Path) -> Result<Sweep> {
             continue;
         };
         let path = entry.path();
-        // A partial file this young may belong to an ingest in flight on another server
-        // sharing the folder; it is left for a later sweep.
+        let committed = referenced.contains(&format!("{UPLOAD_SCHEME}{target}"));
+        // An uncommitted partial file this young may belong to an ingest in flight on
+        // another server sharing the folder; it is left for a later sweep. A committed
+        // one is finished at once (its server would only have renamed it).
         let young = entry
             .metadata()
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_none_or(|age| age < PARTIAL_GRACE);
-        if young {
+        if young && !committed {
             continue;
         }
-        if referenced.contains(&format!("{UPLOAD_SCHEME}{target}")) {
+        if committed {
             let to = dir.join(target);
             if to.exists() {
                 std::fs::remove_file(&path).ok();

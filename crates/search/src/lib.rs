@@ -9,16 +9,20 @@
 //! - [`query`]: an image file (PNG, JPEG, DICOM) to ranked hits with case metadata, the
 //!   query encoded by exactly the model that built the archive;
 //! - [`explain`]: the query's saliency overlay with its crop box, and the results';
+//! - [`check`]: whether rows, vectors, indexes and image files agree (`index check`);
+//! - [`opaque`]: case ids that carry no patient or accession number, for the server;
 //! - [`health`]: how each code model's stored codes use their bits;
 //! - [`evaluate`]: a model scored on a dataset's splits, with reference levels,
 //!   baselines, timings and a gallery, as `report.json` and `report.html`.
 
 pub mod binding;
+pub mod check;
 pub mod error;
 pub mod evaluate;
 pub mod explain;
 pub mod health;
 pub mod ingest;
+pub mod opaque;
 pub mod open;
 pub mod query;
 

@@ -15,6 +15,9 @@ use crate::error::{Result, SearchError};
 /// One result as front ends show it. The patient id is masked unless asked for.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Hit {
+    /// The store's numeric id (what an opaque case id encrypts).
+    #[serde(skip)]
+    pub id: u64,
     pub rank: usize,
     pub case_id: String,
     pub path: String,
@@ -509,6 +512,7 @@ fn collect_filtered<S: CaseStore>(
 
 fn hit(rank: usize, c: Case, distance: f64, show_ids: bool) -> Hit {
     Hit {
+        id: c.id,
         rank,
         case_id: c.key,
         path: c.path,

@@ -71,6 +71,20 @@ impl CaseStore for Flaky {
     fn paths_with_prefix(&mut self, prefix: &str) -> medret_store::Result<BTreeSet<String>> {
         self.inner.paths_with_prefix(prefix)
     }
+    fn changes(
+        &mut self,
+        model: &str,
+        after: u64,
+        up_to: u64,
+    ) -> medret_store::Result<Option<Vec<medret_store::Change>>> {
+        self.inner.changes(model, after, up_to)
+    }
+    fn case_paths(&mut self) -> medret_store::Result<Vec<(u64, String)>> {
+        self.inner.case_paths()
+    }
+    fn setting(&mut self, name: &str) -> medret_store::Result<Option<String>> {
+        self.inner.setting(name)
+    }
 }
 
 fn template() -> NewCase {
@@ -258,4 +272,63 @@ fn a_radius_search_answers_in_pages() {
     };
     let page = search_vector_page(&mut archive, &[0], &filtered, &[]).unwrap();
     assert!(page.hits.is_empty() && !page.truncated, "600 < the bound");
+}
+
+#[test]
+fn index_check_finds_missing_and_orphan_files_and_repairs_only_orphans() {
+    use medret_search::check::{Files, check};
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("s.db");
+    let up = tmp.path().join("up");
+    let mut archive = Archive::open(code_store(&db, 8), "h").unwrap();
+    ingest_images(
+        &mut archive,
+        &[image("a", 1), image("b", 2)],
+        &template(),
+        &up,
+    )
+    .unwrap();
+    let files = Files {
+        upload_dir: Some(up.clone()),
+        image_root: None,
+    };
+    let open = || Ok(SqliteStore::open(&db).unwrap());
+    let mut store = SqliteStore::open(&db).unwrap();
+    let r = check(&mut store, open, &files, false).unwrap();
+    assert!(r.consistent, "{:?}", r.lines());
+    assert_eq!(r.models[0].index_cases, Some(2));
+
+    // An orphan, and a case whose file is gone.
+    std::fs::write(up.join("stray.png"), b"x").unwrap();
+    let b = store.case_by_key("b").unwrap().unwrap();
+    let b_file = up.join(medret_search::ingest::uploaded_file_name(&b.path).unwrap());
+    std::fs::remove_file(&b_file).unwrap();
+    let r = check(&mut store, open, &files, false).unwrap();
+    assert!(!r.consistent);
+    assert_eq!(r.orphan_files.first, vec!["stray.png".to_string()]);
+    assert_eq!(r.missing_files.first, vec!["b".to_string()]);
+    // Repair removes the orphan, never a referenced file; the missing one stays missing.
+    let r = check(&mut store, open, &files, true).unwrap();
+    assert_eq!(r.removed.first, vec!["stray.png".to_string()]);
+    assert!(!up.join("stray.png").exists());
+    assert!(!r.consistent && r.missing_files.count == 1);
+    let a = store.case_by_key("a").unwrap().unwrap();
+    assert!(
+        up.join(medret_search::ingest::uploaded_file_name(&a.path).unwrap())
+            .exists()
+    );
+    assert!(store.delete("b").unwrap());
+    assert!(check(&mut store, open, &files, false).unwrap().consistent);
+
+    // A vector the index cannot take makes its model inconsistent.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("UPDATE vectors SET data = x'0102' WHERE model = 'h'", [])
+        .unwrap();
+    let r = check(&mut store, open, &files, false).unwrap();
+    assert!(
+        !r.consistent && r.models[0].error.is_some(),
+        "{:?}",
+        r.lines()
+    );
 }

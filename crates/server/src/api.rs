@@ -288,11 +288,12 @@ fn study_fields(study: &Value) -> Value {
     })
 }
 
-fn result_json(h: &Hit, model: &str) -> Value {
-    let id = url_segment(&h.case_id);
+fn result_json(state: &AppState, h: &Hit, model: &str) -> Value {
+    let shown = state.shown_id(h.id, &h.case_id);
+    let id = url_segment(&shown);
     let mut v = json!({
         "rank": h.rank,
-        "case_id": h.case_id,
+        "case_id": shown,
         "distance": h.distance,
         "labels": h.labels,
         "grade": h.grade,
@@ -399,7 +400,7 @@ async fn search(State(state): S, form: Multipart) -> Result<Json<Value>, ApiErro
         }
         Ok(Json(json!({
             "model": model,
-            "results": res.hits.iter().map(|h| result_json(h, &model)).collect::<Vec<_>>(),
+            "results": res.hits.iter().map(|h| result_json(&st, h, &model)).collect::<Vec<_>>(),
             "summary": summary(&res.hits),
             "exact": res.exact,
             "truncated": res.truncated,
@@ -450,16 +451,22 @@ async fn search_cases(
     let st = state.clone();
     blocking(&state, move |_| {
         let slot = st.slot(&q.model)?;
+        // Requests name cases as responses do (opaque ids when those are on).
+        let keys = q
+            .case_ids
+            .iter()
+            .map(|given| find_case(&st, given).map(|c| c.key))
+            .collect::<Result<Vec<_>, _>>()?;
         let t = std::time::Instant::now();
         let page = {
             let mut archive = slot.lock()?;
-            medret_search::query::search_cases_page(&mut archive, &q.case_ids, &opts)?
+            medret_search::query::search_cases_page(&mut archive, &keys, &opts)?
         };
         st.metrics.stage("search", t.elapsed().as_secs_f64());
         Ok(Json(json!({
             "model": q.model,
             "query": { "case_ids": q.case_ids },
-            "results": page.hits.iter().map(|h| result_json(h, &q.model)).collect::<Vec<_>>(),
+            "results": page.hits.iter().map(|h| result_json(&st, h, &q.model)).collect::<Vec<_>>(),
             "summary": summary(&page.hits),
             "exact": page.exact,
             "truncated": page.truncated,
@@ -469,19 +476,18 @@ async fn search_cases(
     .await
 }
 
-fn find_case(state: &AppState, key: &str) -> Result<Case, ApiError> {
-    admin(state)
-        .case_by_key(key)?
-        .ok_or_else(|| ApiError::not_found(format!("no case `{key}`")))
+fn find_case(state: &AppState, given: &str) -> Result<Case, ApiError> {
+    state.find_case(given)
 }
 
 async fn case(State(state): S, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
     let st = state.clone();
     blocking(&state, move |_| {
         let c = find_case(&st, &key)?;
-        let id = url_segment(&c.key);
+        let shown = st.shown_id(c.id, &c.key);
+        let id = url_segment(&shown);
         let mut v = json!({
-            "case_id": c.key,
+            "case_id": shown,
             "labels": c.labels,
             "grade": c.grade,
             "patient_id": if st.config.show_patient_ids { c.patient_id.clone() } else { mask(&c.patient_id) },
@@ -682,8 +688,17 @@ async fn ingest(
         // The last point where giving up changes nothing: past it the ingest completes.
         deadline.check()?;
         let mut archive = slot.lock()?;
-        medret_search::ingest::ingest_images(&mut archive, &images, &template, &st.upload_dir())?;
-        Ok(images.into_iter().map(|i| i.key).collect::<Vec<_>>())
+        let ids = medret_search::ingest::ingest_images(
+            &mut archive,
+            &images,
+            &template,
+            &st.upload_dir(),
+        )?;
+        Ok(ids
+            .iter()
+            .zip(&images)
+            .map(|(id, i)| st.shown_id(*id, &i.key))
+            .collect::<Vec<_>>())
     })
     .await?;
     tracing::info!(cases = ids.len(), "ingested");
@@ -704,10 +719,10 @@ async fn delete(
     blocking(&state, move |_| {
         let c = find_case(&st, &key)?;
         // Through a model's archive when there is one, so its index follows at once;
-        // the others see the store's generation move and reload.
+        // the others follow the store's change log.
         let deleted = match st.all_slots().first() {
-            Some(slot) => slot.lock()?.delete(&key)?,
-            None => admin(&st).delete(&key)?,
+            Some(slot) => slot.lock()?.delete(&c.key)?,
+            None => admin(&st).delete(&c.key)?,
         };
         if !deleted {
             return Err(ApiError::not_found(format!("no case `{key}`")));

@@ -73,6 +73,10 @@ pub struct ServeConfig {
     /// Memory that uploads being decoded may take at once, in MiB
     /// ([`upload::DecodeBudget`]).
     pub decode_budget_mib: u32,
+    /// Show opaque case ids ([`medret_search::opaque`]) instead of the archive's own,
+    /// which often carry patient or accession numbers; requests then name cases by
+    /// them too.
+    pub opaque_ids: bool,
 }
 
 impl ServeConfig {
@@ -91,6 +95,7 @@ impl ServeConfig {
             device: "cpu".into(),
             max_pixels: upload::MAX_PIXELS,
             decode_budget_mib: 4096,
+            opaque_ids: true,
         }
     }
 }

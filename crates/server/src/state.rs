@@ -86,6 +86,8 @@ pub struct AppState {
     /// blocking task and is released when that work ends, not when its request times
     /// out, so the limit holds for the work itself.
     pub work: Arc<tokio::sync::Semaphore>,
+    /// Opaque case ids, when configured.
+    pub opaque: Option<medret_search::opaque::OpaqueIds>,
     /// Memory for decoding uploads, shared by every request.
     pub decode_budget: crate::upload::DecodeBudget,
     pub metrics: Metrics,
@@ -119,6 +121,11 @@ impl AppState {
             );
         }
         let config_budget = config.decode_budget_mib;
+        let opaque = if config.opaque_ids {
+            Some(medret_search::opaque::OpaqueIds::for_store(&mut *admin)?)
+        } else {
+            None
+        };
         let work = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
         let state = AppState {
             config,
@@ -126,6 +133,7 @@ impl AppState {
             unavailable: RwLock::new(BTreeMap::new()),
             work,
             decode_budget: crate::upload::DecodeBudget::new(config_budget),
+            opaque,
             metrics: Metrics::default(),
             device,
             admin: Mutex::new(admin),
@@ -249,6 +257,29 @@ impl AppState {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// How responses name case `id` (key `key`): its opaque id, or its key.
+    pub fn shown_id(&self, id: u64, key: &str) -> String {
+        match &self.opaque {
+            Some(o) => o.encode(id),
+            None => key.to_string(),
+        }
+    }
+
+    /// The case a request names (by opaque id when those are on; an archive case id is
+    /// then not accepted, so a client cannot probe for patient numbers).
+    pub fn find_case(&self, given: &str) -> Result<medret_store::Case, ApiError> {
+        let not_found = || ApiError::not_found(format!("no case `{given}`"));
+        let mut store = self.admin.lock().unwrap_or_else(|p| {
+            self.admin.clear_poison();
+            p.into_inner()
+        });
+        match &self.opaque {
+            Some(o) => store.case(o.decode(given).ok_or_else(not_found)?)?,
+            None => store.case_by_key(given)?,
+        }
+        .ok_or_else(not_found)
     }
 
     /// Where ingested images go.

@@ -3,7 +3,10 @@
 //! long-running search server holds; `medret search` opens one per query.
 //!
 //! Writes go to the store first. Only a committed ingest or delete touches the index, so
-//! the index never holds a case the store does not.
+//! the index never holds a case the store does not. Another writer's changes (another
+//! process, a replica on the same store) are applied from the store's change log when
+//! the generation moved; a full reload happens only when the log no longer reaches back,
+//! or when the index was marked stale.
 //!
 //! Code models stored with their relaxed outputs (`ModelKind::Codes { relaxed: true }`)
 //! are searched in two stages: the Hamming index finds every case up to the k-th
@@ -72,6 +75,8 @@ pub struct Archive<S: CaseStore> {
     /// The index could not follow a committed write (or a holder's lock was poisoned):
     /// reload it from the store before the next use.
     stale: bool,
+    /// Times the index was loaded from every stored vector (opening included).
+    full_loads: u64,
 }
 
 fn floats(v: &[u8]) -> Vec<f32> {
@@ -106,6 +111,7 @@ impl<S: CaseStore> Archive<S> {
             float,
             generation,
             stale: false,
+            full_loads: 1,
         })
     }
 
@@ -116,11 +122,32 @@ impl<S: CaseStore> Archive<S> {
         if g == self.generation && !self.stale {
             return Ok(false);
         }
+        // What changed, from the store's change log: one new case costs one read, not a
+        // reload of every vector (a graph rebuild at a million cases).
+        if !self.stale
+            && g > self.generation
+            && let Some(changes) = self.store.changes(&self.model.name, self.generation, g)?
+        {
+            let name = self.model.name.clone();
+            let applied = changes.iter().try_for_each(|c| {
+                remove(&mut self.index, c.case_id).map_err(index_err(&name))?;
+                match &c.vector {
+                    Some(v) => add(&mut self.index, c.case_id, v).map_err(index_err(&name)),
+                    None => Ok(()),
+                }
+            });
+            if applied.is_ok() {
+                self.generation = g;
+                return Ok(true);
+            }
+            tracing::warn!(model = %name, "the change log could not be applied; reloading");
+        }
         let (model, index) = load(&mut self.store, &self.model.name, self.float)?;
         self.model = model;
         self.index = index;
         self.generation = g;
         self.stale = false;
+        self.full_loads += 1;
         Ok(true)
     }
 
@@ -128,6 +155,12 @@ impl<S: CaseStore> Archive<S> {
     /// that cannot vouch for it (a request panicked while holding it).
     pub fn mark_stale(&mut self) {
         self.stale = true;
+    }
+
+    /// Times the index was loaded from every stored vector, opening included: a replica
+    /// that follows the change log stays at 1.
+    pub fn full_loads(&self) -> u64 {
+        self.full_loads
     }
 
     /// Whether the index waits for a reload (see [`Archive::mark_stale`]).
@@ -269,17 +302,7 @@ impl<S: CaseStore> Archive<S> {
         if deleted {
             let name = self.model.name.clone();
             self.follow_commit(before, |index| {
-                match index {
-                    Index::Codes(i, relaxed) => {
-                        if let Some(r) = relaxed {
-                            r.remove(&case.id);
-                        }
-                        i.remove(case.id)
-                    }
-                    Index::Floats(i) => i.remove(case.id),
-                    Index::Graph(i) => i.remove(case.id).map_err(index_err(&name))?,
-                };
-                Ok(())
+                remove(index, case.id).map_err(index_err(&name))
             });
         }
         Ok(deleted)
@@ -409,6 +432,25 @@ impl From<FloatHit> for Found {
             distance: h.distance as f64,
         }
     }
+}
+
+/// Removes `id` from the index if it is there.
+fn remove(index: &mut Index, id: u64) -> medret_index::Result<()> {
+    match index {
+        Index::Codes(i, relaxed) => {
+            if let Some(r) = relaxed {
+                r.remove(&id);
+            }
+            i.remove(id);
+        }
+        Index::Floats(i) => {
+            i.remove(id);
+        }
+        Index::Graph(i) => {
+            i.remove(id)?;
+        }
+    }
+    Ok(())
 }
 
 fn add(index: &mut Index, id: u64, v: &[u8]) -> medret_index::Result<()> {

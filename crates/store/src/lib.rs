@@ -10,6 +10,9 @@
 //! - a crash (even `kill -9`) at any point leaves a store that opens and holds exactly
 //!   the committed ingests (write-ahead log, `synchronous = FULL`);
 //! - deleting a case deletes its vectors for every model;
+//! - every write is also recorded in a change log (generation, model, case, added or
+//!   deleted), so a replica follows another's writes by reading what changed, not by
+//!   reloading every vector;
 //! - the schema is versioned and migrated forward on open; a store written by a newer
 //!   medret, or a database of another application, is refused.
 //!
@@ -157,6 +160,30 @@ pub trait CaseStore {
     /// Every stored image path that starts with `prefix` (for the images the server
     /// wrote: `upload:`).
     fn paths_with_prefix(&mut self, prefix: &str) -> Result<std::collections::BTreeSet<String>>;
+    /// The changes to `model`'s vectors committed after generation `after` up to and
+    /// including `up_to`, in commit order, from the store's change log: what a replica
+    /// applies instead of reloading every vector. `None` when the log no longer reaches
+    /// back to `after` (it keeps the last [`CHANGE_LOG_GENERATIONS`] writes).
+    fn changes(&mut self, model: &str, after: u64, up_to: u64) -> Result<Option<Vec<Change>>>;
+    /// Every case's id and stored image path, by id (for `medret index check`).
+    fn case_paths(&mut self) -> Result<Vec<(u64, String)>>;
+    /// A store-wide setting made when the store was created (`opaque_key`: the secret
+    /// behind opaque case ids, random per store, shared by every replica).
+    fn setting(&mut self, name: &str) -> Result<Option<String>>;
+}
+
+/// Writes the change log keeps: a replica further behind reloads its index.
+pub const CHANGE_LOG_GENERATIONS: u64 = 10_000;
+
+/// One entry of the change log ([`CaseStore::changes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub generation: u64,
+    pub case_id: u64,
+    /// The case's vector now, for a case added (`None`: deleted, or added and deleted
+    /// since). Applying the entries in order, each as "remove, then add if `Some`",
+    /// gives the store's state whatever the replica had applied already.
+    pub vector: Option<Vec<u8>>,
 }
 
 /// A boxed store is a store, so commands can pick SQLite or PostgreSQL at run time.
@@ -200,5 +227,14 @@ impl<T: CaseStore + ?Sized> CaseStore for Box<T> {
     }
     fn paths_with_prefix(&mut self, prefix: &str) -> Result<std::collections::BTreeSet<String>> {
         (**self).paths_with_prefix(prefix)
+    }
+    fn changes(&mut self, model: &str, after: u64, up_to: u64) -> Result<Option<Vec<Change>>> {
+        (**self).changes(model, after, up_to)
+    }
+    fn case_paths(&mut self) -> Result<Vec<(u64, String)>> {
+        (**self).case_paths()
+    }
+    fn setting(&mut self, name: &str) -> Result<Option<String>> {
+        (**self).setting(name)
     }
 }

@@ -41,6 +41,22 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE generation (n BIGINT NOT NULL);
     INSERT INTO generation (n) VALUES (0);
 ",
+    "
+    CREATE TABLE changes (
+        generation BIGINT NOT NULL,
+        model TEXT NOT NULL,
+        case_id BIGINT NOT NULL,
+        op TEXT NOT NULL CHECK (op IN ('add', 'del')),
+        seq BIGSERIAL
+    );
+    CREATE INDEX changes_by_model ON changes(model, generation);
+    CREATE INDEX changes_by_generation ON changes(generation);
+    CREATE TABLE change_floor (n BIGINT NOT NULL);
+    INSERT INTO change_floor (n) SELECT n FROM generation;
+    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO settings (name, value)
+        VALUES ('opaque_key', replace(gen_random_uuid()::text, '-', ''));
+",
 ];
 
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -208,7 +224,13 @@ impl PgStore {
             }
             ids.push(id as u64);
         }
-        tx.batch_execute(BUMP).map_err(db)?;
+        let g = bump(&mut tx).map_err(db)?;
+        let id_list: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        tx.execute(
+            "INSERT INTO changes (generation, model, case_id, op) SELECT $1, $2, unnest($3::BIGINT[]), 'add'",
+            &[&g, &model, &id_list],
+        )
+        .map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(ids)
     }
@@ -228,7 +250,20 @@ impl PgStore {
     }
 }
 
-const BUMP: &str = "UPDATE generation SET n = n + 1";
+/// Raises the generation counter and trims the change log to its last
+/// [`crate::CHANGE_LOG_GENERATIONS`] writes. Returns the new generation. The row lock it
+/// takes orders the writers: generation `g` commits before `g + 1` can be taken.
+fn bump(tx: &mut ::postgres::Transaction<'_>) -> std::result::Result<i64, ::postgres::Error> {
+    let g: i64 = tx
+        .query_one("UPDATE generation SET n = n + 1 RETURNING n", &[])?
+        .get(0);
+    let floor = g - crate::CHANGE_LOG_GENERATIONS as i64;
+    if floor > 0 {
+        tx.execute("DELETE FROM changes WHERE generation <= $1", &[&floor])?;
+        tx.execute("UPDATE change_floor SET n = $1 WHERE n < $1", &[&floor])?;
+    }
+    Ok(g)
+}
 
 fn insert_model(
     tx: &mut ::postgres::Transaction<'_>,
@@ -266,7 +301,7 @@ impl CaseStore for PgStore {
         };
         let mut tx = self.client.transaction().map_err(db)?;
         insert_model(&mut tx, model).map_err(db)?;
-        tx.batch_execute(BUMP).map_err(db)?;
+        bump(&mut tx).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(())
     }
@@ -317,11 +352,21 @@ impl CaseStore for PgStore {
             message: e.to_string(),
         };
         let mut tx = self.client.transaction().map_err(db)?;
-        let n = tx
-            .execute("DELETE FROM cases WHERE case_key = $1", &[&key])
+        let id: Option<i64> = tx
+            .query_opt("SELECT id FROM cases WHERE case_key = $1", &[&key])
+            .map_err(db)?
+            .map(|r| r.get(0));
+        let mut n = 0;
+        if let Some(id) = id {
+            let g = bump(&mut tx).map_err(db)?;
+            tx.execute(
+                "INSERT INTO changes (generation, model, case_id, op) SELECT $1, model, case_id, 'del' FROM vectors WHERE case_id = $2",
+                &[&g, &id],
+            )
             .map_err(db)?;
-        if n > 0 {
-            tx.batch_execute(BUMP).map_err(db)?;
+            n = tx
+                .execute("DELETE FROM cases WHERE id = $1", &[&id])
+                .map_err(db)?;
         }
         tx.commit().map_err(db)?;
         Ok(n > 0)
@@ -380,6 +425,58 @@ impl CaseStore for PgStore {
             .map_err(|e| self.db_err(e))?
             .into_iter()
             .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1)))
+            .collect())
+    }
+
+    fn changes(
+        &mut self,
+        model: &str,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Option<Vec<crate::Change>>> {
+        let floor: i64 = self
+            .client
+            .query_one("SELECT n FROM change_floor", &[])
+            .map_err(|e| self.db_err(e))?
+            .get(0);
+        if (after as i64) < floor {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.client
+                .query(
+                    "SELECT c.generation, c.case_id, CASE c.op WHEN 'add' THEN v.data END
+                     FROM changes c LEFT JOIN vectors v ON v.model = c.model AND v.case_id = c.case_id
+                     WHERE c.model = $1 AND c.generation > $2 AND c.generation <= $3
+                     ORDER BY c.generation, c.seq",
+                    &[&model, &(after as i64), &(up_to as i64)],
+                )
+                .map_err(|e| self.db_err(e))?
+                .into_iter()
+                .map(|r| crate::Change {
+                    generation: r.get::<_, i64>(0) as u64,
+                    case_id: r.get::<_, i64>(1) as u64,
+                    vector: r.get(2),
+                })
+                .collect(),
+        ))
+    }
+
+    fn setting(&mut self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .client
+            .query_opt("SELECT value FROM settings WHERE name = $1", &[&name])
+            .map_err(|e| self.db_err(e))?
+            .map(|r| r.get(0)))
+    }
+
+    fn case_paths(&mut self) -> Result<Vec<(u64, String)>> {
+        Ok(self
+            .client
+            .query("SELECT id, path FROM cases ORDER BY id", &[])
+            .map_err(|e| self.db_err(e))?
+            .into_iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, String>(1)))
             .collect())
     }
 

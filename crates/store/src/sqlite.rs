@@ -46,6 +46,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE generation (n INTEGER NOT NULL);
     INSERT INTO generation (n) VALUES (0);
 ",
+    "
+    CREATE TABLE changes (
+        generation INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        case_id INTEGER NOT NULL,
+        op TEXT NOT NULL CHECK (op IN ('add', 'del'))
+    );
+    CREATE INDEX changes_by_model ON changes(model, generation);
+    CREATE INDEX changes_by_generation ON changes(generation);
+    CREATE TABLE change_floor (n INTEGER NOT NULL);
+    INSERT INTO change_floor (n) SELECT n FROM generation;
+    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO settings (name, value) VALUES ('opaque_key', lower(hex(randomblob(16))));
+",
 ];
 
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -220,7 +234,17 @@ impl SqliteStore {
                 }
             }
         }
-        bump_generation(&tx).map_err(db)?;
+        let g = bump_generation(&tx).map_err(db)?;
+        {
+            let mut log = tx
+                .prepare_cached(
+                    "INSERT INTO changes (generation, model, case_id, op) VALUES (?1, ?2, ?3, 'add')",
+                )
+                .map_err(db)?;
+            for id in &ids {
+                log.execute(params![g, model, *id as i64]).map_err(db)?;
+            }
+        }
         tx.commit().map_err(db)?;
         Ok(ids)
     }
@@ -263,8 +287,21 @@ impl TestHook {
     }
 }
 
-fn bump_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<usize> {
-    tx.execute("UPDATE generation SET n = n + 1", [])
+/// Raises the generation counter and trims the change log to its last
+/// [`crate::CHANGE_LOG_GENERATIONS`] writes. Returns the new generation.
+fn bump_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
+    let g: i64 = tx.query_row("UPDATE generation SET n = n + 1 RETURNING n", [], |r| {
+        r.get(0)
+    })?;
+    let floor = g - crate::CHANGE_LOG_GENERATIONS as i64;
+    if floor > 0 {
+        tx.execute("DELETE FROM changes WHERE generation <= ?1", params![floor])?;
+        tx.execute(
+            "UPDATE change_floor SET n = ?1 WHERE n < ?1",
+            params![floor],
+        )?;
+    }
+    Ok(g)
 }
 
 pub(crate) fn kind_columns(kind: &ModelKind) -> (&'static str, i64, Option<&'static str>) {
@@ -452,11 +489,25 @@ impl CaseStore for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
-        let n = tx
-            .execute("DELETE FROM cases WHERE case_key = ?1", params![key])
+        let id: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM cases WHERE case_key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
             .map_err(db)?;
-        if n > 0 {
-            bump_generation(&tx).map_err(db)?;
+        let mut n = 0;
+        if let Some(id) = id {
+            let g = bump_generation(&tx).map_err(db)?;
+            tx.execute(
+                "INSERT INTO changes (generation, model, case_id, op) SELECT ?1, model, case_id, 'del' FROM vectors WHERE case_id = ?2",
+                params![g, id],
+            )
+            .map_err(db)?;
+            n = tx
+                .execute("DELETE FROM cases WHERE id = ?1", params![id])
+                .map_err(db)?;
         }
         tx.commit().map_err(db)?;
         Ok(n > 0)
@@ -515,6 +566,68 @@ impl CaseStore for SqliteStore {
             })
             .map_err(|e| self.db_err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn changes(
+        &mut self,
+        model: &str,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Option<Vec<crate::Change>>> {
+        let floor: i64 = self
+            .conn
+            .query_row("SELECT n FROM change_floor", [], |r| r.get(0))
+            .map_err(|e| self.db_err(e))?;
+        if (after as i64) < floor {
+            return Ok(None);
+        }
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT c.generation, c.case_id, CASE c.op WHEN 'add' THEN v.data END
+                 FROM changes c LEFT JOIN vectors v ON v.model = c.model AND v.case_id = c.case_id
+                 WHERE c.model = ?1 AND c.generation > ?2 AND c.generation <= ?3
+                 ORDER BY c.generation, c.rowid",
+            )
+            .map_err(|e| self.db_err(e))?;
+        let rows = st
+            .query_map(params![model, after as i64, up_to as i64], |r| {
+                Ok(crate::Change {
+                    generation: r.get::<_, i64>(0)? as u64,
+                    case_id: r.get::<_, i64>(1)? as u64,
+                    vector: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.db_err(e))?;
+        let list = rows
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.db_err(e))?;
+        Ok(Some(list))
+    }
+
+    fn setting(&mut self, name: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT value FROM settings WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn case_paths(&mut self) -> Result<Vec<(u64, String)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, path FROM cases ORDER BY id")
+            .map_err(|e| self.db_err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
+            .map_err(|e| self.db_err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
             .map_err(|e| self.db_err(e))
     }
 

@@ -255,3 +255,21 @@ fn codes_with_relaxed_outputs_rank_ties_by_them_not_by_id() {
         vec![ids[1], ids[0], ids[3]]
     );
 }
+
+#[path = "common/replica.rs"]
+mod replica;
+
+#[test]
+fn replicas_follow_each_other_through_the_change_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    replica::replicas_follow_each_other(
+        || SqliteStore::open(&path).unwrap(),
+        || {
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute("UPDATE change_floor SET n = (SELECT n FROM generation)", [])
+                .unwrap();
+        },
+    );
+}

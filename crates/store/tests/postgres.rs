@@ -147,3 +147,23 @@ fn reopen_keeps_data_and_foreign_schemas_are_refused() {
     // Bad schema names never reach SQL.
     assert!(PgStore::open(&url, "x; DROP TABLE y").is_err());
 }
+
+#[path = "common/replica.rs"]
+mod replica;
+
+#[test]
+fn replicas_follow_each_other_through_the_change_log() {
+    let Some(url) = url() else { return };
+    let schema = format!("t_replica_{}", std::process::id());
+    drop(fresh(&url, "replica"));
+    replica::replicas_follow_each_other(
+        || PgStore::open(&url, &schema).unwrap(),
+        || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            c.batch_execute(&format!(
+                "UPDATE {schema}.change_floor SET n = (SELECT n FROM {schema}.generation)"
+            ))
+            .unwrap();
+        },
+    );
+}
