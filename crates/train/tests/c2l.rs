@@ -73,9 +73,21 @@ fn pretraining_lowers_the_loss_and_resumes_exactly() {
     assert_eq!(losses.len(), 4);
     assert!(losses.iter().all(|l| l.is_finite()));
     // InfoNCE with 32 negatives is ln 33 = 3.5 at chance. The first epoch is easier (the
-    // queue starts as random unit vectors); once it holds real keys the loss falls.
+    // queue starts as random unit vectors), so the fall is measured from the second, the
+    // first whose negatives are real keys. Over seeds 1 to 10 the last epoch's loss was
+    // 2.92 to 3.36, 6.8% to 19.9% below the second's (seed 2, this one: 3.77 -> 3.36,
+    // 10.8%); with the learning rate at 1e-9 (no learning) it was 3.51 to 4.71, between
+    // 4.3% below and 8.9% above the second's. So: at least 5% below the second epoch's,
+    // and below chance.
     assert!(losses[0] > 2.0, "{losses:?}");
-    assert!(losses[3] < losses[1], "{losses:?}");
+    assert!(
+        losses[3] < 0.95 * losses[1],
+        "the loss falls by at least 5% from the second epoch: {losses:?}"
+    );
+    assert!(
+        losses[3] < 33f64.ln(),
+        "the last epoch's loss is below chance, ln 33: {losses:?}"
+    );
 
     let parts = tempfile::tempdir().unwrap();
     let task2 = C2lTask::new(&ds, settings(), 2).unwrap();

@@ -119,10 +119,35 @@ fn short_training_beats_the_untrained_network() {
 /// An ablation variant: its name and how it changes the settings.
 type Variant = (&'static str, Box<dyn Fn(&mut HashSettings)>);
 
+/// Mean over columns of the standard deviation over rows of an `n x w` matrix.
+fn spread(m: &[f32], w: usize) -> f64 {
+    let rows: Vec<&[f32]> = m.chunks(w).collect();
+    let n = rows.len() as f64;
+    (0..w)
+        .map(|j| {
+            let mean = rows.iter().map(|r| f64::from(r[j])).sum::<f64>() / n;
+            (rows
+                .iter()
+                .map(|r| (f64::from(r[j]) - mean).powi(2))
+                .sum::<f64>()
+                / n)
+                .sqrt()
+        })
+        .sum::<f64>()
+        / w as f64
+}
+
+/// Every ablation variant, and the full method beside them, trains 2 epochs and encodes
+/// the whole set: outputs of the right shape, finite, relaxed codes and logits that vary
+/// from image to image (a head that emits a constant, or codes left unfilled, do not),
+/// and every variant's codes differ from the full method's and from each other's, so a
+/// switch that is silently ignored fails. Training on the CPU is deterministic: an
+/// ignored switch gives the very same codes.
 #[test]
 fn every_ablation_variant_trains_and_encodes() {
     let (ds, _) = common::blob_dataset(48, 3);
     let variants: Vec<Variant> = vec![
+        ("full", Box::new(|_| {})),
         ("global", Box::new(|s| s.net.branches = Branches::Global)),
         ("local", Box::new(|s| s.net.branches = Branches::Local)),
         (
@@ -138,6 +163,9 @@ fn every_ablation_variant_trains_and_encodes() {
             }),
         ),
     ];
+    let records = &ds.records;
+    let (n, bits, classes) = (records.len(), 16, ds.label_names.len());
+    let mut codes: Vec<(&str, Vec<f32>)> = Vec::new();
     for (name, set) in variants {
         let mut s = settings(&ds);
         set(&mut s);
@@ -152,10 +180,48 @@ fn every_ablation_variant_trains_and_encodes() {
         )
         .unwrap()
         .valid();
-        let test = split(&ds, true);
-        let (h, _, _) = task.encode(&model, &test, &dev, 8, false).unwrap();
-        assert_eq!(h.len(), test.len() * 16, "{name}");
+        // The global-only variant has no local network; every other one has.
+        assert_eq!(model.local.is_some(), name != "global", "{name}");
+        let (h, logits, global) = task.encode(&model, records, &dev, 8, false).unwrap();
+        assert_eq!(h.len(), n * bits, "{name}");
+        assert_eq!(logits.len(), n * classes, "{name}");
+        assert_eq!(global.len(), n * classes, "{name}");
         assert!(h.iter().all(|v| v.is_finite() && v.abs() <= 1.0), "{name}");
+        assert!(
+            logits.iter().chain(&global).all(|v| v.is_finite()),
+            "{name}"
+        );
+        // After 2 epochs the relaxed codes are still small (|h| at most 0.3; their signs
+        // take 1 to 5 patterns over the 48 images, so signs alone cannot tell) and a bit's
+        // standard deviation over the images is 0.0098 to 0.015, the head's logits' 0.007
+        // to 0.012: 1e-3 leaves room, and a constant output is 0.
+        let (hs, ls) = (spread(&h, bits), spread(&logits, classes));
+        assert!(
+            hs > 1e-3,
+            "{name}: the codes hardly vary across images ({hs})"
+        );
+        assert!(
+            ls > 1e-3,
+            "{name}: the logits hardly vary across images ({ls})"
+        );
+        codes.push((name, h));
+    }
+    // Mean |difference| per code entry between two variants: 0.012 (without the
+    // quantization and balance terms, against the full method) to 0.18; an ignored
+    // switch gives exactly 0.
+    for (i, (a, ha)) in codes.iter().enumerate() {
+        for (b, hb) in &codes[..i] {
+            let d = ha
+                .iter()
+                .zip(hb)
+                .map(|(x, y)| f64::from((x - y).abs()))
+                .sum::<f64>()
+                / ha.len() as f64;
+            assert!(
+                d > 1e-3,
+                "`{a}` encodes as `{b}` does (mean |difference| {d})"
+            );
+        }
     }
 }
 
