@@ -27,6 +27,10 @@ pub enum BenchCommand {
     Load(crate::load::LoadArgs),
     /// Grow a model's archive with noisy copies of its cases, to load-test at scale.
     GrowStore(crate::load::GrowArgs),
+    /// How long a replica takes to see another's write: two archives of one model on one
+    /// store, one ingesting or deleting a case, the other following the change log; the
+    /// full reload it replaces is timed beside it.
+    Replica(crate::load::ReplicaArgs),
 }
 
 #[derive(Args)]
@@ -174,6 +178,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Saliency(a) => saliency(a),
         BenchCommand::Load(a) => crate::load::load(a),
         BenchCommand::GrowStore(a) => crate::load::grow(a),
+        BenchCommand::Replica(a) => crate::load::replica(a),
     }
 }
 

@@ -489,3 +489,102 @@ fn index_size(url: &str, model: &str) -> Result<u64> {
         .and_then(|m| m["cases"].as_u64())
         .with_context(|| format!("{url}: no model `{model}`"))
 }
+
+#[derive(Args)]
+pub struct ReplicaArgs {
+    /// The store: a SQLite file or a postgresql:// URL.
+    #[arg(long)]
+    store: PathBuf,
+    /// The model both replicas serve.
+    #[arg(long)]
+    model: String,
+    /// Writes timed (each an ingest of one case, then its delete).
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Two archives of one model on one store: the writer ingests (then deletes) one case,
+/// and the replica's next sync is timed from the writer's commit; the replica's full
+/// load (what every write cost a replica before the change log) is timed once.
+pub fn replica(a: &ReplicaArgs) -> Result<()> {
+    use medret_store::Archive;
+    use medret_store::archive::FloatSearch;
+    let t = Instant::now();
+    let mut replica = Archive::open_with(open_store(&a.store)?, &a.model, FloatSearch::Auto)?;
+    let full_load_s = t.elapsed().as_secs_f64();
+    let mut writer = Archive::open_with(open_store(&a.store)?, &a.model, FloatSearch::Exact)?;
+    let cases = replica.len();
+    let template = {
+        let s = writer.store();
+        let (id, v) = s
+            .vectors(&a.model)?
+            .into_iter()
+            .next()
+            .context("the model holds no vectors")?;
+        (s.case(id)?.context("a case vanished")?, v)
+    };
+    let (mut ingest_ms, mut delete_ms) = (Vec::new(), Vec::new());
+    for round in 0..a.rounds {
+        let key = format!("replica-bench-{}-{round}", std::process::id());
+        let case = medret_store::NewCase {
+            key: key.clone(),
+            path: template.0.path.clone(),
+            labels: template.0.labels.clone(),
+            grade: template.0.grade,
+            patient_id: String::new(),
+            study: template.0.study.clone(),
+        };
+        writer.ingest(&[(case, template.1.clone())])?;
+        let t = Instant::now();
+        replica.sync()?;
+        ingest_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if replica.len() != cases + 1 {
+            bail!(
+                "the replica holds {} cases after the ingest, not {}",
+                replica.len(),
+                cases + 1
+            );
+        }
+        writer.delete(&key)?;
+        let t = Instant::now();
+        replica.sync()?;
+        delete_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if replica.len() != cases {
+            bail!(
+                "the replica holds {} cases after the delete, not {cases}",
+                replica.len()
+            );
+        }
+    }
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (ingest_p50, ingest_max) = stats(&mut ingest_ms);
+    let (delete_p50, delete_max) = stats(&mut delete_ms);
+    let out = serde_json::json!({
+        "cases": cases,
+        "rounds": a.rounds,
+        "replica_full_loads": replica.full_loads(),
+        "full_load_ms": full_load_s * 1e3,
+        "sync_after_ingest_ms": { "p50": ingest_p50, "max": ingest_max },
+        "sync_after_delete_ms": { "p50": delete_p50, "max": delete_max },
+        "full_load_over_sync_p50": full_load_s * 1e3 / ingest_p50.max(1e-9),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{cases} cases: a replica sees an ingest in {ingest_p50:.2} ms (max {ingest_max:.2}), a delete in {delete_p50:.2} ms (max {delete_max:.2}); a full reload takes {:.0} ms ({:.0}x); full loads: {}",
+            full_load_s * 1e3,
+            full_load_s * 1e3 / ingest_p50.max(1e-9),
+            replica.full_loads()
+        );
+    }
+    if replica.full_loads() != 1 {
+        bail!("the replica reloaded every vector instead of following the change log");
+    }
+    Ok(())
+}

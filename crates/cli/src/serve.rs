@@ -52,9 +52,16 @@ pub struct ServeArgs {
     /// hold patient or accession numbers. `--opaque-ids false` shows the archive's ids.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     opaque_ids: bool,
+    /// Memory that uploads being decoded may take at once, in MiB: each upload reserves
+    /// 40 bytes per pixel from its header before decoding and waits its turn when the
+    /// budget is taken (one larger than the budget gets 413).
+    #[arg(long, default_value_t = 4096)]
+    decode_budget_mib: u32,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
+    // A server's peaks are single large uploads, not a training loop that reuses them.
+    medret_models::alloc::return_freed_memory();
     let token = match &a.token_file {
         Some(f) => {
             let t = std::fs::read_to_string(f)
@@ -86,6 +93,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
     }
     cfg.max_pixels = a.max_pixels;
     cfg.opaque_ids = a.opaque_ids;
+    if a.decode_budget_mib == 0 {
+        bail!("--decode-budget-mib must be at least 1");
+    }
+    cfg.decode_budget_mib = a.decode_budget_mib;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -74,6 +74,9 @@ impl ImageF32 {
                 let g = img.to_luma8();
                 Self::from_u8_hwc(1, h, w, g.as_raw())
             }
+            // 8-bit colour straight to f32: no intermediate f32 copy of a large image.
+            DynamicImage::ImageRgb8(rgb) => Self::from_u8_hwc(3, h, w, rgb.as_raw()),
+            DynamicImage::ImageRgba8(_) => Self::from_u8_hwc(3, h, w, img.to_rgb8().as_raw()),
             DynamicImage::ImageLuma16(_) | DynamicImage::ImageLumaA16(_) => {
                 let g = img.to_luma16();
                 let data = g.as_raw().iter().map(|&v| v as f32 / 65535.0).collect();

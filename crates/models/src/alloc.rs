@@ -20,3 +20,18 @@ pub fn keep_freed_memory() {
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
 }
+
+/// mimalloc's default purge delay (ms): freed memory goes back to the OS shortly after.
+const DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 10;
+
+/// Lets mimalloc return freed memory to the OS again (its default), unless
+/// `MIMALLOC_PURGE_DELAY` says otherwise: for `medret serve`, where a burst of large
+/// uploads is decoded on many blocking threads, each of whose heaps would otherwise keep
+/// its peak for good (measured: 16 uploads of 8192 x 8192 pixels one at a time left a
+/// peak of 5.8 GB instead of the 2.4 GB one of them takes).
+pub fn return_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one integer option; mimalloc reads options at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, DEFAULT_PURGE_DELAY_MS) };
+    }
+}

@@ -276,11 +276,15 @@ pub struct EncodedQuery {
 
 /// Runs the network on a decoded image (cut to `opts.region` first, if given) for an
 /// archive that stores `kind`. Needs no archive, so a server runs it outside any lock.
+///
+/// With `keep_decoded` false the full-size image is handed to the network rather than
+/// copied for the caller: one full-size copy fewer (a server's memory per upload).
 pub fn encode_query(
     encoder: &Encoder,
     kind: medret_store::ModelKind,
     decoded: ImageF32,
     opts: &QueryOptions,
+    keep_decoded: bool,
 ) -> Result<EncodedQuery> {
     let decoded = match &opts.region {
         Some(r) => r.crop(&decoded)?,
@@ -288,14 +292,17 @@ pub fn encode_query(
     };
     let t = std::time::Instant::now();
     let shown = encoder.display_image(decoded.clone());
-    let query = encoder
-        .encode_images(vec![decoded.clone()], opts.explain)
-        .remove(0);
+    let (input, decoded) = if keep_decoded {
+        (decoded.clone(), Some(decoded))
+    } else {
+        (decoded, None)
+    };
+    let query = encoder.encode_images(vec![input], opts.explain).remove(0);
     Ok(EncodedQuery {
         vector: stored_vector(kind, &query),
         query,
         shown,
-        decoded: Some(decoded),
+        decoded,
         encode_seconds: t.elapsed().as_secs_f64(),
     })
 }
@@ -329,7 +336,7 @@ pub fn search_decoded<S: CaseStore>(
     decoded: ImageF32,
     opts: &QueryOptions,
 ) -> Result<ImageResults> {
-    let q = encode_query(encoder, archive.model().kind, decoded, opts)?;
+    let q = encode_query(encoder, archive.model().kind, decoded, opts, true)?;
     search_encoded(archive, q, opts)
 }
 

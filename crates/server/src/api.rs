@@ -357,9 +357,9 @@ async fn search(State(state): S, form: Multipart) -> Result<Json<Value>, ApiErro
         deadline.check()?;
         // The network runs before the model's lock is taken: a slow query never makes
         // the others wait.
-        let mut encoded = medret_search::query::encode_query(&encoder, slot.info.kind, img, &opts)?;
-        // This API never shows the full-size image: it goes before the search.
-        encoded.decoded = None;
+        // This API never shows the full-size image: it goes to the network, not kept.
+        let encoded =
+            medret_search::query::encode_query(&encoder, slot.info.kind, img, &opts, false)?;
         drop(reservation);
         deadline.check()?;
         let res = {

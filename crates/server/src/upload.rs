@@ -45,8 +45,10 @@ impl Kind {
 pub const MAX_PIXELS: u64 = 8192 * 8192;
 
 /// Bytes of memory a decode is charged per pixel: the decoder's own buffer, the f32 RGB
-/// image (12 bytes) and the copies the model's preprocessing makes before it resizes.
-pub const BYTES_PER_PIXEL: u64 = 32;
+/// image (12 bytes), the copy the display path makes and the preprocessing's grey and
+/// resized planes. Measured: one 8192 x 8192 RGB PNG raises the server's peak RSS by
+/// 2.36 GB, 35 bytes per pixel (`bench/upload_burst.sh`).
+pub const BYTES_PER_PIXEL: u64 = 40;
 
 /// Memory that uploads being decoded and encoded may take at once, shared by every
 /// request: each one reserves `pixels x BYTES_PER_PIXEL` from the header before decoding
