@@ -825,6 +825,26 @@ fn bad_uploads_get_4xx_and_leave_the_store_unchanged() {
         post_form(&url, None, &[("model", "cxr16")], &[("q.jpg", &jpeg)]).0,
         200
     );
+    // The contract is served, and malformed paths, queries and forms answer as it says:
+    // JSON errors, not axum's plain text.
+    let (code, doc, _) = get(&srv.url("/api/v1/openapi.json"));
+    assert_eq!(code, 200);
+    assert!(doc["paths"]["/api/v1/search"]["post"].is_object(), "{doc}");
+    for path in ["/api/v1/cases/x/image?size=abc", "/api/v1/cases/x/overlay"] {
+        let (code, e, _) = get(&srv.url(path));
+        assert_eq!(code, 400, "{path}");
+        assert!(e["error"].is_string(), "{path}: not a JSON error: {e}");
+    }
+    let (code, e, _) = answer(
+        agent()
+            .post(&srv.url("/api/v1/search"))
+            .header("content-type", "text/plain")
+            .send(&b"x"[..]),
+    );
+    assert!(
+        (400..500).contains(&code) && e["error"].is_string(),
+        "{code} {e}"
+    );
     // Nothing was written, and the server still answers.
     assert_eq!(store_counts(&store), before);
     assert_eq!(files_in(&PathBuf::from(format!("{}.images", s(&store)))), 0);

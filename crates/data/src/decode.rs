@@ -9,7 +9,12 @@ use crate::record::ImageSource;
 /// Decodes a PNG or JPEG file (format from content, not extension).
 pub fn decode_file(path: &Path) -> Result<ImageF32> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| DataError::image(path, e))?;
+    decode_bytes(path, &bytes)
+}
+
+/// [`decode_file`] of a PNG or JPEG held in memory; `path` only names it in errors.
+pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<ImageF32> {
+    let img = image::load_from_memory(bytes).map_err(|e| DataError::image(path, e))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(DataError::image(path, "image has zero size"));
     }

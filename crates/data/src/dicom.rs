@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use dicom_dictionary_std::tags;
+use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
 
@@ -20,6 +21,23 @@ fn dicom_err(path: &Path, message: impl ToString) -> DataError {
     }
 }
 
+/// Runs a call into the `dicom` crates, turning a panic of theirs into an error: fuzzing
+/// found inputs on which their decoders index out of bounds (a truncated RLE segment) or
+/// fail an assertion, and one malformed file must not take a server thread down.
+fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(dicom_err(
+            path,
+            format!("{what}: the DICOM decoder failed on this file ({message})"),
+        ))
+    })
+}
+
 fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
     let e = obj.element_opt(tag).ok().flatten()?;
     let s = e.to_str().ok()?.trim().trim_end_matches('\0').to_string();
@@ -27,9 +45,142 @@ fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
 }
 
 fn open(path: &Path) -> Result<DefaultDicomObject> {
-    OpenFileOptions::new()
-        .open_file(path)
-        .map_err(|e| dicom_err(path, format!("not a readable DICOM file: {e}")))
+    let bytes = std::fs::read(path)
+        .map_err(|e| dicom_err(path, format!("not a readable DICOM file: {e}")))?;
+    open_bytes(path, &bytes)
+}
+
+/// Parses a DICOM file held in memory, as [`open`] parses one on disk; `path` only names
+/// it in errors. The preamble is skipped as `open_file` skips it: when `DICM` stands at
+/// byte 128, or when it stands neither there nor at byte 0.
+pub(crate) fn open_bytes(path: &Path, bytes: &[u8]) -> Result<DefaultDicomObject> {
+    let preamble = if bytes.get(128..132) != Some(&b"DICM"[..]) && bytes.starts_with(b"DICM") {
+        ReadPreamble::Never
+    } else {
+        ReadPreamble::Always
+    };
+    let magic = match preamble {
+        ReadPreamble::Never => bytes,
+        _ => bytes.get(128..).unwrap_or_default(),
+    };
+    guarded(path, "not a readable DICOM file", || {
+        check_declared_lengths(path, magic, bytes.len() as u64)?;
+        OpenFileOptions::new()
+            .read_preamble(preamble)
+            .from_reader(bytes)
+            .map_err(|e| dicom_err(path, format!("not a readable DICOM file: {e}")))
+    })
+}
+
+/// Refuses a file in which a value declares more bytes than the whole file holds, before
+/// the `dicom` crates read it: they allocate and zero a buffer of the declared length
+/// first, so a header of a few hundred bytes could make them take 4 GiB (found by
+/// fuzzing; fuzz/regressions/dicom). `magic` is the file from its `DICM` code on; the
+/// walk reads the file meta group and the data set as `dicom-object` reads them and
+/// leaves every other fault to it. A deflated data set, whose values may rightly be
+/// longer than the file, is not checked.
+fn check_declared_lengths(path: &Path, magic: &[u8], file_len: u64) -> Result<()> {
+    use dicom_core::header::{HasLength, Header, Length};
+    use dicom_encoding::decode::Decode;
+    use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
+    use dicom_parser::dataset::DataToken;
+
+    let check = |tag: dicom_core::Tag, len: Length| match len.get() {
+        Some(n) if u64::from(n) > file_len => Err(dicom_err(
+            path,
+            format!("element {tag} declares {n} bytes, more than the file's {file_len}"),
+        )),
+        _ => Ok(()),
+    };
+    // The file meta group, walked as `FileMetaTable::read_from` reads it: explicit VR
+    // little endian, as many bytes as its group length (0002,0000) says.
+    let Some(mut src) = magic.strip_prefix(b"DICM") else {
+        return Ok(());
+    };
+    let decoder = dicom_encoding::decode::file_header_decoder();
+    let Ok((first, _)) = decoder.decode_header(&mut src) else {
+        return Ok(());
+    };
+    let Some(group_length) = src.get(..4).filter(|_| first.length() == Length(4)) else {
+        return Ok(());
+    };
+    let group_length = u32::from_le_bytes([
+        group_length[0],
+        group_length[1],
+        group_length[2],
+        group_length[3],
+    ]);
+    src = &src[4..];
+    let mut read = 0u64;
+    while read < u64::from(group_length) {
+        let Ok((h, n)) = decoder.decode_header(&mut src) else {
+            return Ok(());
+        };
+        check(h.tag(), h.length())?;
+        let Some(rest) = h.length().get().and_then(|len| src.get(len as usize..)) else {
+            return Ok(());
+        };
+        src = rest;
+        read += (n + h.length().0 as usize) as u64;
+    }
+    // The data set, through the token reader `dicom-object` builds it with: each
+    // element's header comes before its value is read.
+    let Ok(meta) = dicom_object::FileMetaTable::from_reader(magic) else {
+        return Ok(());
+    };
+    let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+    let Some(ts) = registry.get(meta.transfer_syntax()) else {
+        return Ok(());
+    };
+    if matches!(ts.codec(), Codec::Dataset(_)) {
+        return Ok(());
+    }
+    let Ok(reader) = dicom_parser::DataSetReader::new_with_ts(src, ts) else {
+        return Ok(());
+    };
+    for token in reader {
+        match token {
+            Ok(DataToken::ElementHeader(h)) => check(h.tag(), h.length())?,
+            Ok(DataToken::ItemStart { len }) => check(dicom_core::Tag(0xFFFE, 0xE000), len)?,
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Refuses RLE Lossless fragments whose 64-byte header is absent or counts more than the
+/// standard's 15 segments (PS3.5 G.5): the RLE decoder allocates a table of as many
+/// offsets as the header claims, up to 16 GiB (found by fuzzing).
+fn check_rle_headers(path: &Path, obj: &DefaultDicomObject) -> Result<()> {
+    if obj.meta().transfer_syntax().trim_end_matches('\0')
+        != dicom_dictionary_std::uids::RLE_LOSSLESS
+    {
+        return Ok(());
+    }
+    let Some(fragments) = obj
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .and_then(|e| e.value().fragments())
+    else {
+        return Ok(());
+    };
+    for f in fragments {
+        let segments = f
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        match segments {
+            Some(n) if f.len() >= 64 && n <= 15 => {}
+            _ => {
+                return Err(dicom_err(
+                    path,
+                    "RLE Lossless fragment without a valid header (at most 15 segments)",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks the properties a record needs without decoding pixels: pixel data present,
@@ -53,8 +204,16 @@ fn check_image_attributes(path: &Path, obj: &DefaultDicomObject) -> Result<()> {
 /// Rows and columns as the header declares them, read without decoding any pixel: what a
 /// server checks against its size limit before it decodes an upload.
 pub fn declared_size(path: &Path) -> Result<(u64, u64)> {
-    let obj = open(path)?;
-    check_image_attributes(path, &obj)?;
+    declared_size_of(path, &open(path)?)
+}
+
+/// [`declared_size`] of a DICOM file held in memory; `name` only names it in errors.
+pub fn declared_size_bytes(name: &Path, bytes: &[u8]) -> Result<(u64, u64)> {
+    declared_size_of(name, &open_bytes(name, bytes)?)
+}
+
+fn declared_size_of(path: &Path, obj: &DefaultDicomObject) -> Result<(u64, u64)> {
+    check_image_attributes(path, obj)?;
     let dim = |tag, what: &str| -> Result<u64> {
         obj.element_opt(tag)
             .ok()
@@ -71,22 +230,25 @@ pub fn declared_size(path: &Path) -> Result<(u64, u64)> {
 
 /// Reads a DICOM file's record (no pixels decoded yet).
 pub fn read_dicom_record(path: &Path) -> Result<Record> {
-    let obj = open(path)?;
-    check_image_attributes(path, &obj)?;
+    record_of(path, &open(path)?)
+}
+
+pub(crate) fn record_of(path: &Path, obj: &DefaultDicomObject) -> Result<Record> {
+    check_image_attributes(path, obj)?;
     let id = path
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
     let mut rec = Record::new(id, ImageSource::Dicom(path.to_path_buf()));
-    rec.patient_id = text(&obj, tags::PATIENT_ID).unwrap_or_default();
-    rec.view = text(&obj, tags::VIEW_POSITION);
-    rec.eye = text(&obj, tags::IMAGE_LATERALITY)
-        .or_else(|| text(&obj, tags::LATERALITY))
+    rec.patient_id = text(obj, tags::PATIENT_ID).unwrap_or_default();
+    rec.view = text(obj, tags::VIEW_POSITION);
+    rec.eye = text(obj, tags::IMAGE_LATERALITY)
+        .or_else(|| text(obj, tags::LATERALITY))
         .and_then(|s| Eye::parse(&s));
-    if let Some(m) = text(&obj, tags::MODALITY) {
+    if let Some(m) = text(obj, tags::MODALITY) {
         rec.meta.insert("modality".into(), m);
     }
-    if let Some(p) = text(&obj, tags::PHOTOMETRIC_INTERPRETATION) {
+    if let Some(p) = text(obj, tags::PHOTOMETRIC_INTERPRETATION) {
         rec.meta.insert("photometric".into(), p);
     }
     rec.meta.insert(
@@ -163,18 +325,38 @@ pub fn read_dicom(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
 /// either, min-max over the rescaled values. MONOCHROME1 is inverted so that, as in
 /// MONOCHROME2, bright means dense. Colour (RGB) is scaled by the bit depth.
 pub fn decode_dicom(path: &Path) -> Result<ImageF32> {
-    let obj = open(path)?;
-    check_image_attributes(path, &obj)?;
-    let pixel = obj
-        .decode_pixel_data()
-        .map_err(|e| dicom_err(path, format!("cannot decode pixel data: {e}")))?;
+    decode_object(path, &open(path)?)
+}
+
+/// [`decode_dicom`] of a DICOM file held in memory; `name` only names it in errors.
+pub fn decode_dicom_bytes(name: &Path, bytes: &[u8]) -> Result<ImageF32> {
+    decode_object(name, &open_bytes(name, bytes)?)
+}
+
+fn decode_object(path: &Path, obj: &DefaultDicomObject) -> Result<ImageF32> {
+    check_image_attributes(path, obj)?;
+    check_rle_headers(path, obj)?;
+    let pixel = guarded(path, "cannot decode pixel data", || {
+        obj.decode_pixel_data()
+            .map_err(|e| dicom_err(path, format!("cannot decode pixel data: {e}")))
+    })?;
+    // The crate's lookup tables assert 1 <= BitsStored <= 32 (a panic found by fuzzing).
+    let bits = pixel.bits_stored();
+    if !(1..=32).contains(&bits) {
+        return Err(dicom_err(
+            path,
+            format!("BitsStored (0028,0101) is {bits}; expected 1 to 32"),
+        ));
+    }
     let (h, w) = (pixel.rows() as usize, pixel.columns() as usize);
     let spp = pixel.samples_per_pixel() as usize;
     let photometric = pixel.photometric_interpretation().to_string();
     let conv = |opts: &ConvertOptions| -> Result<Vec<f32>> {
-        pixel
-            .to_vec_frame_with_options::<f32>(0, opts)
-            .map_err(|e| dicom_err(path, format!("cannot convert pixel data: {e}")))
+        guarded(path, "cannot convert pixel data", || {
+            pixel
+                .to_vec_frame_with_options::<f32>(0, opts)
+                .map_err(|e| dicom_err(path, format!("cannot convert pixel data: {e}")))
+        })
     };
     match spp {
         1 => {

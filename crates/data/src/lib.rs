@@ -19,6 +19,8 @@ pub mod decode;
 pub mod dicom;
 pub mod error;
 pub mod eyepacs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image_buf;
 pub mod labels;
 pub mod loader;

@@ -34,6 +34,19 @@ pub fn write_f32_matrix(path: &Path, rows: &[Vec<f32>]) -> Result<()> {
 /// Opens a `.npy` in C (row-major) order. A Fortran-order file would be read with its
 /// rows scrambled into columns, so it is refused with the fix named.
 fn open_c_order<'a>(path: &Path, bytes: &'a [u8]) -> Result<npyz::NpyFile<&'a [u8]>> {
+    // npyz allocates the header's declared length (up to 4 GiB in version 2) before
+    // reading it: refuse a header longer than the file (found by fuzzing).
+    let declared = match (bytes.get(6), bytes.get(8..12)) {
+        (Some(1), Some(b)) => Some(10 + u64::from(u16::from_le_bytes([b[0], b[1]]))),
+        (Some(_), Some(b)) => Some(12 + u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        _ => None,
+    };
+    if declared.is_some_and(|n| n > bytes.len() as u64) {
+        return Err(DataError::format(
+            path,
+            "not a .npy file: its header is longer than the file",
+        ));
+    }
     let npy = npyz::NpyFile::new(bytes)
         .map_err(|e| DataError::format(path, format!("not a .npy file: {e}")))?;
     if npy.order() == npyz::Order::Fortran {
@@ -45,10 +58,29 @@ fn open_c_order<'a>(path: &Path, bytes: &'a [u8]) -> Result<npyz::NpyFile<&'a [u
     Ok(npy)
 }
 
+/// Refuses a shape holding more values than the file has bytes for, before npyz reserves
+/// room for them.
+fn check_shape(path: &Path, npy: &npyz::NpyFile<&[u8]>, file_len: usize, size: u64) -> Result<()> {
+    let values = npy.shape().iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+    match values.and_then(|n| n.checked_mul(size)) {
+        Some(n) if n <= file_len as u64 => Ok(()),
+        _ => Err(DataError::format(
+            path,
+            format!("shape {:?} holds more values than the file", npy.shape()),
+        )),
+    }
+}
+
 /// Reads a float32 `N x D` `.npy` (for tests and later commands).
 pub fn read_f32_matrix(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let npy = open_c_order(path, &bytes)?;
+    read_f32_matrix_bytes(path, &bytes)
+}
+
+/// [`read_f32_matrix`] of a `.npy` held in memory; `path` only names it in errors.
+pub fn read_f32_matrix_bytes(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
+    let npy = open_c_order(path, bytes)?;
+    check_shape(path, &npy, bytes.len(), 4)?;
     let shape = npy.shape().iter().map(|&s| s as usize).collect();
     let data = npy
         .into_vec::<f32>()
@@ -59,7 +91,13 @@ pub fn read_f32_matrix(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
 /// Reads a 2-D uint8 `.npy` (packed binary codes, `N x bits/8`): the shape and the bytes.
 pub fn read_u8_matrix(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let npy = open_c_order(path, &bytes)?;
+    read_u8_matrix_bytes(path, &bytes)
+}
+
+/// [`read_u8_matrix`] of a `.npy` held in memory; `path` only names it in errors.
+pub fn read_u8_matrix_bytes(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
+    let npy = open_c_order(path, bytes)?;
+    check_shape(path, &npy, bytes.len(), 1)?;
     let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
     if shape.len() != 2 {
         return Err(DataError::format(

@@ -186,6 +186,7 @@ pub struct Filters {
     pub label: Option<String>,
     pub view: Option<String>,
     pub eye: Option<String>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub grade: Option<u8>,
     pub split: Option<String>,
 }
@@ -210,6 +211,29 @@ impl Filters {
                 l.is_empty() || case.labels.iter().any(|c| c.eq_ignore_ascii_case(l))
             })
     }
+}
+
+/// An optional whole number from JSON, also when written as `2.0` (JSON Schema calls
+/// that an integer; serde does not).
+pub fn whole_number<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::Deserialize;
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+            .map(|f| f as u64)
+    });
+    whole
+        .and_then(|v| T::try_from(v).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{n} is not a whole number in range")))
 }
 
 /// A rectangle of the query image in fractions of its width and height (0 to 1).

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -38,7 +39,8 @@ const MAX_K: usize = 500;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/readyz", get(readyz))
         .route("/api/v1/models", get(models))
         .route("/api/v1/search", post(search))
@@ -107,7 +109,29 @@ fn unavailable(state: &AppState) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-async fn readyz(State(state): S) -> Response {
+#[utoipa::path(get, path = "/healthz", responses(
+    (status = 200, description = "The process answers", body = String, content_type = "text/plain")
+))]
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", responses(
+    (status = 200, description = "This document", content_type = "application/json")
+))]
+pub(crate) async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "The store answers; models that could not be loaded are listed", body = crate::openapi::Ready),
+    (status = 503, description = "The store does not answer", body = crate::openapi::Ready)
+))]
+pub(crate) async fn readyz(State(state): S) -> Response {
     let st = state.clone();
     match blocking(&state, move |_| {
         admin(&st).generation().map_err(ApiError::from)
@@ -129,7 +153,11 @@ async fn readyz(State(state): S) -> Response {
     }
 }
 
-async fn models(State(state): S) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/models", responses(
+    (status = 200, description = "The store's models", body = crate::openapi::ModelsResponse),
+    (status = 503, description = "The store failed", body = crate::openapi::ErrorBody)
+))]
+pub(crate) async fn models(State(state): S) -> Result<Json<Value>, ApiError> {
     let st = state.clone();
     blocking(&state, move |_| st.refresh_models()).await?;
     let mut list: Vec<Value> = state
@@ -319,8 +347,24 @@ fn summary(hits: &[Hit]) -> Value {
     })
 }
 
-async fn search(State(state): S, form: Multipart) -> Result<Json<Value>, ApiError> {
-    let form = Form::read(form).await?;
+#[utoipa::path(post, path = "/api/v1/search",
+    request_body(content = crate::openapi::SearchForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Similar cases", body = crate::openapi::SearchResponse),
+        (status = 400, description = "A malformed request or field", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such model", body = crate::openapi::ErrorBody),
+        (status = 408, description = "Took longer than the server allows", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The model cannot encode images", body = crate::openapi::ErrorBody),
+        (status = 413, description = "The upload or the image is too large", body = crate::openapi::ErrorBody),
+        (status = 415, description = "Not a PNG, JPEG or DICOM file", body = crate::openapi::ErrorBody),
+        (status = 422, description = "An image that cannot be decoded", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The store or the model is unavailable", body = crate::openapi::ErrorBody)
+    ))]
+pub(crate) async fn search(
+    State(state): S,
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let form = Form::read(form?).await?;
     let model = form.require("model")?.to_string();
     let (name, bytes) = match form.files.as_slice() {
         [one] => one.clone(),
@@ -419,18 +463,33 @@ async fn search(State(state): S, form: Multipart) -> Result<Json<Value>, ApiErro
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CasesQuery {
+pub(crate) struct CasesQuery {
     model: String,
     case_ids: Vec<String>,
+    #[serde(default, deserialize_with = "medret_search::query::whole_number")]
     k: Option<usize>,
+    #[serde(default, deserialize_with = "medret_search::query::whole_number")]
     radius: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "medret_search::query::whole_number")]
     offset: Option<usize>,
+    /// Absent or `null`: no filter.
     #[serde(default)]
-    filters: Filters,
+    filters: Option<Filters>,
 }
 
-async fn search_cases(
+#[utoipa::path(post, path = "/api/v1/search/cases",
+    request_body(content = crate::openapi::CasesRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Cases similar to the given ones", body = crate::openapi::CasesResponse),
+        (status = 400, description = "A malformed request or field", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such model or case", body = crate::openapi::ErrorBody),
+        (status = 408, description = "Took longer than the server allows", body = crate::openapi::ErrorBody),
+        (status = 413, description = "The request is too large", body = crate::openapi::ErrorBody),
+        (status = 415, description = "Not JSON", body = crate::openapi::ErrorBody),
+        (status = 422, description = "JSON of the wrong shape", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The store or the model is unavailable", body = crate::openapi::ErrorBody)
+    ))]
+pub(crate) async fn search_cases(
     State(state): S,
     body: Result<Json<CasesQuery>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -443,7 +502,7 @@ async fn search_cases(
         radius: q.radius,
         show_ids: state.config.show_patient_ids,
         explain: false,
-        filters: q.filters,
+        filters: q.filters.clone().unwrap_or_default(),
         region: None,
         offset: check_offset(q.offset)?,
         ..QueryOptions::default()
@@ -480,7 +539,18 @@ fn find_case(state: &AppState, given: &str) -> Result<Case, ApiError> {
     state.find_case(given)
 }
 
-async fn case(State(state): S, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/cases/{id}",
+    params(("id" = String, Path, description = "A case id as responses give it")),
+    responses(
+        (status = 200, description = "The case", body = crate::openapi::CaseResponse),
+        (status = 404, description = "No such case", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The store failed", body = crate::openapi::ErrorBody)
+    ))]
+pub(crate) async fn case(
+    State(state): S,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(key) = key?;
     let st = state.clone();
     blocking(&state, move |_| {
         let c = find_case(&st, &key)?;
@@ -510,7 +580,7 @@ fn load_case_image(state: &AppState, c: &Case) -> Result<ImageF32, ApiError> {
 }
 
 #[derive(Deserialize)]
-struct ImageQuery {
+pub(crate) struct ImageQuery {
     size: Option<u32>,
 }
 
@@ -525,11 +595,21 @@ fn png_response(bytes: Vec<u8>) -> Response {
         .into_response()
 }
 
-async fn case_image(
+#[utoipa::path(get, path = "/api/v1/cases/{id}/image",
+    params(("id" = String, Path, description = "A case id as responses give it"), crate::openapi::ImageSize),
+    responses(
+        (status = 200, description = "The case's image", content_type = "image/png"),
+        (status = 400, description = "A bad size", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such case, or its image cannot be read", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The store failed", body = crate::openapi::ErrorBody)
+    ))]
+pub(crate) async fn case_image(
     State(state): S,
-    Path(key): Path<String>,
-    Query(q): Query<ImageQuery>,
+    key: Result<Path<String>, PathRejection>,
+    q: Result<Query<ImageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(key) = key?;
+    let Query(q) = q?;
     let st = state.clone();
     let bytes = blocking(&state, move |_| {
         let c = find_case(&st, &key)?;
@@ -548,15 +628,26 @@ async fn case_image(
 }
 
 #[derive(Deserialize)]
-struct OverlayQuery {
+pub(crate) struct OverlayQuery {
     model: String,
 }
 
-async fn case_overlay(
+#[utoipa::path(get, path = "/api/v1/cases/{id}/overlay",
+    params(("id" = String, Path, description = "A case id as responses give it"), crate::openapi::OverlayModel),
+    responses(
+        (status = 200, description = "The case's image with the model's saliency and crop box", content_type = "image/png"),
+        (status = 400, description = "A malformed request", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such model or case, or its image cannot be read", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The model cannot encode images", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The store or the model is unavailable", body = crate::openapi::ErrorBody)
+    ))]
+pub(crate) async fn case_overlay(
     State(state): S,
-    Path(key): Path<String>,
-    Query(q): Query<OverlayQuery>,
+    key: Result<Path<String>, PathRejection>,
+    q: Result<Query<OverlayQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(key) = key?;
+    let Query(q) = q?;
     let st = state.clone();
     let bytes = blocking(&state, move |_| {
         let slot = st.slot(&q.model)?;
@@ -607,13 +698,29 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn ingest(
+#[utoipa::path(post, path = "/api/v1/cases",
+    request_body(content = crate::openapi::IngestForm, content_type = "multipart/form-data"),
+    security(("token" = [])),
+    responses(
+        (status = 201, description = "Ingested, all of them", body = crate::openapi::IngestResponse),
+        (status = 400, description = "A malformed request or field", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Writes are disabled", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such model", body = crate::openapi::ErrorBody),
+        (status = 408, description = "Took longer than the server allows", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The case exists, or the model cannot encode images", body = crate::openapi::ErrorBody),
+        (status = 413, description = "The upload or an image is too large", body = crate::openapi::ErrorBody),
+        (status = 415, description = "Not a PNG, JPEG or DICOM file", body = crate::openapi::ErrorBody),
+        (status = 422, description = "An image that cannot be decoded", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The store or the model is unavailable; nothing was changed", body = crate::openapi::ErrorBody)
+    ))]
+pub(crate) async fn ingest(
     State(state): S,
     headers: HeaderMap,
-    form: Multipart,
+    form: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let form = Form::read(form).await?;
+    let form = Form::read(form?).await?;
     let model = form.require("model")?.to_string();
     if form.files.is_empty() {
         return Err(ApiError::bad_request(
@@ -709,11 +816,22 @@ async fn ingest(
         .into_response())
 }
 
-async fn delete(
+#[utoipa::path(delete, path = "/api/v1/cases/{id}",
+    params(("id" = String, Path, description = "A case id as responses give it")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "Deleted, with its vectors and the image the server stored", body = crate::openapi::DeleteResponse),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Writes are disabled", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such case", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The store failed; nothing was changed", body = crate::openapi::ErrorBody)
+    ))]
+pub(crate) async fn delete(
     State(state): S,
     headers: HeaderMap,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Path(key) = key?;
     authorize(&state, &headers)?;
     let st = state.clone();
     blocking(&state, move |_| {

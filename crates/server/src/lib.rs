@@ -11,6 +11,7 @@
 //!   counter;
 //! - [`upload`]: uploads checked by their magic bytes and decoded with size limits;
 //! - [`metrics`]: `/metrics` in Prometheus text format;
+//! - [`openapi`]: the API contract, generated from the handlers, at `/api/v1/openapi.json`;
 //! - [`web`]: the page and its assets.
 //!
 //! Safety beside patient data: writes need the token (compared in constant time), uploads
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod state;
 pub mod upload;
 pub mod web;

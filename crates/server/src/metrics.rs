@@ -138,7 +138,10 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
     res
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")
+))]
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let mut out = String::new();
     state.metrics.render(&mut out);
     out.push_str(
