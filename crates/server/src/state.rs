@@ -333,3 +333,56 @@ fn check_upload_dir(config: &ServeConfig, dir: &Path) -> Result<(), ApiError> {
             ))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medret_store::{ModelKind, NewCase, SqliteStore};
+
+    /// A request that panics while holding a model must not disable it until restart:
+    /// the next request takes the lock over and the index is reloaded from the store.
+    #[test]
+    fn a_poisoned_model_lock_is_taken_over_and_the_index_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = SqliteStore::open(&path).unwrap();
+        let info = ModelInfo {
+            name: "h".into(),
+            kind: ModelKind::codes(8),
+            config_hash: String::new(),
+        };
+        let case = |key: &str| NewCase {
+            key: key.into(),
+            path: String::new(),
+            labels: vec![],
+            grade: None,
+            patient_id: String::new(),
+            study: serde_json::Value::Null,
+        };
+        store
+            .create_and_ingest(&info, &[(case("a"), vec![1]), (case("b"), vec![2])])
+            .unwrap();
+        let boxed: Store = Box::new(SqliteStore::open(&path).unwrap());
+        let slot = Arc::new(Slot {
+            info,
+            archive: Mutex::new(Archive::open(boxed, "h").unwrap()),
+            encoder: None,
+            no_encoder: None,
+            approximate: false,
+        });
+        let s = slot.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = s.archive.lock().unwrap();
+            panic!("a request fails while holding the model");
+        })
+        .join();
+        assert!(panicked.is_err() && slot.archive.is_poisoned());
+        assert_eq!(slot.cases_now(), Some(2));
+        let mut archive = slot.lock().expect("the lock is taken over, not an error");
+        assert!(archive.is_stale(), "the index must be reloaded before use");
+        assert!(archive.sync().unwrap());
+        assert_eq!(archive.len(), 2);
+        drop(archive);
+        assert!(!slot.archive.is_poisoned());
+    }
+}
