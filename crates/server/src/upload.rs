@@ -1,6 +1,7 @@
 //! Uploaded images: the kind decided by magic bytes (never by the name or the declared
 //! content type), then decoded through the same readers as files on disk. Only pixels are
-//! read from a DICOM upload; its headers (patient name, birth date, ...) go nowhere.
+//! read from a DICOM upload, in memory; its headers (patient name, birth date, ...) go
+//! nowhere, not even to a temporary file.
 
 use std::time::Instant;
 
@@ -182,22 +183,15 @@ pub fn decode(
             ImageF32::from_dynamic(&img)
         }
         Kind::Dicom => {
-            // The DICOM reader works on files; a private temporary file, removed on drop.
-            let mut f = tempfile::Builder::new()
-                .prefix("medret-upload-")
-                .suffix(".dcm")
-                .tempfile()
-                .map_err(|e| ApiError::internal(format!("temporary file: {e}")))?;
-            std::io::Write::write_all(&mut f, bytes)
-                .map_err(|e| ApiError::internal(format!("temporary file: {e}")))?;
-            let tmp = f.path().display().to_string();
-            // The reader names the temporary file; the client knows its own name.
-            let unreadable =
-                |e: medret_data::DataError| unreadable(e.to_string().replace(&tmp, name));
-            let (h, w) = medret_data::dicom::declared_size(f.path()).map_err(unreadable)?;
+            // Read from memory: an upload's bytes (patient headers included) never touch
+            // the disk. Messages name the file as the client named it.
+            let shown = std::path::Path::new(name);
+            let unreadable = |e: medret_data::DataError| unreadable(e.to_string());
+            let (h, w) =
+                medret_data::dicom::declared_size_bytes(shown, bytes).map_err(unreadable)?;
             check_size(name, w, h, max_pixels)?;
             reservation = budget.reserve(name, w, h)?;
-            medret_data::dicom::decode_dicom(f.path()).map_err(unreadable)?
+            medret_data::dicom::decode_dicom_bytes(shown, bytes).map_err(unreadable)?
         }
     };
     check_size(name, img.width as u64, img.height as u64, max_pixels)?;
