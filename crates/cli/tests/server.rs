@@ -1234,6 +1234,35 @@ fn two_servers_on_one_store_see_each_others_writes() {
         &tmp.path().join("up-pg-c"),
         &data,
     );
+    // Replicas on PostgreSQL may run on several hosts: a server with writes must be given
+    // a shared, absolute upload folder, or it refuses to start.
+    let token = tmp.path().join("up-pg-c.token");
+    for upload in [None, Some("relative-images")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_medret"));
+        cmd.args(["serve", "--store", &url, "--addr", "127.0.0.1:0"])
+            .args(["--token-file", s(&token)])
+            .env("MEDRET_PG_SCHEMA", &schema)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(u) = upload {
+            cmd.args(["--upload-dir", u]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("the server started with upload folder {upload:?} on PostgreSQL");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success() && err.contains("--upload-dir"), "{err}");
+    }
     let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();

@@ -33,6 +33,10 @@ pub struct Hit {
 /// request must not turn into thousands of store reads.
 pub const MAX_HITS: usize = 500;
 
+/// Hits fetched beyond `k` from the index, to fill the places of cases deleted between the
+/// index search and the reading of their rows.
+const VANISH_SLACK: usize = 8;
+
 /// Nearest cases a filtered search looks at, per query vector, at most. Filters are
 /// applied to the ranked list, so a rare filter value could otherwise read the whole
 /// archive; when this many did not fill the answer, it says it was cut.
@@ -473,7 +477,9 @@ fn raw_search<S: CaseStore>(
             vector,
             (opts.offset + opts.k + excluded).max(MAX_FILTER_CANDIDATES + excluded),
         )?,
-        None => archive.search(vector, opts.offset + opts.k + excluded)?,
+        // A few more than asked: a case deleted by another writer between this search
+        // and the read of its row is left out, and the next one fills its place.
+        None => archive.search(vector, opts.offset + opts.k + excluded + VANISH_SLACK)?,
     })
 }
 

@@ -18,6 +18,8 @@ use medret_store::{
 struct Flaky {
     inner: SqliteStore,
     fail_generation: Rc<Cell<bool>>,
+    /// A case whose row reads as gone (deleted by another writer after the index search).
+    vanished: Rc<Cell<Option<u64>>>,
 }
 
 impl CaseStore for Flaky {
@@ -48,6 +50,9 @@ impl CaseStore for Flaky {
         self.inner.delete(key)
     }
     fn case(&mut self, id: u64) -> medret_store::Result<Option<Case>> {
+        if self.vanished.get() == Some(id) {
+            return Ok(None);
+        }
         self.inner.case(id)
     }
     fn case_by_key(&mut self, key: &str) -> medret_store::Result<Option<Case>> {
@@ -140,6 +145,7 @@ fn a_committed_ingest_keeps_its_images_when_the_index_cannot_follow() {
     let store = Flaky {
         inner: code_store(&db, 8),
         fail_generation: fail.clone(),
+        vanished: Default::default(),
     };
     let mut archive = Archive::open(store, "h").unwrap();
     let ids = ingest_images(
@@ -331,4 +337,43 @@ fn index_check_finds_missing_and_orphan_files_and_repairs_only_orphans() {
         "{:?}",
         r.lines()
     );
+}
+
+#[test]
+fn a_case_deleted_between_the_index_search_and_its_row_is_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vanished = Rc::new(Cell::new(None));
+    let fail = Rc::new(Cell::new(false));
+    let store = Flaky {
+        inner: code_store(&tmp.path().join("s.db"), 8),
+        fail_generation: fail.clone(),
+        vanished: vanished.clone(),
+    };
+    let mut archive = Archive::open(store, "h").unwrap();
+    let items: Vec<(NewCase, Vec<u8>)> = (0..5u8)
+        .map(|i| {
+            (
+                NewCase {
+                    key: format!("k{i}"),
+                    ..template()
+                },
+                vec![i],
+            )
+        })
+        .collect();
+    let ids = archive.ingest(&items).unwrap();
+    fail.set(false);
+    vanished.set(Some(ids[0]));
+    let opts = QueryOptions {
+        k: 3,
+        ..QueryOptions::default()
+    };
+    let page = search_vector_page(&mut archive, &[0], &opts, &[]).expect("not an error");
+    let keys: Vec<&str> = page.hits.iter().map(|h| h.case_id.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["k1", "k2", "k4"],
+        "k0 is gone; the next nearest fill k"
+    );
+    assert_eq!(page.hits[0].rank, 1);
 }
