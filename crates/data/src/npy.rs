@@ -47,6 +47,27 @@ fn open_c_order<'a>(path: &Path, bytes: &'a [u8]) -> Result<npyz::NpyFile<&'a [u
             "not a .npy file: its header is longer than the file",
         ));
     }
+    // npyz parses the header's Python literal with backtracking that takes seconds on
+    // deeply nested brackets (found by fuzzing: 26 `[` hung it past 10 s). A matrix's
+    // header is a flat dict with one shape tuple; a structured dtype (a list of fields)
+    // is nothing medret reads. Refuse more than two levels of nesting before parsing.
+    if let Some(n) = declared {
+        let header = &bytes[bytes.len().min(10)..(n as usize).min(bytes.len())];
+        let mut depth = 0i32;
+        for &c in header {
+            match c {
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => depth -= 1,
+                _ => {}
+            }
+            if depth > 2 {
+                return Err(DataError::format(
+                    path,
+                    "not a .npy file medret reads: its header nests brackets more than twice (a structured or malformed dtype)",
+                ));
+            }
+        }
+    }
     let npy = npyz::NpyFile::new(bytes)
         .map_err(|e| DataError::format(path, format!("not a .npy file: {e}")))?;
     if npy.order() == npyz::Order::Fortran {
