@@ -1076,8 +1076,15 @@ fn concurrent_clients(store: &str, env: &[(&str, &str)], upload: &Path, data: &P
     for c in clients {
         c.join().unwrap();
     }
+    // The store as the servers see it: a SQLite file, or the schema `env` names.
+    let open = || -> Box<dyn CaseStore> {
+        match env.iter().find(|(k, _)| *k == "MEDRET_PG_SCHEMA") {
+            Some((_, schema)) => Box::new(medret_store::PgStore::open(store, schema).unwrap()),
+            None => Box::new(SqliteStore::open(Path::new(store)).unwrap()),
+        }
+    };
     let check_acks = |acks: &Acks| {
-        let mut sq = medret_search::open::open_store(Path::new(store)).unwrap();
+        let mut sq = open();
         for key in &acks.ingested {
             let present = sq.case_by_key(key).unwrap().is_some();
             assert_eq!(
@@ -1101,8 +1108,7 @@ fn concurrent_clients(store: &str, env: &[(&str, &str)], upload: &Path, data: &P
             acks.statuses
         );
         assert!(acks.ingested.len() >= 8 && !acks.deleted.is_empty());
-        // The store schema comes from the environment (PostgreSQL), as for the servers.
-        with_env(env, || check_acks(&acks));
+        check_acks(&acks);
     }
     index_check(store, env, upload);
     let fresh = Server::start_env(store, &args, env);
@@ -1154,7 +1160,7 @@ fn concurrent_clients(store: &str, env: &[(&str, &str)], upload: &Path, data: &P
     {
         let acks = burst_acks.lock().unwrap();
         assert!(!acks.ingested.is_empty(), "the burst ingested nothing");
-        with_env(env, || check_acks(&acks));
+        check_acks(&acks);
     }
     index_check(store, env, upload);
     let fresh = Server::start_env(store, &args, env);
@@ -1162,25 +1168,6 @@ fn concurrent_clients(store: &str, env: &[(&str, &str)], upload: &Path, data: &P
         let want = ranking(&fresh, img);
         assert_eq!(ranking(&a, img), want, "the restarted server differs");
         assert_eq!(ranking(&b, img), want, "server B differs after A's crash");
-    }
-}
-
-/// Runs `f` with `env` set in this process (the store schema of a PostgreSQL store).
-fn with_env(env: &[(&str, &str)], f: impl FnOnce()) {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let old: Vec<_> = env.iter().map(|(k, _)| (*k, std::env::var_os(k))).collect();
-    for (k, v) in env {
-        // SAFETY: the lock above serialises every environment change of this test
-        // binary, and no other thread of this test reads these variables meanwhile.
-        unsafe { std::env::set_var(k, v) };
-    }
-    f();
-    for (k, v) in old {
-        match v {
-            Some(v) => unsafe { std::env::set_var(k, v) },
-            None => unsafe { std::env::remove_var(k) },
-        }
     }
 }
 
