@@ -431,12 +431,11 @@ pub fn ingest_images<S: CaseStore>(
         let target = dir.join(&name);
         if let Err(e) = tmp.persist(&target) {
             // The file stays under its temporary name; the next sweep completes it.
-            let kept = e.path.keep();
+            let _ = e.path.keep();
             tracing::error!(
                 error = %e.error,
                 "an ingested image could not be moved to its final name; it is kept and the next start-up completes the move"
             );
-            drop(kept);
         }
     }
     let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
@@ -455,8 +454,8 @@ pub struct Sweep {
 /// Finishes or undoes what a crash interrupted in the upload folder `dir`: a partial
 /// file whose case the store holds (recorded as `upload:<its final name>`) is renamed to
 /// that name (whatever its age); any other partial file older than [`PARTIAL_GRACE`] is
-/// removed (a younger one may be an ingest in flight on another server). Files under final names are left alone
-/// (`medret index check` lists those no case references).
+/// removed (a younger one may be an ingest in flight on another server). Files under
+/// final names are left alone (`medret index check` lists those no case refers to).
 pub fn sweep_uploads(store: &mut dyn CaseStore, dir: &Path) -> Result<Sweep> {
     let mut sweep = Sweep::default();
     let Ok(entries) = std::fs::read_dir(dir) else {
