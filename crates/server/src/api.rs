@@ -91,6 +91,14 @@ async fn blocking<T: Send + 'static>(
     .await?
 }
 
+/// A short store read on a blocking thread without a work permit: readiness and the
+/// model list must answer while every permit is busy with searches.
+async fn light<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await?
+}
+
 /// The admin store connection; a panic while it was held leaves nothing half-done in
 /// it (every write is one transaction), so a poisoned lock is simply taken over.
 fn admin(state: &AppState) -> std::sync::MutexGuard<'_, crate::state::Store> {
@@ -133,11 +141,7 @@ pub(crate) async fn openapi_json() -> Response {
 ))]
 pub(crate) async fn readyz(State(state): S) -> Response {
     let st = state.clone();
-    match blocking(&state, move |_| {
-        admin(&st).generation().map_err(ApiError::from)
-    })
-    .await
-    {
+    match light(move || admin(&st).generation().map_err(ApiError::from)).await {
         Ok(g) => Json(json!({
             "ready": true,
             "models": state.model_count(),
@@ -159,7 +163,7 @@ pub(crate) async fn readyz(State(state): S) -> Response {
 ))]
 pub(crate) async fn models(State(state): S) -> Result<Json<Value>, ApiError> {
     let st = state.clone();
-    blocking(&state, move |_| st.refresh_models()).await?;
+    light(move || st.refresh_models()).await?;
     let mut list: Vec<Value> = state
         .all_slots()
         .iter()
