@@ -1899,3 +1899,67 @@ fn no_response_or_log_line_names_a_patient() {
         }
     }
 }
+
+/// The 408 holds for the work, not only the answer: a request that times out keeps its
+/// share of `--concurrency` until its work has stopped, so the next request waits (and
+/// times out too) instead of starting beside work that is still running. Before, the
+/// share was freed with the 408 while the decode and the network went on.
+#[test]
+fn a_timed_out_request_keeps_its_work_permit_until_its_work_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, _model, store, _token) = archive(tmp.path());
+    let srv = Server::start(s(&store), &["--timeout-s", "1", "--concurrency", "1"]);
+    // An RGB image of 8000 x 8000: seconds of decoding and resizing in a test build.
+    let big = {
+        let img = image::RgbImage::new(8000, 8000);
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let small = std::fs::read(&test_images(&data)[0]).unwrap();
+    let url = srv.url("/api/v1/search");
+    let t = Instant::now();
+    let slow = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            post_form(
+                &url,
+                None,
+                &[("model", "cxr16"), ("explain", "false")],
+                &[("big.png", &big)],
+            )
+        })
+    };
+    let (code, body, _) = slow.join().unwrap();
+    assert_eq!(code, 408, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // The big image's work is still running: this one cannot start within its second.
+    let (code, body, _) = post_form(
+        &url,
+        None,
+        &[("model", "cxr16"), ("explain", "false")],
+        &[("q.png", &small)],
+    );
+    assert_eq!(
+        code, 408,
+        "a request started beside a timed-out one's work: {body}"
+    );
+    // Once that work has stopped, the server answers again.
+    let t = Instant::now();
+    loop {
+        let (code, _, _) = post_form(
+            &url,
+            None,
+            &[("model", "cxr16"), ("explain", "false")],
+            &[("q.png", &small)],
+        );
+        if code == 200 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the server never recovered"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
