@@ -1963,3 +1963,56 @@ fn a_timed_out_request_keeps_its_work_permit_until_its_work_stops() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// A slow image query never makes the others wait: the network (and its preprocessing of
+/// a large image) runs before the model's lock is taken, so searches by case keep
+/// answering meanwhile. Before, the encoding ran under the lock.
+#[test]
+fn searches_answer_while_a_large_query_is_encoded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_data, _model, store, _token) = archive(tmp.path());
+    let srv = Server::start(s(&store), &["--concurrency", "4"]);
+    let key = {
+        let mut sq = SqliteStore::open(&store).unwrap();
+        let id = sq.vectors("cxr16").unwrap()[0].0;
+        sq.case(id).unwrap().unwrap().key
+    };
+    let big = {
+        let img = image::RgbImage::new(8000, 8000);
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let url = srv.url("/api/v1/search");
+    let t = Instant::now();
+    let slow = std::thread::spawn(move || {
+        let r = post_form(
+            &url,
+            None,
+            &[("model", "cxr16"), ("explain", "false")],
+            &[("big.png", &big)],
+        );
+        (r.0, t.elapsed())
+    });
+    let body = json!({ "model": "cxr16", "case_ids": [key], "k": 5 }).to_string();
+    let mut worst = Duration::ZERO;
+    let mut asked = 0;
+    while !slow.is_finished() {
+        let t = Instant::now();
+        let (code, r, _) = post_json(&srv.url("/api/v1/search/cases"), &body);
+        assert_eq!(code, 200, "{r}");
+        worst = worst.max(t.elapsed());
+        asked += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, total) = slow.join().unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        total > Duration::from_secs(2) && asked >= 5,
+        "the large query took {total:?}: too short to tell"
+    );
+    assert!(
+        worst < total / 3,
+        "a search by case waited {worst:?} while a large query took {total:?}"
+    );
+}
