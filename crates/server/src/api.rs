@@ -403,9 +403,9 @@ pub(crate) async fn search(
         drop(bytes);
         st.metrics.stage("decode", decode_s);
         deadline.check()?;
-        // The network runs before the model's lock is taken: a slow query never makes
-        // the others wait.
-        // This API never shows the full-size image: it goes to the network, not kept.
+        // The network runs before the model's lock is taken, so a slow query never makes
+        // the others wait; the full-size image goes to it rather than being kept (this
+        // API never shows it).
         let encoded =
             medret_search::query::encode_query(&encoder, slot.info.kind, img, &opts, false)?;
         drop(reservation);
