@@ -132,18 +132,7 @@ fn reports(out: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn a_run_with_other_settings_is_trained_afresh_not_reused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("fundus");
-    ok(&[
-        "synth",
-        "fundus",
-        "--n",
-        "48",
-        "--size",
-        "48",
-        "--seed",
-        "5",
-        "--out",
-        s(&data),
-    ]);
+    common::synth("fundus", &data, 48, 48, 5);
     let out = tmp.path().join("ablate");
     let quick = [
         "ablate",

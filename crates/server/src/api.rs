@@ -99,15 +99,6 @@ async fn light<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
-/// The admin store connection; a panic while it was held leaves nothing half-done in
-/// it (every write is one transaction), so a poisoned lock is simply taken over.
-fn admin(state: &AppState) -> std::sync::MutexGuard<'_, crate::state::Store> {
-    state.admin.lock().unwrap_or_else(|p| {
-        state.admin.clear_poison();
-        p.into_inner()
-    })
-}
-
 /// Models that could not be loaded, with why.
 fn unavailable(state: &AppState) -> BTreeMap<String, String> {
     state
@@ -141,7 +132,7 @@ pub(crate) async fn openapi_json() -> Response {
 ))]
 pub(crate) async fn readyz(State(state): S) -> Response {
     let st = state.clone();
-    match light(move || admin(&st).generation().map_err(ApiError::from)).await {
+    match light(move || st.admin_store().generation().map_err(ApiError::from)).await {
         Ok(g) => Json(json!({
             "ready": true,
             "models": state.model_count(),
@@ -844,7 +835,7 @@ pub(crate) async fn delete(
         // the others follow the store's change log.
         let deleted = match st.all_slots().first() {
             Some(slot) => slot.lock()?.delete(&c.key)?,
-            None => admin(&st).delete(&c.key)?,
+            None => st.admin_store().delete(&c.key)?,
         };
         if !deleted {
             return Err(ApiError::not_found(format!("no case `{key}`")));

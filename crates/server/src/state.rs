@@ -153,11 +153,7 @@ impl AppState {
     /// Loads models that appeared in the store since (another process built them) and
     /// drops those that vanished.
     pub fn refresh_models(&self) -> Result<(), ApiError> {
-        let info = self
-            .admin
-            .lock()
-            .map_err(|_| ApiError::internal("store connection poisoned"))?
-            .info()?;
+        let info = self.admin_store().info()?;
         let names: Vec<String> = info.models.iter().map(|(m, _)| m.name.clone()).collect();
         let missing: Vec<String> = {
             let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
@@ -267,14 +263,20 @@ impl AppState {
         }
     }
 
+    /// The admin store connection. A panic while it was held leaves nothing half-done in
+    /// it (every write is one transaction), so a poisoned lock is simply taken over.
+    pub fn admin_store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.admin.lock().unwrap_or_else(|p| {
+            self.admin.clear_poison();
+            p.into_inner()
+        })
+    }
+
     /// The case a request names (by opaque id when those are on; an archive case id is
     /// then not accepted, so a client cannot probe for patient numbers).
     pub fn find_case(&self, given: &str) -> Result<medret_store::Case, ApiError> {
         let not_found = || ApiError::not_found(format!("no case `{given}`"));
-        let mut store = self.admin.lock().unwrap_or_else(|p| {
-            self.admin.clear_poison();
-            p.into_inner()
-        });
+        let mut store = self.admin_store();
         match &self.opaque {
             Some(o) => store.case(o.decode(given).ok_or_else(not_found)?)?,
             None => store.case_by_key(given)?,
