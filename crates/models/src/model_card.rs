@@ -158,27 +158,7 @@ impl ModelCard {
                 },
             )
         })?;
-        let card: ModelCard = serde_json::from_str(&text)
-            .map_err(|e| invalid(&path, format!("not a valid model card: {e}")))?;
-        if card.format != FORMAT {
-            return Err(invalid(
-                &path,
-                format!("format `{}` is not {FORMAT}", card.format),
-            ));
-        }
-        if card.version > VERSION {
-            return Err(invalid(
-                &path,
-                format!("written by a newer medret (card version {})", card.version),
-            ));
-        }
-        let blank = text.replacen(&format!("\"checksum\": \"{}\"", card.checksum), BLANK, 1);
-        if card.checksum.is_empty() || card.checksum != Self::text_checksum(&blank) {
-            return Err(invalid(
-                &path,
-                "edited after training (its checksum does not match its content); restore it or retrain",
-            ));
-        }
+        let card = Self::parse(&path, &text, true)?;
         let weights = dir.join(WEIGHTS_FILE);
         let sha =
             sha256_file(&weights).map_err(|e| invalid(&weights, format!("cannot read: {e}")))?;
@@ -192,6 +172,150 @@ impl ModelCard {
             ));
         }
         Ok(card)
+    }
+
+    /// Parses a card's text: the format and version, the checksum when `verify` (the
+    /// fuzz target skips it to reach the checks behind it), and [`ModelCard::check`].
+    pub fn parse(path: &Path, text: &str, verify: bool) -> Result<Self, CardError> {
+        let card: ModelCard = serde_json::from_str(text)
+            .map_err(|e| invalid(path, format!("not a valid model card: {e}")))?;
+        if card.format != FORMAT {
+            return Err(invalid(
+                path,
+                format!("format `{}` is not {FORMAT}", card.format),
+            ));
+        }
+        if card.version > VERSION {
+            return Err(invalid(
+                path,
+                format!("written by a newer medret (card version {})", card.version),
+            ));
+        }
+        if verify {
+            let blank = text.replacen(&format!("\"checksum\": \"{}\"", card.checksum), BLANK, 1);
+            if card.checksum.is_empty() || card.checksum != Self::text_checksum(&blank) {
+                return Err(invalid(
+                    path,
+                    "edited after training (its checksum does not match its content); restore it or retrain",
+                ));
+            }
+        }
+        card.check().map_err(|m| invalid(path, m))?;
+        Ok(card)
+    }
+
+    /// Refuses a configuration no medret trains: the checksum proves a card unedited, not
+    /// sane (anyone can compute it), and a network built from a growth rate of 10^12 or a
+    /// zero-wide layer would abort the process rather than fail.
+    pub fn check(&self) -> Result<(), String> {
+        fn within(what: &str, v: usize, lo: usize, hi: usize) -> Result<(), String> {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{what} is {v}; expected {lo} to {hi}"))
+            }
+        }
+        fn unit(what: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
+            if v.is_finite() && v >= lo && v <= hi {
+                Ok(())
+            } else {
+                Err(format!("{what} is {v}; expected {lo} to {hi}"))
+            }
+        }
+        let backbone = |b: &crate::densenet::DenseNetConfig| -> Result<(), String> {
+            within("backbone.growth_rate", b.growth_rate, 1, 256)?;
+            within("backbone.block_config's length", b.block_config.len(), 1, 8)?;
+            for &n in &b.block_config {
+                within("a backbone block's layer count", n, 1, 128)?;
+            }
+            within("backbone.num_init_features", b.num_init_features, 1, 1024)?;
+            within("backbone.bn_size", b.bn_size, 1, 16)?;
+            within("backbone.in_channels", b.in_channels, 1, 3)?;
+            if let Some(c) = b.num_classes {
+                within("backbone.num_classes", c, 1, 100_000)?;
+            }
+            unit("backbone.compression", b.compression, 0.01, 1.0)?;
+            unit("backbone.bn_eps", b.bn_eps, 1e-12, 1.0)?;
+            unit("backbone.bn_momentum", b.bn_momentum, 0.0, 1.0)?;
+            Ok(())
+        };
+        let classes = match (&self.method, self.output) {
+            (Method::CxrFusionHash(c), Output::Codes { bits }) => {
+                backbone(&c.backbone)?;
+                c.validate()?;
+                if bits != c.bits {
+                    return Err(format!("output has {bits} bits but the network {}", c.bits));
+                }
+                within("fc_dim", c.fc_dim, 1, 16_384)?;
+                within("classes", c.classes, 1, 100_000)?;
+                let crop = &c.crop;
+                unit("crop.margin", crop.margin.into(), 0.0, 1.0)?;
+                unit("crop.min_size", crop.min_size.into(), 0.0, 1.0)?;
+                if let crate::cxr_hash::cam_crop::Threshold::Fixed(t) = crop.threshold {
+                    unit("crop.threshold", t.into(), 0.0, 1.0)?;
+                }
+                Some(c.classes)
+            }
+            (Method::FundusMetric(c), Output::Descriptors { dim }) => {
+                backbone(&c.backbone)?;
+                if let Some(d) = c.dim {
+                    within("dim", d, 1, 16_384)?;
+                }
+                if dim != c.descriptor_dim() {
+                    return Err(format!(
+                        "output has {dim} dimensions but the network {}",
+                        c.descriptor_dim()
+                    ));
+                }
+                unit("gem_p", c.gem_p.into(), 0.1, 100.0)?;
+                if let Some(k) = c.classes {
+                    within("classes", k, 1, 100_000)?;
+                }
+                if let Some(b) = c.binary_bits
+                    && (b == 0 || !b.is_multiple_of(8) || b > 4096)
+                {
+                    return Err(format!(
+                        "binary_bits is {b}; expected a multiple of 8 from 8 to 4096"
+                    ));
+                }
+                c.classes
+            }
+            (Method::CxrFusionHash(_), _) => {
+                return Err("a fusion hash model's output is codes".into());
+            }
+            (Method::FundusMetric(_), _) => {
+                return Err("a fundus metric model's output is descriptors".into());
+            }
+        };
+        if let Some(k) = classes
+            && !self.class_names.is_empty()
+            && self.class_names.len() != k
+        {
+            return Err(format!(
+                "{} class names for {k} classes",
+                self.class_names.len()
+            ));
+        }
+        let p = &self.preprocessing;
+        within("preprocessing.size", p.size, 8, 4096)?;
+        // A query goes through the evaluation transform; random augmentations there would
+        // make the same image encode differently from one search to the next.
+        if p.augment != medret_data::transform::Augment::default() {
+            return Err("preprocessing.augment must be off (an evaluation transform)".into());
+        }
+        if let Some(n) = &p.normalize {
+            let ok = n.mean.len() == n.std.len()
+                && (1..=3).contains(&n.mean.len())
+                && n.mean.iter().all(|m| m.is_finite())
+                && n.std.iter().all(|s| s.is_finite() && *s > 0.0);
+            if !ok {
+                return Err(
+                    "preprocessing.normalize needs 1 to 3 finite means and positive stds, as many of each"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of one stored vector.
@@ -259,6 +383,32 @@ mod tests {
             err.contains("model.safetensors") && err.contains("replaced"),
             "{err}"
         );
+
+        // A card with a valid checksum (anyone can compute one) but a network no medret
+        // trains is refused by name before a layer is built.
+        let mut huge = card();
+        if let Method::CxrFusionHash(c) = &mut huge.method {
+            c.backbone.growth_rate = 1 << 40;
+        }
+        huge.write(dir.path()).unwrap();
+        let err = ModelCard::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("model.json") && err.contains("growth_rate"),
+            "{err}"
+        );
+        let mut mismatched = card();
+        mismatched.output = Output::Codes { bits: 32 };
+        mismatched.write(dir.path()).unwrap();
+        let err = ModelCard::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("32 bits but the network 16"), "{err}");
+        let mut fundus = card();
+        fundus.method = Method::FundusMetric(crate::fundus_metric::FundusMetricConfig::new(
+            Arch::DenseNetTiny,
+            crate::fundus_metric::Attention::Mirror,
+        ));
+        fundus.write(dir.path()).unwrap();
+        let err = ModelCard::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("output is descriptors"), "{err}");
 
         // Not JSON at all.
         std::fs::write(&path, "{ nope").unwrap();

@@ -195,13 +195,13 @@ pub(crate) async fn models(State(state): S) -> Result<Json<Value>, ApiError> {
 
 /// A multipart form: files by field, text fields by name.
 #[derive(Default)]
-struct Form {
-    files: Vec<(String, Vec<u8>)>,
+pub(crate) struct Form {
+    pub(crate) files: Vec<(String, Vec<u8>)>,
     text: BTreeMap<String, String>,
 }
 
 impl Form {
-    async fn read(mut m: Multipart) -> Result<Form, ApiError> {
+    pub(crate) async fn read(mut m: Multipart) -> Result<Form, ApiError> {
         let mut form = Form::default();
         while let Some(field) = m.next_field().await? {
             let name = field.name().unwrap_or("").to_string();
@@ -238,6 +238,57 @@ impl Form {
     fn require(&self, k: &str) -> Result<&str, ApiError> {
         self.get(k)
             .ok_or_else(|| ApiError::bad_request(format!("field `{k}` is required")))
+    }
+
+    /// The search form's options, as `POST /api/v1/search` reads them.
+    pub(crate) fn search_options(&self, show_ids: bool) -> Result<QueryOptions, ApiError> {
+        Ok(QueryOptions {
+            k: check_k(self.parse("k")?)?,
+            radius: self.parse("radius")?,
+            show_ids,
+            explain: self.get("explain") != Some("false"),
+            filters: self.filters()?,
+            region: self.get("region").map(Region::parse).transpose()?,
+            offset: check_offset(self.parse("offset")?)?,
+            ..QueryOptions::default()
+        })
+    }
+
+    /// The ingest form's case id and the fields every new case gets.
+    pub(crate) fn ingest_fields(&self) -> Result<(Option<String>, NewCase), ApiError> {
+        let case_id = self.get("case_id").map(String::from);
+        if case_id.is_some() && self.files.len() > 1 {
+            return Err(ApiError::bad_request(
+                "`case_id` names one case; a batch gets ids from the images' content",
+            ));
+        }
+        let labels: Vec<String> = self
+            .get("labels")
+            .map(|l| {
+                l.split(['|', ','])
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let grade: Option<u8> = self.parse("grade")?;
+        if grade.is_some_and(|g| g > 4) {
+            return Err(ApiError::bad_request("grade is 0 to 4"));
+        }
+        let template = NewCase {
+            key: String::new(),
+            path: String::new(),
+            labels,
+            grade,
+            patient_id: self.get("patient_id").unwrap_or("").to_string(),
+            study: json!({
+                "view": self.get("view"),
+                "eye": self.get("eye"),
+                "split": self.get("split"),
+                "meta": {},
+            }),
+        };
+        Ok((case_id, template))
     }
 
     fn filters(&self) -> Result<Filters, ApiError> {
@@ -370,16 +421,7 @@ pub(crate) async fn search(
         }
         _ => return Err(ApiError::bad_request("search takes one `image`")),
     };
-    let opts = QueryOptions {
-        k: check_k(form.parse("k")?)?,
-        radius: form.parse("radius")?,
-        show_ids: state.config.show_patient_ids,
-        explain: form.get("explain") != Some("false"),
-        filters: form.filters()?,
-        region: form.get("region").map(Region::parse).transpose()?,
-        offset: check_offset(form.parse("offset")?)?,
-        ..QueryOptions::default()
-    };
+    let opts = form.search_options(state.config.show_patient_ids)?;
     let st = state.clone();
     blocking(&state, move |deadline| {
         let slot = st.slot(&model)?;
@@ -722,38 +764,7 @@ pub(crate) async fn ingest(
             "field `image` is required (one or more)",
         ));
     }
-    let case_id = form.get("case_id").map(String::from);
-    if case_id.is_some() && form.files.len() > 1 {
-        return Err(ApiError::bad_request(
-            "`case_id` names one case; a batch gets ids from the images' content",
-        ));
-    }
-    let labels: Vec<String> = form
-        .get("labels")
-        .map(|l| {
-            l.split(['|', ','])
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    let grade: Option<u8> = form.parse("grade")?;
-    if grade.is_some_and(|g| g > 4) {
-        return Err(ApiError::bad_request("grade is 0 to 4"));
-    }
-    let template = NewCase {
-        key: String::new(),
-        path: String::new(),
-        labels,
-        grade,
-        patient_id: form.get("patient_id").unwrap_or("").to_string(),
-        study: json!({
-            "view": form.get("view"),
-            "eye": form.get("eye"),
-            "split": form.get("split"),
-            "meta": {},
-        }),
-    };
+    let (case_id, template) = form.ingest_fields()?;
     let st = state.clone();
     let model_name = model.clone();
     let ids = blocking(&state, move |deadline| {

@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod error;
+pub mod fuzzing;
 pub mod metrics;
 pub mod openapi;
 pub mod state;
