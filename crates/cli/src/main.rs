@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod encode;
 mod eval;
+mod export;
 mod hash;
 mod index;
 mod load;
@@ -151,6 +152,9 @@ pub(crate) struct OpenArgs {
     /// Skip bad rows and unreadable images with a warning instead of stopping.
     #[arg(long)]
     skip_bad: bool,
+    /// DICOM: the frame read from each multi-frame file, from 1 (default: the first).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    frame: u32,
 }
 
 impl OpenArgs {
@@ -161,6 +165,7 @@ impl OpenArgs {
             format: None,
             labels: 14,
             skip_bad: false,
+            frame: 1,
         }
     }
 
@@ -169,6 +174,7 @@ impl OpenArgs {
             .with_context(|| format!("--labels must be 8 or 14, not {}", self.labels))?;
         let opts = ReadOptions {
             skip_bad: self.skip_bad,
+            frame: self.frame - 1,
             nih_labels: Some(nih),
             ..Default::default()
         };
@@ -193,6 +199,9 @@ enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write one image as medret decodes it (`--raw`: a DICOM frame's values after the
+    /// modality LUT, before any window), to check an archive against another toolkit.
+    Export(export::ExportArgs),
     /// Draw a contact sheet: a PNG grid of images with their labels.
     Sheet {
         #[command(flatten)]
@@ -347,6 +356,7 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Data(DataCommand::Export(a)) => export::run(&a),
         Command::Data(DataCommand::Sheet {
             open,
             out,

@@ -131,7 +131,7 @@ fn list_images(dir: &std::path::Path) -> Result<Vec<Record>> {
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default();
             let src = if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("dcm")) {
-                ImageSource::Dicom(p)
+                ImageSource::Dicom { path: p, frame: 0 }
             } else {
                 ImageSource::File(p)
             };

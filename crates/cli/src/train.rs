@@ -168,6 +168,9 @@ pub struct DataArg {
     /// Skip bad rows and unreadable images with a warning instead of stopping.
     #[arg(long)]
     pub skip_bad: bool,
+    /// DICOM: the frame read from each multi-frame file, from 1 (default: the first).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub frame: u32,
 }
 
 impl DataArg {
@@ -177,6 +180,7 @@ impl DataArg {
             format: self.format,
             labels: self.labels,
             skip_bad: self.skip_bad,
+            frame: self.frame,
         }
         .open()
     }

@@ -237,3 +237,118 @@ fn sheet_command_writes_a_png_grid() {
     // 4 columns of 32 px; 2 rows of 32 px plus a two-line caption (24 px).
     assert_eq!((img.width(), img.height()), (128, 2 * (32 + 24)));
 }
+
+/// A two-frame, 16-bit DICOM file with a rescale and a window, written with the `dicom`
+/// crates: values `10 * (frame * 6 + i)` for the 2 x 3 pixels of each frame.
+fn two_frame_dicom(path: &Path) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+    let px: Vec<u16> = (0..12).map(|i| 10 * i).collect();
+    let obj = InMemDicomObject::from_element_iter([
+        DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION),
+        ),
+        DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("2.25.7"),
+        ),
+        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+        DataElement::new(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            PrimitiveValue::from("MONOCHROME2"),
+        ),
+        DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("2")),
+        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(2u16)),
+        DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(3u16)),
+        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
+        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)),
+        DataElement::new(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ),
+        DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, PrimitiveValue::from("-50")),
+        DataElement::new(tags::RESCALE_SLOPE, VR::DS, PrimitiveValue::from("2")),
+        DataElement::new(tags::WINDOW_CENTER, VR::DS, PrimitiveValue::from("150")),
+        DataElement::new(tags::WINDOW_WIDTH, VR::DS, PrimitiveValue::from("101")),
+        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.into())),
+    ]);
+    obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+        .unwrap()
+        .write_to_file(path)
+        .unwrap();
+}
+
+#[test]
+fn data_export_writes_a_frame_as_medret_decodes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dcm = tmp.path().join("two.dcm");
+    two_frame_dicom(&dcm);
+    let d = dcm.to_str().unwrap();
+    let npy = tmp.path().join("raw.npy");
+    let out = ok(&[
+        "data",
+        "export",
+        d,
+        "--raw",
+        "--frame",
+        "2",
+        "--out",
+        npy.to_str().unwrap(),
+    ]);
+    assert!(out.contains("2 of 2 frames"), "{out}");
+    let (shape, v) = medret_data::npy::read_f32_matrix(&npy).unwrap();
+    assert_eq!(shape, [2, 3]);
+    // Frame 2 holds 60..110 step 10; modality: 2 x - 50.
+    assert_eq!(v, [70.0, 90.0, 110.0, 130.0, 150.0, 170.0]);
+
+    // The display pipeline: the window (centre 150, width 101) by PS3.3 C.11.2.1.2.1:
+    // 0 at or below 99.5, 1 above 199.5, (x - 149.5) / 100 + 0.5 between.
+    let shown = tmp.path().join("shown.npy");
+    ok(&[
+        "data",
+        "export",
+        d,
+        "--frame",
+        "2",
+        "--out",
+        shown.to_str().unwrap(),
+    ]);
+    let (_, v) = medret_data::npy::read_f32_matrix(&shown).unwrap();
+    let want = [0.0, 0.0, 0.105, 0.305, 0.505, 0.705];
+    for (g, w) in v.iter().zip(want) {
+        assert!((g - w).abs() < 1e-5, "{v:?} vs {want:?}");
+    }
+    let png = tmp.path().join("shown.png");
+    ok(&["data", "export", d, "--out", png.to_str().unwrap()]);
+    let img = image::open(&png).unwrap();
+    assert!(matches!(img, image::DynamicImage::ImageLuma16(_)));
+
+    // The frame count shows in `data info`.
+    let s = json(&ok(&["data", "info", d, "--json"]));
+    assert_eq!(s["frames"]["2"], 1, "{s}");
+    assert_eq!(
+        s["transfer_syntaxes"]["Explicit VR Little Endian (1.2.840.10008.1.2.1)"], 1,
+        "{s}"
+    );
+
+    let n = npy.to_str().unwrap();
+    fails(
+        &["data", "export", d, "--raw", "--frame", "3", "--out", n],
+        &["two.dcm", "frame 3", "2 frames"],
+    );
+    fails(
+        &["data", "export", d, "--raw", "--out", png.to_str().unwrap()],
+        &[".npy"],
+    );
+    fails(
+        &["data", "export", png.to_str().unwrap(), "--raw", "--out", n],
+        &["shown.png", "--raw applies to DICOM"],
+    );
+}

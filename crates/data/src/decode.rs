@@ -25,7 +25,7 @@ pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<ImageF32> {
 pub fn load_image(source: &ImageSource) -> Result<ImageF32> {
     match source {
         ImageSource::File(p) => decode_file(p),
-        ImageSource::Dicom(p) => crate::dicom::decode_dicom(p),
+        ImageSource::Dicom { path, frame } => crate::dicom::decode_dicom_frame(path, *frame),
         ImageSource::Array {
             file,
             key,
@@ -57,20 +57,24 @@ pub fn load_mask(path: &Path) -> Result<image::GrayImage> {
     Ok(img.to_luma8())
 }
 
-/// Decodes an image file whatever its kind, decided by its content: a DICOM file (the
-/// `DICM` magic at byte 128, or a `.dcm` name) through the DICOM reader, anything else
-/// (PNG, JPEG) through the image decoders. What a query upload goes through.
-pub fn decode_any(path: &Path) -> Result<ImageF32> {
+/// Whether a file is DICOM: a `.dcm` name, or the `DICM` magic at byte 128.
+pub fn is_dicom_path(path: &Path) -> bool {
     use std::io::{Read, Seek, SeekFrom};
     let mut magic = [0u8; 4];
-    let is_dicom = crate::manifest::is_dicom_name(path)
+    crate::manifest::is_dicom_name(path)
         || std::fs::File::open(path)
             .and_then(|mut f| {
                 f.seek(SeekFrom::Start(128))?;
                 f.read_exact(&mut magic)
             })
-            .is_ok_and(|_| &magic == b"DICM");
-    if is_dicom {
+            .is_ok_and(|_| &magic == b"DICM")
+}
+
+/// Decodes an image file whatever its kind, decided by its content: a DICOM file (the
+/// `DICM` magic at byte 128, or a `.dcm` name) through the DICOM reader, anything else
+/// (PNG, JPEG) through the image decoders. What a query upload goes through.
+pub fn decode_any(path: &Path) -> Result<ImageF32> {
+    if is_dicom_path(path) {
         crate::dicom::decode_dicom(path)
     } else {
         decode_file(path)

@@ -141,6 +141,31 @@ impl ImageF32 {
         }
     }
 
+    /// Values in height x width (x channels) order, as `.npy` files and other toolkits
+    /// hold images.
+    pub fn to_hwc(&self) -> Vec<f32> {
+        let n = self.height * self.width;
+        let c = self.channels;
+        (0..n)
+            .flat_map(|i| (0..c).map(move |k| self.data[k * n + i]))
+            .collect()
+    }
+
+    /// 16-bit image (grey or RGB), for exports that must not lose precision.
+    pub fn to_dynamic16(&self) -> DynamicImage {
+        let (w, h) = (self.width as u32, self.height as u32);
+        let px: Vec<u16> = self
+            .to_hwc()
+            .iter()
+            .map(|&v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16)
+            .collect();
+        if self.channels == 1 {
+            DynamicImage::ImageLuma16(image::ImageBuffer::from_raw(w, h, px).expect("size"))
+        } else {
+            DynamicImage::ImageRgb16(image::ImageBuffer::from_raw(w, h, px).expect("size"))
+        }
+    }
+
     /// Mean over all channels and pixels.
     pub fn mean(&self) -> f32 {
         if self.data.is_empty() {

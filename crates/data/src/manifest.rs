@@ -62,7 +62,10 @@ pub fn read_manifest(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
                 });
             }
             let source = if is_dicom_name(&image) {
-                ImageSource::Dicom(image)
+                ImageSource::Dicom {
+                    path: image,
+                    frame: 0,
+                }
             } else {
                 ImageSource::File(image)
             };

@@ -31,6 +31,30 @@ pub fn write_f32_matrix(path: &Path, rows: &[Vec<f32>]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
 
+/// Writes `data` as a float32 array of `shape` (C order), atomically.
+pub fn write_f32_array(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let n: usize = shape.iter().product();
+    if n != data.len() {
+        return Err(DataError::format(
+            path,
+            format!("{} values for shape {shape:?}", data.len()),
+        ));
+    }
+    let tmp = path.with_extension("npy.tmp");
+    let file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .map_err(|e| DataError::io(path, e))?;
+    w.extend(data.iter().copied())
+        .map_err(|e| DataError::io(path, e))?;
+    w.finish().map_err(|e| DataError::io(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
 /// Opens a `.npy` in C (row-major) order. A Fortran-order file would be read with its
 /// rows scrambled into columns, so it is refused with the fix named.
 fn open_c_order<'a>(path: &Path, bytes: &'a [u8]) -> Result<npyz::NpyFile<&'a [u8]>> {

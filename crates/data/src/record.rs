@@ -92,8 +92,8 @@ impl Eye {
 pub enum ImageSource {
     /// A PNG or JPEG file.
     File(PathBuf),
-    /// A DICOM file.
-    Dicom(PathBuf),
+    /// A DICOM file and the frame read from it (0-based; 0 for single-frame images).
+    Dicom { path: PathBuf, frame: u32 },
     /// One image of an array already in memory (MedMNIST), `channels` 1 or 3, HWC order.
     Array {
         file: PathBuf,
@@ -110,7 +110,7 @@ impl ImageSource {
     /// The file to name in messages and reports.
     pub fn path(&self) -> &std::path::Path {
         match self {
-            ImageSource::File(p) | ImageSource::Dicom(p) => p,
+            ImageSource::File(p) | ImageSource::Dicom { path: p, .. } => p,
             ImageSource::Array { file, .. } => file,
         }
     }
@@ -118,7 +118,7 @@ impl ImageSource {
     /// A short, stable, human-readable reference (`images/x.png`, `chestmnist.npz:train_images[3]`).
     pub fn describe(&self) -> String {
         match self {
-            ImageSource::File(p) | ImageSource::Dicom(p) => p.display().to_string(),
+            ImageSource::File(p) | ImageSource::Dicom { path: p, .. } => p.display().to_string(),
             ImageSource::Array {
                 file, key, index, ..
             } => format!("{}:{key}[{index}]", file.display()),
@@ -234,6 +234,9 @@ pub struct ReadOptions {
     /// Manifest: the allowed label names, in vector order; a label outside it is an error.
     /// Without it, the vocabulary is every label seen, sorted.
     pub label_vocabulary: Option<Vec<String>>,
+    /// DICOM: the frame read from each file (0-based); a file with fewer frames is a bad
+    /// row.
+    pub frame: u32,
 }
 
 impl ReadOptions {

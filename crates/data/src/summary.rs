@@ -35,6 +35,12 @@ pub struct Summary {
     pub boxes: usize,
     /// Image sizes seen (`WxH grey|rgb`), only when images were decoded.
     pub image_sizes: BTreeMap<String, usize>,
+    /// DICOM: files per frame count (`1`, `3`, ...).
+    pub frames: BTreeMap<String, usize>,
+    /// DICOM: files per transfer syntax, by name.
+    pub transfer_syntaxes: BTreeMap<String, usize>,
+    /// DICOM: files per photometric interpretation.
+    pub photometric: BTreeMap<String, usize>,
     pub skipped: Vec<String>,
     pub problems: Vec<String>,
 }
@@ -56,7 +62,20 @@ pub fn summarise_with_progress(ds: &Dataset, decode: bool, tick: &(dyn Fn() + Sy
     let mut no_split = 0;
     let mut problems = Vec::new();
     let mut seen_paths: HashMap<String, usize> = HashMap::new();
+    let (mut frames, mut transfer_syntaxes, mut photometric) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for r in &ds.records {
+        if let Some(n) = r.meta.get("frames") {
+            *frames.entry(n.clone()).or_default() += 1;
+        }
+        if let Some(ts) = r.meta.get("transfer_syntax") {
+            *transfer_syntaxes
+                .entry(crate::dicom::syntax_name(ts))
+                .or_default() += 1;
+        }
+        if let Some(p) = r.meta.get("photometric") {
+            *photometric.entry(p.clone()).or_default() += 1;
+        }
         for l in &r.labels {
             *label_counts.entry(l.as_str()).or_default() += 1;
         }
@@ -165,6 +184,9 @@ pub fn summarise_with_progress(ds: &Dataset, decode: bool, tick: &(dyn Fn() + Sy
         with_masks: ds.records.iter().filter(|r| !r.masks.is_empty()).count(),
         boxes: ds.records.iter().map(|r| r.boxes.len()).sum(),
         image_sizes,
+        frames,
+        transfer_syntaxes,
+        photometric,
         skipped: ds.skipped.clone(),
         problems,
     }
@@ -206,6 +228,9 @@ impl std::fmt::Display for Summary {
             ("views", &self.views),
             ("eyes", &self.eyes),
             ("image sizes", &self.image_sizes),
+            ("frames per file", &self.frames),
+            ("transfer syntaxes", &self.transfer_syntaxes),
+            ("photometric interpretations", &self.photometric),
         ] {
             if !map.is_empty() {
                 let v: Vec<String> = map.iter().map(|(k, n)| format!("{k}: {n}")).collect();

@@ -260,8 +260,20 @@ fn bad_dicom_files_are_clear_errors() {
     spec.frames = Some("2");
     spec.pixels = Some(u16_bytes(&[RAW, RAW].concat()));
     write_dicom(&multi, &spec);
-    let e = decode_dicom(&multi).unwrap_err().to_string();
-    assert!(e.contains("multi.dcm") && e.contains("2 frames"), "{e}");
+    // Two frames read (each frame by number); a third is an error that names the file,
+    // the syntax and the count.
+    assert_eq!(decode_dicom(&multi).unwrap().data.len(), 2 * 3);
+    medret_data::dicom::decode_dicom_frame(&multi, 1).unwrap();
+    let e = medret_data::dicom::decode_dicom_frame(&multi, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("multi.dcm") && e.contains("frame 3") && e.contains("2 frames"),
+        "{e}"
+    );
+    assert!(e.contains("Explicit VR Little Endian"), "{e}");
+    let r = read_dicom_record(&multi).unwrap();
+    assert_eq!(r.meta["frames"], "2");
 
     let junk = tmp.path().join("junk.dcm");
     std::fs::write(&junk, b"this is not DICOM").unwrap();
@@ -283,8 +295,36 @@ fn bad_dicom_files_are_clear_errors() {
         },
     )
     .unwrap();
-    assert_eq!(ds.records.len(), 0);
-    assert_eq!(ds.skipped.len(), 3);
+    // The two-frame file is good; with --frame 3 it is skipped too.
+    assert_eq!(ds.records.len(), 1);
+    assert_eq!(ds.skipped.len(), 2);
+    let ds = open_dataset(
+        tmp.path(),
+        Some(Format::Dicom),
+        &ReadOptions {
+            skip_bad: true,
+            frame: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((ds.records.len(), ds.skipped.len()), (0, 3));
+    let ds = open_dataset(
+        tmp.path(),
+        Some(Format::Dicom),
+        &ReadOptions {
+            skip_bad: true,
+            frame: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(ds.records.len(), 1);
+    assert!(
+        matches!(&ds.records[0].source, medret_data::ImageSource::Dicom { path, frame: 1 } if *path == multi),
+        "{:?}",
+        ds.records[0].source
+    );
 }
 
 #[test]

@@ -1,14 +1,22 @@
-//! Single-frame 2-D DICOM (CR/DX chest radiographs, ophthalmic photographs) through the
-//! `dicom` crates: modality rescale, VOI LUT or window, MONOCHROME1 inversion.
+//! DICOM images (CR/DX chest radiographs, ophthalmic photographs), one frame at a time,
+//! in every transfer syntax of common clinical use: the `dicom` crates parse the file,
+//! [`jpeg`] and the `dicom` crates' adapters decompress, [`pixels`] interprets the samples
+//! (bit depths, signedness, colour models through [`colour`], modality and VOI
+//! transforms).
 //!
 //! PatientID is read only as the split key; no other identifying attribute is kept.
 
+mod colour;
+mod jpeg;
+pub mod pixels;
+
+pub use pixels::{Frame, Voi, syntax_name};
+
 use std::path::{Path, PathBuf};
 
-use dicom_dictionary_std::tags;
+use dicom_dictionary_std::{tags, uids};
 use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
-use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
 
 use crate::error::{DataError, Result};
 use crate::image_buf::ImageF32;
@@ -52,9 +60,20 @@ fn open(path: &Path) -> Result<DefaultDicomObject> {
 
 /// Parses a DICOM file held in memory, as [`open`] parses one on disk; `path` only names
 /// it in errors. The preamble is skipped as `open_file` skips it: when `DICM` stands at
-/// byte 128, or when it stands neither there nor at byte 0.
+/// byte 128, or when it stands neither there nor at byte 0. A file without any File Meta
+/// header (a bare data set, as older modalities and some exports write) is read as
+/// explicit VR little endian when its first element carries a VR, else as implicit VR
+/// little endian, and the log says so. A deflated data set is inflated here, at most
+/// [`MAX_INFLATED`] bytes of it.
 pub(crate) fn open_bytes(path: &Path, bytes: &[u8]) -> Result<DefaultDicomObject> {
-    let preamble = if bytes.get(128..132) != Some(&b"DICM"[..]) && bytes.starts_with(b"DICM") {
+    let at_128 = bytes.get(128..132) == Some(&b"DICM"[..]);
+    if !at_128
+        && !bytes.starts_with(b"DICM")
+        && let Some(obj) = open_without_meta(path, bytes)?
+    {
+        return Ok(obj);
+    }
+    let preamble = if !at_128 && bytes.starts_with(b"DICM") {
         ReadPreamble::Never
     } else {
         ReadPreamble::Always
@@ -65,10 +84,99 @@ pub(crate) fn open_bytes(path: &Path, bytes: &[u8]) -> Result<DefaultDicomObject
     };
     guarded(path, "not a readable DICOM file", || {
         check_declared_lengths(path, magic, bytes.len() as u64)?;
+        if let Some(obj) = open_deflated(path, magic)? {
+            return Ok(obj);
+        }
         OpenFileOptions::new()
             .read_preamble(preamble)
             .from_reader(bytes)
             .map_err(|e| dicom_err(path, format!("not a readable DICOM file: {e}")))
+    })
+}
+
+/// The most bytes a deflated data set may inflate to: an 8192 x 8192 frame of 16-bit RGB
+/// and its header fit; a few kilobytes that inflate to gigabytes do not.
+pub const MAX_INFLATED: u64 = 512 << 20;
+
+/// A data set in Deflated Explicit VR Little Endian, inflated with a cap and parsed as the
+/// explicit VR little endian it holds. The meta group keeps the deflated syntax, so that
+/// messages and records name what the file is.
+fn open_deflated(path: &Path, magic: &[u8]) -> Result<Option<DefaultDicomObject>> {
+    use std::io::Read;
+    let Ok(meta) = dicom_object::FileMetaTable::from_reader(magic) else {
+        return Ok(None);
+    };
+    if meta.transfer_syntax().trim_end_matches('\0') != uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
+        return Ok(None);
+    }
+    // The data set starts after `DICM`, the group length element (12 bytes) and the group.
+    let start = 4 + 12 + meta.information_group_length as usize;
+    let deflated = magic
+        .get(start..)
+        .ok_or_else(|| dicom_err(path, "the file ends inside its File Meta header"))?;
+    let mut inflated = Vec::new();
+    flate2::read::DeflateDecoder::new(deflated)
+        .take(MAX_INFLATED + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|e| dicom_err(path, format!("the deflated data set does not inflate: {e}")))?;
+    if inflated.len() as u64 > MAX_INFLATED {
+        return Err(dicom_err(
+            path,
+            format!(
+                "the deflated data set inflates to more than {} MiB",
+                MAX_INFLATED >> 20
+            ),
+        ));
+    }
+    let ts = explicit_le();
+    check_dataset_lengths(path, &inflated, ts, inflated.len() as u64)?;
+    let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(&inflated[..], ts)
+        .map_err(|e| dicom_err(path, format!("not a readable deflated data set: {e}")))?;
+    Ok(Some(obj.with_exact_meta(meta)))
+}
+
+fn explicit_le() -> &'static dicom_encoding::TransferSyntax {
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .expect("explicit VR little endian is registered")
+}
+
+/// A bare data set (no preamble, no `DICM`, no meta group): recognised by a first
+/// element in group 0008 (or 0002 written without its magic), the usual start of one.
+fn open_without_meta(path: &Path, bytes: &[u8]) -> Result<Option<DefaultDicomObject>> {
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    let group = bytes.get(..2).map(|g| u16::from_le_bytes([g[0], g[1]]));
+    if !matches!(group, Some(0x0008)) || bytes.len() < 8 {
+        return Ok(None);
+    }
+    let vr = std::str::from_utf8(&bytes[4..6]).ok();
+    let explicit = vr.is_some_and(|v| v.parse::<dicom_core::VR>().is_ok());
+    let uid = if explicit {
+        uids::EXPLICIT_VR_LITTLE_ENDIAN
+    } else {
+        uids::IMPLICIT_VR_LITTLE_ENDIAN
+    };
+    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(uid)
+        .expect("the little-endian syntaxes are registered");
+    guarded(path, "not a readable DICOM file", || {
+        check_dataset_lengths(path, bytes, ts, bytes.len() as u64)?;
+        let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| {
+            dicom_err(
+                path,
+                format!("no DICOM File Meta header, and not a readable data set: {e}"),
+            )
+        })?;
+        tracing::warn!(
+            file = %path.display(),
+            "no DICOM File Meta header: read as {}",
+            if explicit { "explicit VR little endian" } else { "implicit VR little endian" }
+        );
+        let obj = obj
+            .with_meta(dicom_object::meta::FileMetaTableBuilder::new().transfer_syntax(uid))
+            .map_err(|e| dicom_err(path, format!("no DICOM File Meta header, and {e}")))?;
+        Ok(Some(obj))
     })
 }
 
@@ -83,8 +191,6 @@ fn check_declared_lengths(path: &Path, magic: &[u8], file_len: u64) -> Result<()
     use dicom_core::header::{HasLength, Header, Length};
     use dicom_encoding::decode::Decode;
     use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
-    use dicom_parser::dataset::DataToken;
-
     let check = |tag: dicom_core::Tag, len: Length| match len.get() {
         Some(n) if u64::from(n) > file_len => Err(dicom_err(
             path,
@@ -123,8 +229,6 @@ fn check_declared_lengths(path: &Path, magic: &[u8], file_len: u64) -> Result<()
         src = rest;
         read += (n + h.length().0 as usize) as u64;
     }
-    // The data set, through the token reader `dicom-object` builds it with: each
-    // element's header comes before its value is read.
     let Ok(meta) = dicom_object::FileMetaTable::from_reader(magic) else {
         return Ok(());
     };
@@ -135,6 +239,26 @@ fn check_declared_lengths(path: &Path, magic: &[u8], file_len: u64) -> Result<()
     if matches!(ts.codec(), Codec::Dataset(_)) {
         return Ok(());
     }
+    check_dataset_lengths(path, src, ts, file_len)
+}
+
+/// The data set half of [`check_declared_lengths`], through the token reader
+/// `dicom-object` builds it with: each element's header comes before its value is read.
+fn check_dataset_lengths(
+    path: &Path,
+    src: &[u8],
+    ts: &dicom_encoding::TransferSyntax,
+    file_len: u64,
+) -> Result<()> {
+    use dicom_core::header::{HasLength, Header, Length};
+    use dicom_parser::dataset::DataToken;
+    let check = |tag: dicom_core::Tag, len: Length| match len.get() {
+        Some(n) if u64::from(n) > file_len => Err(dicom_err(
+            path,
+            format!("element {tag} declares {n} bytes, more than the file's {file_len}"),
+        )),
+        _ => Ok(()),
+    };
     let Ok(reader) = dicom_parser::DataSetReader::new_with_ts(src, ts) else {
         return Ok(());
     };
@@ -152,7 +276,7 @@ fn check_declared_lengths(path: &Path, magic: &[u8], file_len: u64) -> Result<()
 /// Refuses RLE Lossless fragments whose 64-byte header is absent or counts more than the
 /// standard's 15 segments (PS3.5 G.5): the RLE decoder allocates a table of as many
 /// offsets as the header claims, up to 16 GiB (found by fuzzing).
-fn check_rle_headers(path: &Path, obj: &DefaultDicomObject) -> Result<()> {
+pub(crate) fn check_rle_headers(path: &Path, obj: &DefaultDicomObject) -> Result<()> {
     if obj.meta().transfer_syntax().trim_end_matches('\0')
         != dicom_dictionary_std::uids::RLE_LOSSLESS
     {
@@ -183,22 +307,28 @@ fn check_rle_headers(path: &Path, obj: &DefaultDicomObject) -> Result<()> {
     Ok(())
 }
 
-/// Checks the properties a record needs without decoding pixels: pixel data present,
-/// one frame, one or three samples per pixel.
+/// Checks the properties a record needs without decoding pixels: pixel data present and a
+/// frame count that is a number.
 fn check_image_attributes(path: &Path, obj: &DefaultDicomObject) -> Result<()> {
     if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
         return Err(dicom_err(path, "no pixel data (7FE0,0010)"));
     }
-    let frames = text(obj, tags::NUMBER_OF_FRAMES)
-        .map(|s| s.parse::<u32>().unwrap_or(0))
-        .unwrap_or(1);
-    if frames != 1 {
-        return Err(dicom_err(
-            path,
-            format!("{frames} frames; only single-frame 2-D images are supported"),
-        ));
-    }
+    frame_count(path, obj)?;
     Ok(())
+}
+
+/// Number of Frames (0028,0008); 1 when absent.
+pub(crate) fn frame_count(path: &Path, obj: &DefaultDicomObject) -> Result<u32> {
+    match text(obj, tags::NUMBER_OF_FRAMES) {
+        None => Ok(1),
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(dicom_err(
+                path,
+                format!("Number of Frames (0028,0008) `{s}` is not a positive count"),
+            )),
+        },
+    }
 }
 
 /// Rows and columns as the header declares them, read without decoding any pixel: what a
@@ -233,13 +363,40 @@ pub fn read_dicom_record(path: &Path) -> Result<Record> {
     record_of(path, &open(path)?)
 }
 
+/// [`read_dicom_record`] for frame `frame` (0-based), refused when the file has fewer.
+pub fn read_dicom_frame_record(path: &Path, frame: u32) -> Result<Record> {
+    let mut rec = read_dicom_record(path)?;
+    let frames = rec
+        .meta
+        .get("frames")
+        .and_then(|f| f.parse::<u32>().ok())
+        .unwrap_or(1);
+    if frame >= frames {
+        return Err(dicom_err(
+            path,
+            format!("frame {} asked for; the file has {frames}", frame + 1),
+        ));
+    }
+    rec.source = ImageSource::Dicom {
+        path: path.to_path_buf(),
+        frame,
+    };
+    Ok(rec)
+}
+
 pub(crate) fn record_of(path: &Path, obj: &DefaultDicomObject) -> Result<Record> {
     check_image_attributes(path, obj)?;
     let id = path
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
-    let mut rec = Record::new(id, ImageSource::Dicom(path.to_path_buf()));
+    let mut rec = Record::new(
+        id,
+        ImageSource::Dicom {
+            path: path.to_path_buf(),
+            frame: 0,
+        },
+    );
     rec.patient_id = text(obj, tags::PATIENT_ID).unwrap_or_default();
     rec.view = text(obj, tags::VIEW_POSITION);
     rec.eye = text(obj, tags::IMAGE_LATERALITY)
@@ -251,6 +408,8 @@ pub(crate) fn record_of(path: &Path, obj: &DefaultDicomObject) -> Result<Record>
     if let Some(p) = text(obj, tags::PHOTOMETRIC_INTERPRETATION) {
         rec.meta.insert("photometric".into(), p);
     }
+    rec.meta
+        .insert("frames".into(), frame_count(path, obj)?.to_string());
     rec.meta.insert(
         "transfer_syntax".into(),
         obj.meta()
@@ -306,7 +465,7 @@ pub fn read_dicom(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
     let mut records = Vec::new();
     let mut skipped = Vec::new();
     for f in files {
-        if let Some(r) = opts.keep_or_skip(read_dicom_record(&f), &mut skipped)? {
+        if let Some(r) = opts.keep_or_skip(read_dicom_frame_record(&f, opts.frame), &mut skipped)? {
             records.push(r);
         }
     }
@@ -319,106 +478,32 @@ pub fn read_dicom(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
     })
 }
 
-/// Decodes a DICOM file's pixels to `[0, 1]`.
-///
-/// Monochrome: modality rescale, then the first VOI LUT or window in the file; without
-/// either, min-max over the rescaled values. MONOCHROME1 is inverted so that, as in
-/// MONOCHROME2, bright means dense. Colour (RGB) is scaled by the bit depth.
+/// Decodes the first frame of a DICOM file to `[0, 1]` (see [`Frame::display`]).
 pub fn decode_dicom(path: &Path) -> Result<ImageF32> {
-    decode_object(path, &open(path)?)
+    decode_dicom_frame(path, 0)
+}
+
+/// Decodes frame `frame` (0-based) of a DICOM file to `[0, 1]`.
+pub fn decode_dicom_frame(path: &Path, frame: u32) -> Result<ImageF32> {
+    Ok(read_frame(path, frame)?.display())
+}
+
+/// Frame `frame` (0-based) of a DICOM file before any display choice: grey after the
+/// modality LUT, colour as RGB (what `medret data export --raw` writes).
+pub fn read_frame(path: &Path, frame: u32) -> Result<Frame> {
+    let obj = open(path)?;
+    check_image_attributes(path, &obj)?;
+    pixels::decode_frame(path, &obj, frame)
 }
 
 /// [`decode_dicom`] of a DICOM file held in memory; `name` only names it in errors.
 pub fn decode_dicom_bytes(name: &Path, bytes: &[u8]) -> Result<ImageF32> {
-    decode_object(name, &open_bytes(name, bytes)?)
+    decode_dicom_bytes_frame(name, bytes, 0)
 }
 
-fn decode_object(path: &Path, obj: &DefaultDicomObject) -> Result<ImageF32> {
-    check_image_attributes(path, obj)?;
-    check_rle_headers(path, obj)?;
-    let pixel = guarded(path, "cannot decode pixel data", || {
-        obj.decode_pixel_data()
-            .map_err(|e| dicom_err(path, format!("cannot decode pixel data: {e}")))
-    })?;
-    // The crate's lookup tables assert 1 <= BitsStored <= 32 (a panic found by fuzzing).
-    let bits = pixel.bits_stored();
-    if !(1..=32).contains(&bits) {
-        return Err(dicom_err(
-            path,
-            format!("BitsStored (0028,0101) is {bits}; expected 1 to 32"),
-        ));
-    }
-    let (h, w) = (pixel.rows() as usize, pixel.columns() as usize);
-    let spp = pixel.samples_per_pixel() as usize;
-    let photometric = pixel.photometric_interpretation().to_string();
-    let conv = |opts: &ConvertOptions| -> Result<Vec<f32>> {
-        guarded(path, "cannot convert pixel data", || {
-            pixel
-                .to_vec_frame_with_options::<f32>(0, opts)
-                .map_err(|e| dicom_err(path, format!("cannot convert pixel data: {e}")))
-        })
-    };
-    match spp {
-        1 => {
-            let has_voi = pixel.window().ok().flatten().is_some()
-                || pixel.voi_lut_sequence().ok().flatten().is_some();
-            let mut v = if has_voi {
-                // The crate scales VOI output to 0..2^n-1, n the power of two >= BitsStored.
-                let n = (pixel.bits_stored() as u32).next_power_of_two();
-                let y_max = ((1u64 << n) - 1) as f32;
-                let mut v = conv(&ConvertOptions::new().with_voi_lut(VoiLutOption::First))?;
-                v.iter_mut().for_each(|x| *x = (*x / y_max).clamp(0.0, 1.0));
-                v
-            } else {
-                let mut v = conv(
-                    &ConvertOptions::new()
-                        .with_modality_lut(ModalityLutOption::Default)
-                        .with_voi_lut(VoiLutOption::Identity),
-                )?;
-                let (lo, hi) = v
-                    .iter()
-                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
-                        (a.min(x), b.max(x))
-                    });
-                let range = (hi - lo).max(f32::EPSILON);
-                v.iter_mut().for_each(|x| *x = (*x - lo) / range);
-                v
-            };
-            if photometric.trim() == "MONOCHROME1" {
-                v.iter_mut().for_each(|x| *x = 1.0 - *x);
-            }
-            if v.len() != h * w {
-                return Err(dicom_err(
-                    path,
-                    format!("pixel data holds {} values, expected {}", v.len(), h * w),
-                ));
-            }
-            Ok(ImageF32::from_data(1, h, w, v))
-        }
-        3 => {
-            let v = conv(&ConvertOptions::new().with_voi_lut(VoiLutOption::Identity))?;
-            if v.len() != 3 * h * w {
-                return Err(dicom_err(
-                    path,
-                    format!(
-                        "pixel data holds {} values, expected {}",
-                        v.len(),
-                        3 * h * w
-                    ),
-                ));
-            }
-            let max = ((1u64 << pixel.bits_stored()) - 1) as f32;
-            let mut img = ImageF32::new(3, h, w);
-            for i in 0..h * w {
-                for c in 0..3 {
-                    img.data[c * h * w + i] = (v[i * 3 + c] / max).clamp(0.0, 1.0);
-                }
-            }
-            Ok(img)
-        }
-        n => Err(dicom_err(
-            path,
-            format!("{n} samples per pixel; expected 1 or 3"),
-        )),
-    }
+/// [`decode_dicom_frame`] of a DICOM file held in memory.
+pub fn decode_dicom_bytes_frame(name: &Path, bytes: &[u8], frame: u32) -> Result<ImageF32> {
+    let obj = open_bytes(name, bytes)?;
+    check_image_attributes(name, &obj)?;
+    Ok(pixels::decode_frame(name, &obj, frame)?.display())
 }
