@@ -9,12 +9,13 @@
 # Needs `rustup toolchain install nightly` and `cargo install cargo-fuzz`. A crash stops
 # its target's run and leaves the input under fuzz/artifacts/<target>/; once it is fixed,
 # copy the input to fuzz/regressions/<target>/, which the stable replay test covers
-# (cargo test -p medret-data --test fuzz_corpus). See docs/fuzzing.md.
+# (cargo test -p medret-data --test fuzz_corpus, and -p medret-server for model_card,
+# fields and form). See docs/fuzzing.md.
 set -uo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECONDS_EACH="${1:-600}"
 shift || true
-TARGETS="${*:-dicom image npy manifest}"
+TARGETS="${*:-dicom image npy manifest model_card fields form}"
 WORK="${WORK:-/tmp/medret-fuzz}"
 mkdir -p "$WORK"
 
@@ -37,8 +38,10 @@ for t in $TARGETS; do
     echo "$t: exit $rc, ${execs:-?} executions, ${speed:-?} exec/s, corpus $files files ($size) after cmin; log $log"
 done
 # cmin keeps only inputs that add coverage, which can drop the hand-made seed-* files the
-# replay test checks; write them again.
-(cd .. && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/medret-target}" \
-    nice -n 19 cargo test -q -p medret-data --test fuzz_corpus -- --ignored write_seeds \
-    >"$WORK/seeds.log" 2>&1) || { echo "writing the seeds failed: $WORK/seeds.log"; status=1; }
+# replay tests check; write them again.
+for crate in medret-data medret-server; do
+    (cd .. && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/medret-target}" \
+        nice -n 19 cargo test -q -p "$crate" --test fuzz_corpus -- --ignored write_seeds \
+        >"$WORK/seeds-$crate.log" 2>&1) || { echo "writing the seeds failed: $WORK/seeds-$crate.log"; status=1; }
+done
 exit $status

@@ -141,6 +141,30 @@ pub struct SearchArgs {
     /// Query with an image (PNG, JPEG, DICOM), encoded by the model that built the archive.
     #[arg(long, group = "query")]
     image: Option<PathBuf>,
+    /// Query with a study in the PACS (--pacs): its first image, or the one --series and
+    /// --sop name, retrieved by WADO-RS.
+    #[arg(long, group = "query", requires = "pacs")]
+    study: Option<String>,
+    /// With --study: the series.
+    #[arg(long, requires = "study")]
+    series: Option<String>,
+    /// With --study: the instance (SOP Instance UID).
+    #[arg(long, requires = "study")]
+    sop: Option<String>,
+    /// The PACS's DICOMweb root for --study, e.g. http://pacs:8042/dicom-web.
+    #[arg(long, value_name = "URL")]
+    pacs: Option<String>,
+    /// With --pacs: a file holding `user:password` or `Bearer TOKEN` (else
+    /// MEDRET_PACS_AUTH).
+    #[arg(long, requires = "pacs")]
+    auth_file: Option<PathBuf>,
+    /// With --pacs: the PEM root certificates to trust for HTTPS.
+    #[arg(long, requires = "pacs")]
+    ca_file: Option<PathBuf>,
+    /// With --study: store the results in the PACS as a Key Object Selection document
+    /// in the query's study (STOW-RS), which viewers list beside it.
+    #[arg(long, requires = "study")]
+    kos: bool,
     /// With --image: write the query's saliency overlay with its crop box (query.png) and
     /// each result's overlay (rank-NN-CASE.png) into this folder.
     #[arg(long, requires = "image")]
@@ -396,6 +420,9 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    if let Some(study) = &a.study {
+        return search_pacs(a, store, study);
+    }
     if let Some(key) = &a.case_key {
         let mut archive = Archive::open_with(store, &a.model, a.float_index)?;
         let hits = search_case(&mut archive, key, a.k, a.radius, a.show_ids)?;
@@ -427,11 +454,78 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
             }
             v.iter().flat_map(|x| x.to_le_bytes()).collect()
         }
-        _ => bail!("give a query: --image, --code, --descriptor-file or --case"),
+        _ => bail!("give a query: --image, --study, --code, --descriptor-file or --case"),
     };
     let mut archive = Archive::open_with(store, &a.model, a.float_index)?;
     let hits = search_vector(&mut archive, &query, a.k, a.radius, a.show_ids)?;
     print_results(&hits, a.json)
+}
+
+/// `search --study`: the query fetched from the PACS, searched, and with --kos the results
+/// stored back as a key object.
+fn search_pacs(
+    a: &SearchArgs,
+    mut store: Box<dyn medret_store::CaseStore + Send>,
+    study: &str,
+) -> Result<()> {
+    let client = crate::pacs::PacsArgs {
+        url: a.pacs.clone().expect("clap requires --pacs"),
+        auth_file: a.auth_file.clone(),
+        ca_file: a.ca_file.clone(),
+        timeout_s: 120,
+    }
+    .client()?;
+    let device = medret_models::device::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let encoder = open_model_encoder(
+        store.as_mut(),
+        &shown(&a.store),
+        &a.model,
+        a.model_dir.as_deref(),
+        &device,
+    )?;
+    let kind = store.model(&a.model)?.kind;
+    let query = medret_pacs::query::resolve(&client, study, a.series.as_deref(), a.sop.as_deref())?;
+    let file = client.retrieve(&query)?;
+    let fetched = medret_pacs::sync::decode_retrieved(&query, &file)?;
+    let opts = medret_search::query::QueryOptions {
+        k: a.k,
+        radius: a.radius,
+        show_ids: a.show_ids,
+        ..Default::default()
+    };
+    let encoded = medret_search::query::encode_query(&encoder, kind, fetched.image, &opts, false)?;
+    let mut archive = Archive::open_with(store, &a.model, a.float_index)?;
+    let res = medret_search::query::search_encoded(&mut archive, encoded, &opts)?;
+    let mut kos = None;
+    if a.kos {
+        let similar = medret_pacs::query::hit_instances(&res.hits, &query);
+        let sop = medret_pacs::query::store_key_object(
+            &client,
+            &query,
+            &file,
+            &similar,
+            &format!("model {}", a.model),
+        )?;
+        kos = Some((sop, similar.len()));
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "query": {"study_uid": query.study, "series_uid": query.series, "sop_uid": query.sop},
+                "results": res.hits,
+                "kos": kos.as_ref().map(|(sop, n)| serde_json::json!({"sop_uid": sop, "references": n + 1})),
+            })
+        );
+    } else {
+        print_hits(&res.hits);
+        if let Some((sop, n)) = kos {
+            println!(
+                "stored a key object ({sop}) referencing the query and {n} similar instance(s)"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn print_results(hits: &[Hit], json: bool) -> Result<()> {

@@ -12,6 +12,7 @@ mod index;
 mod load;
 mod metric;
 mod model;
+mod pacs;
 mod preset;
 mod pretrain;
 mod progress;
@@ -83,6 +84,9 @@ enum Command {
     Search(index::SearchArgs),
     /// Serve the store over HTTP: the /api/v1 JSON API and the web page (docs/api.md).
     Serve(serve::ServeArgs),
+    /// The archive beside a PACS, through DICOMweb: `pacs sync` (docs/pacs.md).
+    #[command(subcommand)]
+    Pacs(pacs::PacsCommand),
 }
 
 #[derive(Args, Clone)]
@@ -304,6 +308,7 @@ fn run(command: Command) -> Result<()> {
         Command::Ablate(a) => ablate::run(&a),
         Command::Bench(b) => bench::run(&b),
         Command::Index(i) => index::run_index(&i),
+        Command::Pacs(p) => pacs::run(&p),
         Command::Search(a) => index::run_search(&a),
         Command::Serve(a) => serve::run(a),
         Command::Synth(s) => {

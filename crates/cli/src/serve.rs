@@ -57,6 +57,21 @@ pub struct ServeArgs {
     /// budget is taken (one larger than the budget gets 413).
     #[arg(long, default_value_t = 4096)]
     decode_budget_mib: u32,
+    /// The PACS's DICOMweb root (e.g. http://pacs:8042/dicom-web): searches may then give
+    /// `study_uid` instead of an image, and `export=kos` stores the results there.
+    #[arg(long, value_name = "URL")]
+    pacs: Option<String>,
+    /// With --pacs: a file holding `user:password` or `Bearer TOKEN` (else
+    /// MEDRET_PACS_AUTH).
+    #[arg(long, requires = "pacs")]
+    pacs_auth_file: Option<PathBuf>,
+    /// With --pacs: the PEM root certificates to trust for HTTPS.
+    #[arg(long, requires = "pacs")]
+    pacs_ca_file: Option<PathBuf>,
+    /// A viewer link for each result synced from the PACS: `{study}`, `{series}` and
+    /// `{sop}` are replaced by its UIDs, e.g. `https://ohif/viewer?StudyInstanceUIDs={study}`.
+    #[arg(long, value_name = "TEMPLATE")]
+    viewer_url: Option<String>,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -97,6 +112,17 @@ pub fn run(a: ServeArgs) -> Result<()> {
         bail!("--decode-budget-mib must be at least 1");
     }
     cfg.decode_budget_mib = a.decode_budget_mib;
+    cfg.pacs = a.pacs.map(|url| medret_server::PacsSettings {
+        url,
+        auth_file: a.pacs_auth_file,
+        ca_file: a.pacs_ca_file,
+    });
+    if let Some(t) = &a.viewer_url
+        && !(t.starts_with("https://") || t.starts_with("http://"))
+    {
+        bail!("--viewer-url must start with http:// or https://");
+    }
+    cfg.viewer_url = a.viewer_url;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -385,6 +385,25 @@ pub fn ingest_images<S: CaseStore>(
     template: &NewCase,
     dir: &Path,
 ) -> Result<Vec<u64>> {
+    let cases: Vec<NewCase> = images.iter().map(|_| template.clone()).collect();
+    ingest_images_as(archive, images, &cases, dir)
+}
+
+/// [`ingest_images`] with each image's own metadata: `cases[i]` (its key and path
+/// replaced) goes with `images[i]`.
+pub fn ingest_images_as<S: CaseStore>(
+    archive: &mut medret_store::Archive<S>,
+    images: &[NewImage],
+    cases: &[NewCase],
+    dir: &Path,
+) -> Result<Vec<u64>> {
+    if images.len() != cases.len() {
+        return Err(SearchError::Invalid(format!(
+            "{} images for {} cases",
+            images.len(),
+            cases.len()
+        )));
+    }
     let conflict = |m: String| SearchError::Conflict(m);
     let io = |what: &str, e: std::io::Error| SearchError::File {
         path: dir.to_path_buf(),
@@ -404,7 +423,7 @@ pub fn ingest_images<S: CaseStore>(
     std::fs::create_dir_all(dir).map_err(|e| io("cannot create the image folder", e))?;
     let mut partial: Vec<(tempfile::TempPath, String)> = Vec::new();
     let mut items = Vec::new();
-    for im in images {
+    for (im, template) in images.iter().zip(cases) {
         let name = format!("{}.{}", file_stem(&im.key), im.extension);
         let mut tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))

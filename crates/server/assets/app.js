@@ -206,6 +206,17 @@ function renderResults(results) {
     const extra = [r.view, r.eye, r.age ? "age " + r.age : null, r.sex].filter(Boolean).join(" · ");
     meta.textContent = `#${r.rank} · distance ${Number(r.distance).toFixed(3)}` + (extra ? " · " + extra : "");
     card.appendChild(meta);
+    if (r.viewer_url) {
+      // The case in the PACS's own viewer (medret serve --viewer-url).
+      const link = document.createElement("a");
+      link.className = "pacs-link";
+      link.href = r.viewer_url;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      link.textContent = "open in the PACS viewer";
+      link.addEventListener("click", (ev) => ev.stopPropagation());
+      card.appendChild(link);
+    }
     card.addEventListener("click", (ev) => { if (ev.shiftKey) toggleSelect(card); else openViewer(r); });
     card.addEventListener("keydown", (ev) => onResultKey(ev, card, r));
     grid.appendChild(card);

@@ -193,6 +193,9 @@ pub(crate) async fn models(State(state): S) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "models": list })))
 }
 
+/// A query in the PACS: study, and optionally series and SOP Instance UIDs.
+pub(crate) type PacsUids = (String, Option<String>, Option<String>);
+
 /// A multipart form: files by field, text fields by name.
 #[derive(Default)]
 pub(crate) struct Form {
@@ -238,6 +241,36 @@ impl Form {
     fn require(&self, k: &str) -> Result<&str, ApiError> {
         self.get(k)
             .ok_or_else(|| ApiError::bad_request(format!("field `{k}` is required")))
+    }
+
+    /// `study_uid` with the optional `series_uid` and `sop_uid`: a query the server
+    /// fetches from its PACS.
+    pub(crate) fn pacs_query(
+        &self,
+    ) -> Result<Option<PacsUids>, ApiError> {
+        let uid = |k: &str| -> Result<Option<String>, ApiError> {
+            match self.get(k) {
+                None => Ok(None),
+                Some(v)
+                    if v.len() <= 64
+                        && !v.is_empty()
+                        && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
+                {
+                    Ok(Some(v.to_string()))
+                }
+                Some(_) => Err(ApiError::bad_request(format!(
+                    "field `{k}` is not a DICOM UID (digits and dots, at most 64)"
+                ))),
+            }
+        };
+        let (study, series, sop) = (uid("study_uid")?, uid("series_uid")?, uid("sop_uid")?);
+        match study {
+            Some(s) => Ok(Some((s, series, sop))),
+            None if series.is_some() || sop.is_some() => Err(ApiError::bad_request(
+                "`series_uid` and `sop_uid` go with `study_uid`",
+            )),
+            None => Ok(None),
+        }
     }
 
     /// The search form's options, as `POST /api/v1/search` reads them.
@@ -379,7 +412,29 @@ fn result_json(state: &AppState, h: &Hit, model: &str) -> Value {
     if let (Value::Object(o), Value::Object(s)) = (&mut v, study_fields(&h.study)) {
         o.extend(s);
     }
+    let uid = |k: &str| {
+        h.study
+            .get("meta")
+            .and_then(|m| m.get(k))
+            .and_then(|u| u.as_str())
+            .unwrap_or_default()
+    };
+    if !uid("study_uid").is_empty()
+        && let Some(url) = viewer_url(state, uid("study_uid"), uid("series_uid"), uid("sop_uid"))
+    {
+        v["viewer_url"] = url.into();
+    }
     v
+}
+
+/// The configured viewer link for a PACS instance (`--viewer-url`).
+fn viewer_url(state: &AppState, study: &str, series: &str, sop: &str) -> Option<String> {
+    let t = state.config.viewer_url.as_ref()?;
+    Some(
+        t.replace("{study}", &url_segment(study))
+            .replace("{series}", &url_segment(series))
+            .replace("{sop}", &url_segment(sop)),
+    )
 }
 
 /// The label summary shown above the results, with the notice.
@@ -398,13 +453,15 @@ fn summary(hits: &[Hit]) -> Value {
     responses(
         (status = 200, description = "Similar cases", body = crate::openapi::SearchResponse),
         (status = 400, description = "A malformed request or field", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such model", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such model, or no such study in the PACS", body = crate::openapi::ErrorBody),
         (status = 408, description = "Took longer than the server allows", body = crate::openapi::ErrorBody),
         (status = 409, description = "The model cannot encode images", body = crate::openapi::ErrorBody),
         (status = 413, description = "The upload or the image is too large", body = crate::openapi::ErrorBody),
         (status = 415, description = "Not a PNG, JPEG or DICOM file", body = crate::openapi::ErrorBody),
         (status = 422, description = "An image that cannot be decoded", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The store or the model is unavailable", body = crate::openapi::ErrorBody)
+        (status = 502, description = "The PACS failed or refused the server's credentials", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The store or the model is unavailable", body = crate::openapi::ErrorBody),
+        (status = 504, description = "The PACS cannot be reached", body = crate::openapi::ErrorBody)
     ))]
 pub(crate) async fn search(
     State(state): S,
@@ -412,15 +469,41 @@ pub(crate) async fn search(
 ) -> Result<Json<Value>, ApiError> {
     let form = Form::read(form?).await?;
     let model = form.require("model")?.to_string();
-    let (name, bytes) = match form.files.as_slice() {
-        [one] => one.clone(),
-        [] => {
+    let uids = form.pacs_query()?;
+    let (name, bytes) = match (form.files.as_slice(), &uids) {
+        ([one], None) => one.clone(),
+        ([], Some(_)) => (String::new(), Vec::new()),
+        ([], None) => {
             return Err(ApiError::bad_request(
-                "field `image` (the query image) is required",
+                "field `image` (the query image) or `study_uid` is required",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "search by `image` or by `study_uid`, not both",
             ));
         }
         _ => return Err(ApiError::bad_request("search takes one `image`")),
     };
+    let export_kos = match form.get("export") {
+        None => false,
+        Some("kos") if uids.is_some() => true,
+        Some("kos") => {
+            return Err(ApiError::bad_request(
+                "export=kos needs a query from the PACS (`study_uid`)",
+            ));
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "export `{other}`: the one export is `kos`"
+            )));
+        }
+    };
+    if uids.is_some() && state.pacs.is_none() {
+        return Err(ApiError::bad_request(
+            "this server has no PACS to fetch `study_uid` from (medret serve --pacs)",
+        ));
+    }
     let opts = form.search_options(state.config.show_patient_ids)?;
     let st = state.clone();
     blocking(&state, move |deadline| {
@@ -431,8 +514,23 @@ pub(crate) async fn search(
             )));
         }
         let encoder = slot.encoder()?.clone();
+        // A query from the PACS: the instance its UIDs name, retrieved, then decoded as
+        // an upload is (size checked from the header, under the decode budget).
+        let (from_pacs, bytes, name) = match &uids {
+            Some((study, series, sop)) => {
+                let pacs = st.pacs.as_ref().expect("checked above");
+                let i =
+                    medret_pacs::query::resolve(pacs, study, series.as_deref(), sop.as_deref())?;
+                let file = pacs.retrieve(&i)?;
+                deadline.check()?;
+                (Some(i), file, "the PACS instance".to_string())
+            }
+            None => (None, bytes, name),
+        };
         let (img, _, decode_s, reservation) =
             upload::decode(&bytes, &name, st.config.max_pixels, &st.decode_budget)?;
+        // The key object copies the query's patient and study attributes from its file.
+        let query_file = export_kos.then(|| bytes.clone());
         drop(bytes);
         st.metrics.stage("decode", decode_s);
         deadline.check()?;
@@ -479,7 +577,30 @@ pub(crate) async fn search(
         if opts.explain {
             st.metrics.stage("explain", explain_s);
         }
+        let mut kos = Value::Null;
+        if let Some(i) = &from_pacs {
+            query["study_uid"] = i.study.clone().into();
+            query["series_uid"] = i.series.clone().into();
+            query["sop_uid"] = i.sop.clone().into();
+            if let Some(url) = viewer_url(&st, &i.study, &i.series, &i.sop) {
+                query["viewer_url"] = url.into();
+            }
+            if export_kos {
+                deadline.check()?;
+                let pacs = st.pacs.as_ref().expect("checked above");
+                let similar = medret_pacs::query::hit_instances(&res.hits, i);
+                let sop = medret_pacs::query::store_key_object(
+                    pacs,
+                    i,
+                    query_file.as_deref().unwrap_or_default(),
+                    &similar,
+                    &format!("model {model}"),
+                )?;
+                kos = json!({ "sop_uid": sop, "references": similar.len() + 1 });
+            }
+        }
         Ok(Json(json!({
+            "kos": kos,
             "model": model,
             "results": res.hits.iter().map(|h| result_json(&st, h, &model)).collect::<Vec<_>>(),
             "summary": summary(&res.hits),

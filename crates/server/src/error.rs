@@ -123,3 +123,22 @@ impl From<tokio::task::JoinError> for ApiError {
         ApiError::internal(format!("a worker failed: {e}"))
     }
 }
+
+impl From<medret_pacs::PacsError> for ApiError {
+    fn from(e: medret_pacs::PacsError) -> Self {
+        use medret_pacs::PacsError as P;
+        match e {
+            P::Search(s) => s.into(),
+            P::Store(s) => s.into(),
+            P::Data(d) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, d.to_string()),
+            // The query names a study the PACS does not hold.
+            P::Config(m) => ApiError::not_found(m),
+            P::Http { status: 404, .. } => ApiError::not_found(e.to_string()),
+            // The PACS failing or refusing medret is a gateway's failure, not the client's.
+            P::Unreachable { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+            P::Unauthorized { .. } | P::Http { .. } | P::Protocol { .. } | P::File { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())
+            }
+        }
+    }
+}

@@ -80,6 +80,19 @@ pub struct ServeConfig {
     /// which often carry patient or accession numbers; requests then name cases by
     /// them too.
     pub opaque_ids: bool,
+    /// The PACS that `study_uid` searches fetch from and key objects go to.
+    pub pacs: Option<PacsSettings>,
+    /// A viewer link per result from the PACS: `{study}`, `{series}` and `{sop}` are
+    /// replaced by the case's UIDs (e.g. OHIF's `https://viewer/?StudyInstanceUIDs={study}`).
+    pub viewer_url: Option<String>,
+}
+
+/// Where the PACS is (see `medret-pacs`); the credentials stay in their file.
+#[derive(Debug, Clone)]
+pub struct PacsSettings {
+    pub url: String,
+    pub auth_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -99,6 +112,8 @@ impl ServeConfig {
             max_pixels: upload::MAX_PIXELS,
             decode_budget_mib: 4096,
             opaque_ids: true,
+            pacs: None,
+            viewer_url: None,
         }
     }
 }

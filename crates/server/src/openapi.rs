@@ -111,9 +111,21 @@ pub struct ModelEntry {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct SearchForm {
-    /// The query: PNG, JPEG or DICOM.
-    #[schema(value_type = String, format = Binary)]
-    pub image: Vec<u8>,
+    /// The query: PNG, JPEG or DICOM (or give `study_uid`).
+    #[schema(value_type = Option<String>, format = Binary, nullable = false)]
+    pub image: Option<Vec<u8>>,
+    /// Instead of an image: a study in the server's PACS (`medret serve --pacs`); its
+    /// first image, or the one `series_uid` and `sop_uid` name, is the query.
+    #[schema(nullable = false, pattern = r"^[0-9.]{1,64}$")]
+    pub study_uid: Option<String>,
+    #[schema(nullable = false, pattern = r"^[0-9.]{1,64}$")]
+    pub series_uid: Option<String>,
+    #[schema(nullable = false, pattern = r"^[0-9.]{1,64}$")]
+    pub sop_uid: Option<String>,
+    /// `kos`: with `study_uid`, store the results in the PACS as a Key Object Selection
+    /// document in the query's study.
+    #[schema(nullable = false, pattern = "^kos$")]
+    pub export: Option<String>,
     #[schema(min_length = 1)]
     pub model: String,
     /// Results, 1 to 500 (default 10).
@@ -198,6 +210,10 @@ pub struct ResultEntry {
     pub split: Option<String>,
     pub age: Option<String>,
     pub sex: Option<String>,
+    /// A link to the case in the PACS's viewer (`medret serve --viewer-url`), for cases
+    /// synced from the PACS.
+    #[schema(nullable = false)]
+    pub viewer_url: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -217,6 +233,9 @@ pub struct Summary {
 #[derive(Serialize, ToSchema)]
 pub struct SearchResponse {
     pub model: String,
+    /// With `export=kos`: the key object stored in the PACS (`sop_uid`, `references`).
+    #[schema(value_type = Option<Object>)]
+    pub kos: Option<serde_json::Value>,
     pub results: Vec<ResultEntry>,
     pub summary: Summary,
     /// False when the ranking came from an HNSW graph (approximate).

@@ -94,6 +94,8 @@ pub struct AppState {
     device: burn::prelude::Device,
     /// A connection for writes that concern every model (deletes) and for readiness.
     pub admin: Mutex<Store>,
+    /// The PACS client, when configured.
+    pub pacs: Option<medret_pacs::DicomWeb>,
 }
 
 impl AppState {
@@ -127,6 +129,26 @@ impl AppState {
             None
         };
         let work = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+        let pacs = match &config.pacs {
+            Some(p) => {
+                let auth = medret_pacs::Auth::load(p.auth_file.as_deref())
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                Some(
+                    medret_pacs::DicomWeb::new(
+                        &p.url,
+                        auth,
+                        p.ca_file.as_deref(),
+                        medret_pacs::dicomweb::Limits {
+                            request: config.timeout,
+                            retries: 2,
+                            ..Default::default()
+                        },
+                    )
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
         let state = AppState {
             config,
             slots: RwLock::new(BTreeMap::new()),
@@ -137,6 +159,7 @@ impl AppState {
             metrics: Metrics::default(),
             device,
             admin: Mutex::new(admin),
+            pacs,
         };
         state.refresh_models()?;
         Ok(state)

@@ -363,6 +363,11 @@ pub fn read_dicom_record(path: &Path) -> Result<Record> {
     record_of(path, &open(path)?)
 }
 
+/// [`read_dicom_record`] of a DICOM file held in memory; `name` only names it.
+pub fn record_of_bytes(name: &Path, bytes: &[u8]) -> Result<Record> {
+    record_of(name, &open_bytes(name, bytes)?)
+}
+
 /// [`read_dicom_record`] for frame `frame` (0-based), refused when the file has fewer.
 pub fn read_dicom_frame_record(path: &Path, frame: u32) -> Result<Record> {
     let mut rec = read_dicom_record(path)?;
