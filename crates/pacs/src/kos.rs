@@ -265,3 +265,93 @@ mod tests {
         assert_ne!(new_uid(), new_uid());
     }
 }
+
+#[cfg(test)]
+mod kos_tests {
+    use super::*;
+
+    fn inst(study: &str, series: &str, sop: &str) -> Instance {
+        Instance {
+            study: study.into(),
+            series: series.into(),
+            sop: sop.into(),
+            sop_class: uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE.into(),
+            modality: "CR".into(),
+            study_date: String::new(),
+            rows: Some(8),
+        }
+    }
+
+    /// The document parses back with its references grouped by study and series.
+    #[test]
+    fn a_key_object_references_the_query_and_the_results() {
+        let q = inst("1.1", "1.1.1", "1.1.1.1");
+        let similar = [
+            inst("1.2", "1.2.1", "1.2.1.1"),
+            inst("1.2", "1.2.1", "1.2.1.2"),
+            inst("1.3", "1.3.1", "1.3.1.1"),
+        ];
+        let ctx = StudyContext {
+            elements: vec![text(tags::PATIENT_ID, VR::LO, "P9")],
+        };
+        let (bytes, sop) = key_object(&q, &ctx, &similar, "model m").unwrap();
+        let obj = dicom_object::OpenFileOptions::new()
+            .read_preamble(dicom_object::file::ReadPreamble::Always)
+            .from_reader(&bytes[..])
+            .unwrap();
+        let s = |o: &InMemDicomObject, t| {
+            o.element(t)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0')
+                .to_string()
+        };
+        assert_eq!(s(&obj, tags::SOP_INSTANCE_UID), sop);
+        assert_eq!(s(&obj, tags::STUDY_INSTANCE_UID), "1.1");
+        assert_eq!(s(&obj, tags::MODALITY), "KO");
+        assert_eq!(s(&obj, tags::PATIENT_ID), "P9");
+        let evidence = obj
+            .element(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap();
+        let studies: Vec<(String, usize)> = evidence
+            .iter()
+            .map(|st| {
+                let series = st
+                    .element(tags::REFERENCED_SERIES_SEQUENCE)
+                    .unwrap()
+                    .items()
+                    .unwrap();
+                let n = series
+                    .iter()
+                    .map(|se| {
+                        se.element(tags::REFERENCED_SOP_SEQUENCE)
+                            .unwrap()
+                            .items()
+                            .unwrap()
+                            .len()
+                    })
+                    .sum();
+                (s(st, tags::STUDY_INSTANCE_UID), n)
+            })
+            .collect();
+        assert_eq!(
+            studies,
+            [
+                ("1.1".to_string(), 1),
+                ("1.2".to_string(), 2),
+                ("1.3".to_string(), 1)
+            ]
+        );
+        let content = obj
+            .element(tags::CONTENT_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap();
+        assert_eq!(content.len(), 1 + 4);
+        assert!(s(&content[0], tags::TEXT_VALUE).contains("3 similar case(s) (model m)"));
+        assert!(s(&content[0], tags::TEXT_VALUE).contains("not a diagnosis"));
+    }
+}

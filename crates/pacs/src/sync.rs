@@ -258,3 +258,52 @@ pub fn sync<S: CaseStore>(
     }
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_become_one_query_per_value() {
+        let opts = SyncOptions {
+            since: Some("20260101".into()),
+            filters: vec![
+                ("Modality".into(), vec!["CR".into(), "DX".into()]),
+                ("BodyPartExamined".into(), vec!["CHEST".into()]),
+            ],
+        };
+        let q = queries(&opts);
+        let text: Vec<String> = q
+            .iter()
+            .map(|q| {
+                q.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("&")
+            })
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "Modality=CR&BodyPartExamined=CHEST&StudyDate=20260101-",
+                "Modality=DX&BodyPartExamined=CHEST&StudyDate=20260101-",
+            ]
+        );
+        assert_eq!(queries(&SyncOptions::default()), vec![Vec::new()]);
+    }
+
+    #[test]
+    fn pseudonyms_group_a_patient_and_hide_the_id() {
+        let a = patient_pseudonym("k1", "MRN0001");
+        assert_eq!(a, patient_pseudonym("k1", " MRN0001 "));
+        assert_ne!(a, patient_pseudonym("k1", "MRN0002"));
+        // Another store's secret gives another pseudonym: a list of IDs hashed without
+        // the secret finds nothing.
+        assert_ne!(a, patient_pseudonym("k2", "MRN0001"));
+        assert!(
+            a.starts_with('p') && a.len() == 25 && !a.contains("0001"),
+            "{a}"
+        );
+        assert_eq!(patient_pseudonym("k1", "  "), "");
+    }
+}

@@ -245,9 +245,7 @@ impl Form {
 
     /// `study_uid` with the optional `series_uid` and `sop_uid`: a query the server
     /// fetches from its PACS.
-    pub(crate) fn pacs_query(
-        &self,
-    ) -> Result<Option<PacsUids>, ApiError> {
+    pub(crate) fn pacs_query(&self) -> Result<Option<PacsUids>, ApiError> {
         let uid = |k: &str| -> Result<Option<String>, ApiError> {
             match self.get(k) {
                 None => Ok(None),
