@@ -36,7 +36,7 @@ pub struct EncodeArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Compute device (cpu, or cuda:N in a GPU build).
+    /// Compute device (cpu, gpu:N or part of an adapter's name in a GPU build; see `medret devices`).
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long)]

@@ -90,7 +90,7 @@ pub struct IngestArgs {
     /// --binary-bits) in a Hamming index instead of the float descriptors.
     #[arg(long, requires = "model_dir")]
     binary: bool,
-    /// With --model: compute device (cpu, or cuda:N in a GPU build).
+    /// With --model: compute device (cpu, gpu:N or part of an adapter's name in a GPU build; see `medret devices`).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Descriptor comparison: cosine or l2.

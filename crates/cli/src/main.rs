@@ -84,6 +84,12 @@ enum Command {
     Search(index::SearchArgs),
     /// Serve the store over HTTP: the /api/v1 JSON API and the web page (docs/api.md).
     Serve(serve::ServeArgs),
+    /// The compute devices: the CPU and every GPU adapter (index, name, type, backend,
+    /// driver), in the order `--device gpu:N` counts them.
+    Devices {
+        #[arg(long)]
+        json: bool,
+    },
     /// The archive beside a PACS, through DICOMweb: `pacs sync` (docs/pacs.md).
     #[command(subcommand)]
     Pacs(pacs::PacsCommand),
@@ -309,6 +315,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(b) => bench::run(&b),
         Command::Index(i) => index::run_index(&i),
         Command::Pacs(p) => pacs::run(&p),
+        Command::Devices { json } => devices(json),
         Command::Search(a) => index::run_search(&a),
         Command::Serve(a) => serve::run(a),
         Command::Synth(s) => {
@@ -380,6 +387,50 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `medret devices`.
+fn devices(json: bool) -> Result<()> {
+    use medret_models::device::{GPU_BUILD, REBUILD, adapters};
+    let list = adapters();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "gpu_build": GPU_BUILD,
+                "cpu": {"device": "cpu", "threads": rayon::current_num_threads()},
+                "adapters": list,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "cpu      burn-flex, {} threads",
+        rayon::current_num_threads()
+    );
+    if !GPU_BUILD {
+        println!("no GPU support in this build; {REBUILD}");
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!(
+            "no Vulkan adapter found (is the GPU driver's Vulkan ICD installed? Mesa's lavapipe: apt install mesa-vulkan-drivers)"
+        );
+    }
+    for a in &list {
+        println!(
+            "gpu:{:<4} {} ({}, {}, driver {} {}; largest buffer {} MiB) = {}",
+            a.index,
+            a.name,
+            a.kind,
+            a.backend,
+            a.driver,
+            a.driver_info,
+            a.max_buffer_bytes >> 20,
+            a.device
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

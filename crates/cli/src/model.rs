@@ -47,7 +47,7 @@ pub struct FeaturesArgs {
     size: usize,
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// `cpu` or `cuda:N`.
+    /// `cpu`, `gpu:N` or part of an adapter's name (`medret devices`).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Also print the file order as JSON.

@@ -77,7 +77,7 @@ pub struct SyncArgs {
     /// store; required for PostgreSQL, an absolute path every server reads).
     #[arg(long)]
     upload_dir: Option<PathBuf>,
-    /// Compute device (cpu, or cuda:N in a GPU build).
+    /// Compute device (cpu, gpu:N or part of an adapter's name in a GPU build; see `medret devices`).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Print the summary as JSON.

@@ -40,7 +40,7 @@ pub struct ServeArgs {
     /// Root for stored image paths that are relative.
     #[arg(long)]
     image_root: Option<PathBuf>,
-    /// Compute device (cpu, or cuda:N in a GPU build).
+    /// Compute device (cpu, gpu:N or part of an adapter's name in a GPU build; see `medret devices`).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Largest image accepted, in pixels per frame, checked from the header before any

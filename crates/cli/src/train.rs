@@ -136,7 +136,7 @@ pub struct EngineArgs {
     /// Seeds initialisation, the validation split, shuffling and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Compute device(s): cpu, or cuda:N in a GPU build; several (cuda:0,cuda:1) train
+    /// Compute device(s): cpu, or gpu:N in a GPU build (`medret devices`); several (gpu:0,gpu:1) train
     /// data-parallel.
     #[arg(long, default_value = "cpu", value_delimiter = ',')]
     pub device: Vec<String>,

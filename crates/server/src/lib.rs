@@ -69,7 +69,7 @@ pub struct ServeConfig {
     pub upload_dir: Option<PathBuf>,
     /// Root for stored image paths that are relative.
     pub image_root: Option<PathBuf>,
-    /// Compute device for the networks (`cpu`, or `cuda:N` in a GPU build).
+    /// Compute device for the networks (`cpu`, `gpu:N` or part of an adapter's name in a GPU build).
     pub device: String,
     /// Largest image decoded, in pixels per frame (from the header, before decoding).
     pub max_pixels: u64,

@@ -144,6 +144,17 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let mut out = String::new();
     state.metrics.render(&mut out);
+    // Work holds its permit until it ends, also after its request timed out: this
+    // counts the work running, not the requests waiting.
+    let _ = writeln!(
+        out,
+        "# HELP medret_work_in_progress Decoding, encoding and searching running now (at most the concurrency limit).\n# TYPE medret_work_in_progress gauge\nmedret_work_in_progress {}",
+        state
+            .config
+            .concurrency
+            .max(1)
+            .saturating_sub(state.work.available_permits())
+    );
     out.push_str(
         "# HELP medret_index_cases Cases in each model's index.\n# TYPE medret_index_cases gauge\n",
     );
