@@ -13,7 +13,7 @@ use burn::prelude::Device;
 use serde::Serialize;
 
 /// True when this build can use GPUs.
-pub const GPU_BUILD: bool = cfg!(feature = "gpu");
+pub const GPU_BUILD: bool = cfg!(any(feature = "gpu", feature = "gpu-wgsl"));
 
 /// How to get a build that can.
 pub const REBUILD: &str = "rebuild with `cargo build --release --features gpu` (Vulkan; needs the GPU driver's Vulkan ICD)";
@@ -38,7 +38,7 @@ pub struct Adapter {
 }
 
 /// Every Vulkan adapter, in the order Vulkan lists them.
-#[cfg(feature = "gpu")]
+#[cfg(any(feature = "gpu", feature = "gpu-wgsl"))]
 pub fn adapters() -> Vec<Adapter> {
     use burn::tensor::DeviceKind;
     use std::future::Future;
@@ -84,7 +84,8 @@ pub fn adapters() -> Vec<Adapter> {
                 driver_info: info.driver_info.clone(),
                 max_buffer_bytes: a.limits().max_buffer_size,
                 device: burn_kind
-                    .map(|k| format!("{:?}", Device::vulkan(k)))
+                    .and_then(|k| on_vulkan(k).ok())
+                    .map(|d| format!("{d:?}"))
                     .unwrap_or_else(|| "none (burn cannot address it)".into()),
             }
         })
@@ -92,13 +93,34 @@ pub fn adapters() -> Vec<Adapter> {
 }
 
 /// Without the `gpu` feature there are none.
-#[cfg(not(feature = "gpu"))]
+#[cfg(not(any(feature = "gpu", feature = "gpu-wgsl")))]
 pub fn adapters() -> Vec<Adapter> {
     Vec::new()
 }
 
-/// The burn device of adapter `a`.
+/// How kernels reach the driver. The `gpu` build compiles CubeCL's own SPIR-V on Vulkan
+/// (subgroups and cooperative matrices where the GPU has them); the `gpu-wgsl` build has
+/// wgpu's naga translate WGSL instead. Mesa 22's lavapipe (Debian 12's software Vulkan,
+/// what CI runs) crashes compiling CubeCL's SPIR-V, even for an addition, and runs naga's;
+/// the parity tests therefore run on `gpu-wgsl` there, and on `gpu` on a real GPU.
+pub const SHADERS: &str = if cfg!(feature = "gpu") {
+    "spirv"
+} else {
+    "wgsl"
+};
+
 #[cfg(feature = "gpu")]
+fn on_vulkan(kind: burn::tensor::DeviceKind) -> Result<Device, String> {
+    Ok(Device::vulkan(kind))
+}
+
+#[cfg(all(feature = "gpu-wgsl", not(feature = "gpu")))]
+fn on_vulkan(kind: burn::tensor::DeviceKind) -> Result<Device, String> {
+    Ok(Device::wgpu(kind))
+}
+
+/// The burn device of adapter `a`.
+#[cfg(any(feature = "gpu", feature = "gpu-wgsl"))]
 fn device_of(a: &Adapter) -> Result<Device, String> {
     use burn::tensor::DeviceKind;
     let n = adapters()
@@ -117,10 +139,10 @@ fn device_of(a: &Adapter) -> Result<Device, String> {
             ));
         }
     };
-    Ok(Device::vulkan(kind))
+    on_vulkan(kind)
 }
 
-#[cfg(not(feature = "gpu"))]
+#[cfg(not(any(feature = "gpu", feature = "gpu-wgsl")))]
 fn device_of(_: &Adapter) -> Result<Device, String> {
     Err(format!(
         "this medret was built without GPU support; {REBUILD}"

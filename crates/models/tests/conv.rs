@@ -162,11 +162,22 @@ fn forward_and_gradients_match_the_definition() {
 /// `permute`, so it may arrive strided): the output, both gradients of a random weighted
 /// sum, and inference on a graph-free copy, all within 1e-5 of the scale.
 fn compare_with_burn(name: &str, conv: &Conv2d, base: Tensor<4>, permute: [usize; 4]) {
-    let out = conv.valid().forward(base.clone().permute(permute)).dims();
+    compare_prepared(name, conv, base, &|x| x.permute(permute));
+}
+
+/// [`compare_with_burn`] with any view of `base` as the input (`prep`): a permutation,
+/// or a flip as the mirror views make.
+fn compare_prepared(
+    name: &str,
+    conv: &Conv2d,
+    base: Tensor<4>,
+    prep: &dyn Fn(Tensor<4>) -> Tensor<4>,
+) {
+    let out = conv.valid().forward(prep(base.clone())).dims();
     let gw = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), &Device::flex());
     let run = |fused: bool| {
         let x = base.clone().autodiff().require_grad();
-        let xin = x.clone().permute(permute);
+        let xin = prep(x.clone());
         let y = if fused {
             conv2d(conv, xin)
         } else {
@@ -191,7 +202,7 @@ fn compare_with_burn(name: &str, conv: &Conv2d, base: Tensor<4>, permute: [usize
     close_to_scale(&a.2, &b.2, 1e-5, &format!("{name} weight gradient"));
     // Inference: plain CPU tensors, no graph.
     let plain = conv.valid();
-    let x = base.permute(permute);
+    let x = prep(base);
     close_to_scale(
         &vals(conv2d(&plain, x.clone())),
         &vals(plain.forward(x)),
@@ -242,6 +253,38 @@ fn equals_burns_conv2d_in_training_and_inference() {
     );
     let _ = conv2d(&with_bias, x);
     assert_eq!(CONV_CALLS.load(std::sync::atomic::Ordering::Relaxed), calls);
+}
+
+/// Inputs flipped left/right and up/down, as the fundus method's mirror views reach the
+/// backbone: the same output and gradients as burn's path. (The weight gradient of the
+/// stem's convolution once differed by about 1% here; the GPU parity test found it.)
+#[test]
+fn flipped_inputs_equal_burns_conv2d() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = Device::flex().autodiff();
+    dev.seed(9);
+    let random = || {
+        Tensor::<4>::random(
+            [2, 3, 12, 10],
+            Distribution::Normal(0.0, 1.0),
+            &Device::flex(),
+        )
+    };
+    for (what, axis) in [("left/right", 3usize), ("up/down", 2)] {
+        let flip = move |x: Tensor<4>| x.flip([axis]);
+        compare_prepared(
+            &format!("3x3, {what} flip"),
+            &dense_conv(3, 5, &dev),
+            random(),
+            &flip,
+        );
+        compare_prepared(
+            &format!("7x7/2, {what} flip"),
+            &stem_conv(3, 4, &dev),
+            random(),
+            &flip,
+        );
+    }
 }
 
 /// Shapes large enough that the kernel works in several tiles of output rows (a tile's

@@ -1,9 +1,9 @@
 //! The GPU path computes what the CPU computes: the same networks, weights and inputs on
 //! the first Vulkan adapter (a real GPU, or Mesa's lavapipe in CI) and on the CPU.
 //!
-//! Built only with `--features gpu`. Without an adapter the tests say so and pass, unless
+//! Built only with `--features gpu` (or `gpu-wgsl`, which CI uses on lavapipe). Without an adapter the tests say so and pass, unless
 //! `MEDRET_REQUIRE_GPU` is set (`.ci/run` installs lavapipe and sets it).
-#![cfg(feature = "gpu")]
+#![cfg(any(feature = "gpu", feature = "gpu-wgsl"))]
 
 use std::path::PathBuf;
 
@@ -26,7 +26,12 @@ fn gpu() -> Option<Device> {
         eprintln!("no Vulkan adapter: the GPU parity tests are skipped");
         return None;
     }
-    eprintln!("GPU parity on {} ({})", list[0].name, list[0].kind);
+    eprintln!(
+        "GPU parity on {} ({}, {} shaders)",
+        list[0].name,
+        list[0].kind,
+        medret_models::device::SHADERS
+    );
     Some(medret_models::device::parse_device("gpu:0").unwrap())
 }
 
@@ -205,4 +210,39 @@ fn fusion_hash_codes_and_crops_match_the_cpu() {
     assert!(agree >= 0.999, "{agree}");
     assert!(e <= 1e-4, "{e}");
     assert_eq!(a.boxes, b.boxes);
+}
+
+/// The device runs the simplest kernels at all.
+#[test]
+fn elementwise_and_reduction_kernels_run() {
+    let Some(gpu) = gpu() else { return };
+    let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]), &gpu);
+    let y = (x.clone() + 1.0).sum();
+    assert_eq!(to_vec(y), vec![14.0]);
+    let m = x.clone().matmul(x);
+    assert_eq!(to_vec(m), vec![7.0, 10.0, 15.0, 22.0]);
+}
+
+/// `medret devices` names the adapter the tests ran on, with its type and driver.
+#[test]
+fn the_adapter_list_describes_each_adapter() {
+    let Some(_) = gpu() else { return };
+    let list = medret_models::device::adapters();
+    for (i, a) in list.iter().enumerate() {
+        assert_eq!(a.index, i);
+        assert!(!a.name.is_empty() && !a.driver.is_empty(), "{a:?}");
+        assert!(
+            ["discrete", "integrated", "virtual", "cpu", "other"].contains(&a.kind.as_str()),
+            "{a:?}"
+        );
+        assert_eq!(a.backend, "Vulkan");
+    }
+    if list[0].name.contains("llvmpipe") {
+        assert_eq!(list[0].kind, "cpu");
+    }
+    // By position and by name, the same device.
+    let by_index = medret_models::device::parse_device("gpu:0").unwrap();
+    let by_name =
+        medret_models::device::parse_device(&list[0].name[..list[0].name.len().min(8)]).unwrap();
+    assert_eq!(format!("{by_index:?}"), format!("{by_name:?}"));
 }

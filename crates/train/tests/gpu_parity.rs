@@ -1,0 +1,191 @@
+//! One training step of each method's tiny configuration on the GPU (the first Vulkan
+//! adapter: a real GPU, or lavapipe in CI) against the CPU from the same weights and
+//! batch: the loss and every gradient within 1e-3 relative. Fusion hashing with the
+//! Grad-CAM crop, mirror attention with the fine triplet loss, and C2L.
+//!
+//! Built only with `--features gpu` or `gpu-wgsl`; without an adapter the tests skip,
+//! unless `MEDRET_REQUIRE_GPU` is set (`.ci/run`).
+#![cfg(any(feature = "gpu", feature = "gpu-wgsl"))]
+
+mod common;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use medret_models::Arch;
+use medret_models::fundus_metric::Attention;
+use medret_train::Task;
+use medret_train::c2l::{C2lSettings, C2lTask};
+use medret_train::hash::{HashSettings, HashTask};
+use medret_train::metric::{MetricLoss, MetricSettings, MetricTask};
+
+fn gpu() -> Option<Device> {
+    if medret_models::device::adapters().is_empty() {
+        assert!(
+            std::env::var_os("MEDRET_REQUIRE_GPU").is_none(),
+            "MEDRET_REQUIRE_GPU is set but no Vulkan adapter is found"
+        );
+        eprintln!("no Vulkan adapter: the GPU training-step tests are skipped");
+        return None;
+    }
+    Some(medret_models::device::parse_device("gpu:0").unwrap())
+}
+
+fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
+}
+
+/// Every parameter's gradient, in the module's order (`None` where it has none).
+fn gradients<M: Module>(model: &M, grads: &burn::tensor::Gradients) -> Vec<Option<Vec<f32>>> {
+    struct V<'a>(&'a burn::tensor::Gradients, Vec<Option<Vec<f32>>>);
+    impl ModuleVisitor for V<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.1.push(p.val().grad(self.0).map(vals));
+        }
+    }
+    let mut v = V(grads, Vec::new());
+    model.visit(&mut v);
+    v.1
+}
+
+/// Max |a - b| relative to `b`'s largest magnitude, or to `floor` when that is smaller;
+/// infinite on NaN.
+fn rel(a: &[f32], b: &[f32], floor: f32) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(floor, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| {
+        let e = (x - y).abs() / scale;
+        if e.is_finite() {
+            m.max(e)
+        } else {
+            f32::INFINITY
+        }
+    })
+}
+
+/// Gaussian pixels (a fixed LCG and Box-Muller): a max pool's window then has no two
+/// values within rounding of each other. On smooth images it has, and the CPU's and the
+/// GPU's last-bit differences pick different maxima: the same loss, a gradient routed to
+/// another pixel, about 1% of the stem convolution's weight gradient (measured; the CPU
+/// with burn's own ops and the GPU agree there only because they round alike).
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    let mut u = move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    };
+    (0..n)
+        .map(|_| (-2.0 * u().ln()).sqrt() * (std::f32::consts::TAU * u()).cos())
+        .collect()
+}
+
+fn step_matches<T: Task>(task: &T, gpu: &Device, what: &str, pixels: &dyn Fn(&mut T::Batch)) {
+    let cpu = Device::flex().autodiff();
+    cpu.seed(11);
+    let model = task.init_model(&cpu);
+    let mut batch = task.batches(0, 8).next().unwrap().unwrap();
+    pixels(&mut batch);
+    let on_gpu = model.clone().fork(&gpu.clone().autodiff());
+    let loss_cpu = task.loss(&model, &batch, &cpu);
+    let grads_cpu = loss_cpu.backward();
+    let loss_gpu = task.loss(&on_gpu, &batch, &gpu.clone().autodiff());
+    let grads_gpu = loss_gpu.backward();
+    let (lc, lg) = (vals(loss_cpu.inner()), vals(loss_gpu.inner()));
+    let e_loss = rel(&lg, &lc, 1e-6);
+    let (gc, gg) = (
+        gradients(&model, &grads_cpu),
+        gradients(&on_gpu, &grads_gpu),
+    );
+    assert_eq!(gc.len(), gg.len());
+    // A gradient that is zero in exact arithmetic (a bias before a BatchNorm) is rounding
+    // noise on both devices, about 1e-7: each tensor is compared relative to its own
+    // largest gradient, or to a thousandth of the step's largest when its own is smaller.
+    let step_scale = gc
+        .iter()
+        .flatten()
+        .flat_map(|c| c.iter())
+        .fold(0f32, |m, x| m.max(x.abs()));
+    let floor = 1e-3 * step_scale;
+    let mut worst = 0.0f32;
+    let mut compared = 0;
+    for (i, (c, g)) in gc.iter().zip(&gg).enumerate() {
+        match (c, g) {
+            (Some(c), Some(g)) => {
+                let e = rel(g, c, floor);
+                if std::env::var_os("GPU_PARITY_DEBUG").is_some() {
+                    let scale = c.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    eprintln!(
+                        "  param {i}: {} values, scale {scale:.3e}, rel {e:.2e}",
+                        c.len()
+                    );
+                }
+                worst = worst.max(e);
+                compared += 1;
+            }
+            (None, None) => {}
+            _ => panic!("{what}: a parameter has a gradient on one device only"),
+        }
+    }
+    eprintln!(
+        "{what}: loss {} on the CPU, {} on the GPU ({e_loss:.2e}); worst of {compared} gradients {worst:.2e}",
+        lc[0], lg[0]
+    );
+    assert!(compared > 10, "{what}: {compared} gradients");
+    assert!(
+        e_loss <= 1e-3 && worst <= 1e-3,
+        "{what}: loss {e_loss}, gradients {worst}"
+    );
+}
+
+#[test]
+fn a_fusion_hash_step_with_the_grad_cam_crop_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let (ds, _) = common::blob_dataset(24, 3);
+    let mut s = HashSettings::for_dataset(&ds, Arch::DenseNetTiny, 32, 16).unwrap();
+    s.net.backbone.block_config = vec![1, 1];
+    s.net.fc_dim = 16;
+    s.transform.augment = Default::default();
+    let task = HashTask::new(&ds, s, 1).unwrap();
+    step_matches(&task, &gpu, "fusion hash", &|b| {
+        b.pixels = noise(b.pixels.len(), 1)
+    });
+}
+
+#[test]
+fn a_mirror_attention_fine_triplet_step_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let (mut ds, _) = common::blob_dataset(24, 3);
+    for (i, r) in ds.records.iter_mut().enumerate() {
+        r.grade = Some((i % 3) as u8 * 2);
+        r.labels.clear();
+    }
+    let mut s = MetricSettings::new(
+        Arch::DenseNetTiny,
+        32,
+        Attention::Mirror,
+        MetricLoss::FineTriplet,
+    );
+    s.net.backbone.block_config = vec![1, 1];
+    s.transform.augment = Default::default();
+    s.transform.fundus_crop = false;
+    let task = MetricTask::new(&ds, s, 1).unwrap();
+    step_matches(&task, &gpu, "mirror attention + fine triplet", &|b| {
+        b.pixels = noise(b.pixels.len(), 2)
+    });
+}
+
+#[test]
+fn a_c2l_step_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let (ds, _) = common::blob_dataset(24, 3);
+    let mut s = C2lSettings::new(Arch::DenseNetTiny, 32);
+    s.net.backbone.block_config = vec![1, 1];
+    s.net.queue = 16;
+    s.net.proj_dim = 8;
+    let task = C2lTask::new(&ds, s, 1).unwrap();
+    step_matches(&task, &gpu, "C2L", &|b| {
+        b.x1 = noise(b.x1.len(), 3);
+        b.x2 = noise(b.x2.len(), 4);
+    });
+}
