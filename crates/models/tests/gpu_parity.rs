@@ -246,3 +246,35 @@ fn the_adapter_list_describes_each_adapter() {
         medret_models::device::parse_device(&list[0].name[..list[0].name.len().min(8)]).unwrap();
     assert_eq!(format!("{by_index:?}"), format!("{by_name:?}"));
 }
+
+/// The fundus method's descriptors (mirror attention, GeM, projection) and its saliency,
+/// from the same weights: within 1e-4 and 1e-3 of the CPU's.
+#[test]
+fn fundus_descriptors_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    use medret_models::fundus_metric::{Attention, FundusMetricConfig};
+    let mut c = FundusMetricConfig::new(Arch::DenseNetTiny, Attention::Mirror);
+    c.backbone.block_config = vec![1, 1];
+    c.dim = Some(32);
+    let cpu = Device::flex();
+    cpu.seed(5);
+    let net = c.init(&cpu);
+    let on_gpu = net.clone().to_device(&gpu);
+    let x = Tensor::<4>::random(
+        [4, 3, 48, 48],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &cpu,
+    );
+    let a = net.valid().forward(x.clone(), true);
+    let b = on_gpu.valid().forward(x.to_device(&gpu), true);
+    let e = rel_err(&to_vec(b.descriptor), &to_vec(a.descriptor));
+    let s = a
+        .saliency
+        .iter()
+        .zip(&b.saliency)
+        .map(|(p, q)| rel_err(&q.data, &p.data))
+        .fold(0.0f32, f32::max);
+    eprintln!("GPU fundus descriptors against CPU: {e:.2e}, saliency {s:.2e}");
+    assert!(e <= 1e-4, "{e}");
+    assert!(s <= 1e-3, "{s}");
+}
