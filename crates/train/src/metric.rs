@@ -393,14 +393,8 @@ impl Task for MetricTask {
             MetricLoss::FineTriplet => {
                 let w = out
                     .halves
-                    .map(|(h, v)| relevance_weights(&agreement(h, v), &batch.grades));
-                fine_triplet_loss(
-                    out.descriptor,
-                    &batch.grades,
-                    w.as_deref(),
-                    s.margin,
-                    s.gamma,
-                )
+                    .map(|(h, v)| relevance_weights(agreement(h, v), &batch.grades));
+                fine_triplet_loss(out.descriptor, &batch.grades, w, s.margin, s.gamma)
             }
         };
         if pair.anchors == 0 {

@@ -32,122 +32,112 @@ pub fn similarity(x: Tensor<2>) -> Tensor<2> {
     x.clone().matmul(x.transpose())
 }
 
-/// The circle-form loss with optional positive weights `weights[i][j]` (`None`: circle
-/// loss). `labels` are the grades.
+/// The circle-form loss with optional positive weights `weights` (`[B, B]`, as
+/// [`relevance_weights`] gives them; `None`: circle loss). `labels` are the grades.
+///
+/// Everything stays on the embeddings' device: the masks come from the labels (host data,
+/// uploaded once), the constant factors from the detached similarities, so a training step
+/// on a GPU reads nothing back until the logged loss.
 pub fn fine_triplet_loss(
     embeddings: Tensor<2>,
     labels: &[u8],
-    weights: Option<&[f32]>,
+    weights: Option<Tensor<2>>,
     margin: f64,
     gamma: f64,
 ) -> PairLoss {
     let b = labels.len();
     let device = embeddings.device();
     let s = similarity(embeddings);
-    let sv = s
-        .clone()
-        .detach()
-        .into_data()
-        .try_into_vec::<f32>()
-        .expect("f32");
-    // Host-side masks and the constant factors a_p, a_n (and log w_p), then one tensor
-    // expression so the gradient flows through s.
-    let mut coef = vec![0.0f32; b * b]; // gamma * a (negated for positives)
-    let mut shift = vec![0.0f32; b * b]; // the additive constant inside each exponent
-    let mut pos = vec![false; b * b];
-    let mut neg = vec![false; b * b];
-    let mut valid = vec![false; b];
-    for i in 0..b {
-        let (mut has_p, mut has_n) = (false, false);
-        for j in 0..b {
-            if i == j {
-                continue;
-            }
-            let k = i * b + j;
-            let sij = sv[k] as f64;
-            if labels[i] == labels[j] {
-                let a = (1.0 + margin - sij).max(0.0);
-                coef[k] = (-gamma * a) as f32;
-                let lw = weights.map_or(0.0, |w| (w[k].max(1e-12) as f64).ln());
-                shift[k] = (gamma * a * (1.0 - margin) + lw) as f32;
-                pos[k] = true;
-                has_p = true;
-            } else {
-                let a = (sij + margin).max(0.0);
-                coef[k] = (gamma * a) as f32;
-                shift[k] = (-gamma * a * margin) as f32;
-                neg[k] = true;
-                has_n = true;
-            }
-        }
-        valid[i] = has_p && has_n;
-    }
-    let anchors = valid.iter().filter(|&&v| v).count();
+    let (pos, neg, valid) = masks(labels);
+    let anchors = valid.iter().filter(|&&v| v > 0.0).count();
     if anchors == 0 {
         return PairLoss {
             loss: s.sum().mul_scalar(0.0),
             anchors,
         };
     }
-    let t = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [b, b]), &device);
-    let logits = s * t(coef) + t(shift);
+    let t =
+        |v: Vec<f32>, shape: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v, shape), &device);
+    let (pm, nm) = (t(pos, [b, b]), t(neg, [b, b]));
+    // The circle-loss factors a_p = [1 + m - s]_+ and a_n = [s + m]_+, held constant.
+    let sd = s.clone().detach();
+    let a_p = sd.clone().neg().add_scalar(1.0 + margin).clamp_min(0.0);
+    let a_n = sd.add_scalar(margin).clamp_min(0.0);
+    let coef =
+        pm.clone() * a_p.clone().mul_scalar(-gamma) + nm.clone() * a_n.clone().mul_scalar(gamma);
+    let mut shift = pm.clone() * a_p.mul_scalar(gamma * (1.0 - margin))
+        + nm.clone() * a_n.mul_scalar(-gamma * margin);
+    if let Some(w) = weights {
+        shift = shift + w.detach().clamp_min(1e-12).log() * pm.clone();
+    }
+    let logits = s * coef + shift;
     // Masked log-sum-exp per row: excluded entries get a large negative constant.
-    let mask = |m: &[bool]| t(m.iter().map(|&x| if x { 0.0 } else { -1e9 }).collect());
+    let excluded = |m: Tensor<2>| m.neg().add_scalar(1.0).mul_scalar(-1e9);
     let lse = |l: Tensor<2>| {
         let max = l.clone().max_dim(1).detach();
         (l - max.clone()).exp().sum_dim(1).log() + max
     };
-    let lp = lse(logits.clone() + mask(&pos));
-    let ln = lse(logits + mask(&neg));
+    let lp = lse(logits.clone() + excluded(pm));
+    let ln = lse(logits + excluded(nm));
     // softplus(lp + ln) = log(1 + exp(lp) exp(ln)), stable.
     let z = lp + ln;
     let softplus = z.clone().clamp_min(0.0) + z.abs().neg().exp().add_scalar(1.0).log();
-    let sel = Tensor::<2>::from_data(
-        TensorData::new(
-            valid
-                .iter()
-                .map(|&v| if v { 1.0f32 } else { 0.0 })
-                .collect(),
-            [b, 1],
-        ),
-        &device,
-    );
     PairLoss {
-        loss: (softplus * sel).sum().div_scalar(anchors as f64),
+        loss: (softplus * t(valid, [b, 1]))
+            .sum()
+            .div_scalar(anchors as f64),
         anchors,
     }
 }
 
-/// The positive weights `w_ij = r_j / mean_{p in P(i)} r_p` from agreements `r` in
-/// `[0, 1]` (`b x b`, row-major; non-positive pairs get 1).
-pub fn relevance_weights(r: &[f32], labels: &[u8]) -> Vec<f32> {
+/// Positive and negative pair masks (`[B, B]`, the diagonal in neither) and the anchors
+/// that have both (`[B]`), from the labels alone.
+fn masks(labels: &[u8]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let b = labels.len();
-    let mut w = vec![1.0f32; b * b];
+    let (mut pos, mut neg, mut valid) = (vec![0f32; b * b], vec![0f32; b * b], vec![0f32; b]);
     for i in 0..b {
-        let ps: Vec<usize> = (0..b)
-            .filter(|&j| j != i && labels[j] == labels[i])
-            .collect();
-        if ps.is_empty() {
-            continue;
+        let (mut hp, mut hn) = (false, false);
+        for j in (0..b).filter(|&j| j != i) {
+            if labels[i] == labels[j] {
+                pos[i * b + j] = 1.0;
+                hp = true;
+            } else {
+                neg[i * b + j] = 1.0;
+                hn = true;
+            }
         }
-        let mean = ps.iter().map(|&j| r[j]).sum::<f32>() / ps.len() as f32;
-        for &j in &ps {
-            w[i * b + j] = if mean > 0.0 { r[j] / mean } else { 1.0 };
-        }
+        valid[i] = if hp && hn { 1.0 } else { 0.0 };
     }
-    w
+    (pos, neg, valid)
 }
 
-/// `r = (1 + cos(a, b)) / 2` per row of two `[B, d]` halves.
-pub fn agreement(h: Tensor<2>, v: Tensor<2>) -> Vec<f32> {
+/// The positive weights `w_ij = r_j / mean_{p in P(i)} r_p` from agreements `r` (`[B]`,
+/// in `[0, 1]`), as a `[B, B]` tensor on `r`'s device; non-positive pairs, and anchors
+/// whose positives all agree 0, get 1.
+pub fn relevance_weights(r: Tensor<1>, labels: &[u8]) -> Tensor<2> {
+    let b = labels.len();
+    let device = r.device();
+    let (pos, _, _) = masks(labels);
+    let count: Vec<f32> = pos.chunks(b).map(|row| row.iter().sum()).collect();
+    let pm = Tensor::<2>::from_data(TensorData::new(pos, [b, b]), &device);
+    let count = Tensor::<2>::from_data(TensorData::new(count, [b, 1]), &device);
+    let r = r.detach();
+    let mean = pm.clone().matmul(r.clone().reshape([b, 1])) / count.clamp_min(1.0);
+    let degenerate = mean.clone().lower_equal_elem(0.0);
+    let ratio = (r.reshape([1, b]) / mean.clamp_min(1e-30)).mask_fill(degenerate, 1.0);
+    pm.clone() * ratio + pm.neg().add_scalar(1.0)
+}
+
+/// `r = (1 + cos(a, b)) / 2` per row of two `[B, d]` halves, on their device.
+pub fn agreement(h: Tensor<2>, v: Tensor<2>) -> Tensor<1> {
     use medret_models::ops::l2_normalise as n;
-    let cos = (n(h) * n(v)).sum_dim(1).detach();
-    cos.into_data()
-        .try_into_vec::<f32>()
-        .expect("f32")
-        .into_iter()
-        .map(|c| (1.0 + c) / 2.0)
-        .collect()
+    let [b, _] = h.dims();
+    (n(h) * n(v))
+        .sum_dim(1)
+        .detach()
+        .reshape([b])
+        .add_scalar(1.0)
+        .div_scalar(2.0)
 }
 
 #[cfg(test)]
@@ -233,21 +223,40 @@ mod tests {
         };
         assert!((l0 - only0).abs() < 1e-6, "{l0} vs {only0}");
         // Weighted: positive weights change the value as the formula says.
-        let w = relevance_weights(&[0.9, 0.3, 0.5, 0.5], &GRADES);
-        let got = fine_triplet_loss(unit(&BATCH), &GRADES, Some(&w), 0.25, 8.0)
+        let w = relevance_weights(r(&[0.9, 0.3, 0.5, 0.5]), &GRADES);
+        let got = fine_triplet_loss(unit(&BATCH), &GRADES, Some(w.clone()), 0.25, 8.0)
             .loss
             .into_data()
             .try_to_vec::<f32>()
             .unwrap()[0] as f64;
+        let w = w.into_data().try_into_vec::<f32>().unwrap();
         let want = reference(&sims(&BATCH), &GRADES, Some(&w), 0.25, 8.0);
         assert!((got - want).abs() < 1e-4 * want.max(1.0), "{got} vs {want}");
+    }
+
+    fn r(v: &[f32]) -> Tensor<1> {
+        Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &Device::flex())
+    }
+
+    /// An anchor whose positives all agree 0 keeps weight 1 (no division by zero), and a
+    /// lone image (no positive) has only weights of 1.
+    #[test]
+    fn degenerate_agreements_weigh_one() {
+        let w = relevance_weights(r(&[0.0, 0.0, 0.7]), &[1, 1, 2])
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert_eq!(w, vec![1.0; 9]);
     }
 
     #[test]
     fn relevance_weights_hand_computed() {
         // Anchor 0's only positive is 1: weight r_1 / r_1 = 1. With three of a grade, anchor
         // 0's positives 1 and 2 (r 0.2 and 0.6, mean 0.4) weigh 0.5 and 1.5.
-        let w = relevance_weights(&[0.9, 0.2, 0.6, 0.5], &[1, 1, 1, 3]);
+        let w = relevance_weights(r(&[0.9, 0.2, 0.6, 0.5]), &[1, 1, 1, 3])
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         assert!(
             (w[1] - 0.5).abs() < 1e-6 && (w[2] - 1.5).abs() < 1e-6,
             "{w:?}"
