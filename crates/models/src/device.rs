@@ -165,9 +165,13 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
         None => (s, None),
     };
     if !GPU_BUILD {
-        return Err(format!(
-            "device `{s}`: this medret was built without GPU support; {REBUILD}"
-        ));
+        return Err(if matches!(kind, "gpu" | "cuda" | "vulkan") {
+            format!("device `{s}`: this medret was built without GPU support; {REBUILD}")
+        } else {
+            format!(
+                "unknown device `{s}`: expected `cpu` (`gpu:N` and adapter names need a GPU build: {REBUILD})"
+            )
+        });
     }
     let list = adapters();
     if matches!(kind, "gpu" | "cuda" | "vulkan") {

@@ -287,6 +287,8 @@ impl DicomWeb {
         keys: &[(String, String)],
     ) -> Result<Vec<Instance>> {
         let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut received = 0usize;
         let root = match study {
             Some(s) => format!("{}/studies/{}/instances", self.base, encode(s)),
             None => format!("{}/instances", self.base),
@@ -302,7 +304,7 @@ impl DicomWeb {
                 query.push(format!("includefield={field}"));
             }
             query.push(format!("limit={PAGE}"));
-            query.push(format!("offset={}", out.len()));
+            query.push(format!("offset={received}"));
             let url = format!("{root}?{}", query.join("&"));
             let (status, _, body) = self.get(&url, "application/dicom+json")?;
             let shown = format!("{root} (QIDO-RS)");
@@ -321,7 +323,8 @@ impl DicomWeb {
                     });
                 }
             };
-            let n = page.len();
+            let before = seen.len();
+            received += page.len();
             for v in &page {
                 let text = |tag: &str| {
                     v.get(tag)
@@ -349,10 +352,14 @@ impl DicomWeb {
                         message: "an instance without its Study, Series or SOP Instance UID".into(),
                     });
                 }
-                out.push(inst);
+                if seen.insert(inst.sop.clone()) {
+                    out.push(inst);
+                }
             }
-            // A PACS may cap pages below the limit asked for: stop on an empty page.
-            if n == 0 {
+            // A PACS may cap pages below the limit asked for, so a short page is not the
+            // end; an empty one is, and so is a page with nothing new (a PACS that ignores
+            // `offset` would otherwise be asked forever).
+            if seen.len() == before {
                 break;
             }
         }

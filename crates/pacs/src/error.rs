@@ -18,6 +18,9 @@ pub enum PacsError {
     Protocol { url: String, message: String },
     #[error("{0}")]
     Config(String),
+    /// The PACS holds nothing that a query names.
+    #[error("{0}")]
+    NotFound(String),
     #[error("{path}: {message}")]
     File { path: String, message: String },
     #[error(transparent)]

@@ -25,7 +25,7 @@ pub fn resolve(
     found.retain(|i| i.rows.is_some() && i.study == study);
     found.sort();
     found.into_iter().next().ok_or_else(|| {
-        PacsError::Config(format!(
+        PacsError::NotFound(format!(
             "the PACS has no image instance for study {study}{}{}",
             series.map(|s| format!(", series {s}")).unwrap_or_default(),
             sop.map(|s| format!(", instance {s}")).unwrap_or_default()

@@ -132,7 +132,8 @@ impl From<medret_pacs::PacsError> for ApiError {
             P::Store(s) => s.into(),
             P::Data(d) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, d.to_string()),
             // The query names a study the PACS does not hold.
-            P::Config(m) => ApiError::not_found(m),
+            P::NotFound(m) => ApiError::not_found(m),
+            P::Config(m) => ApiError::internal(m),
             P::Http { status: 404, .. } => ApiError::not_found(e.to_string()),
             // The PACS failing or refusing medret is a gateway's failure, not the client's.
             P::Unreachable { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
