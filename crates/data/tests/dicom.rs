@@ -352,3 +352,70 @@ fn query_files_are_told_apart_by_content() {
         .to_string();
     assert!(e.contains("fake.dcm"), "{e}");
 }
+
+/// Headers that would overflow the frame arithmetic or index past the data (2^32 - 1
+/// frames of 65535 x 65535 RGB; planar configuration on 4:2:2 data) are errors naming the
+/// file, never a panic.
+#[test]
+fn absurd_headers_are_errors() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, pi: &str, frames: &str, rows: u16, planar: u16| {
+        let p = tmp.path().join(name);
+        InMemDicomObject::from_element_iter([
+            DataElement::new(
+                tags::SOP_CLASS_UID,
+                VR::UI,
+                PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.7"),
+            ),
+            DataElement::new(
+                tags::SOP_INSTANCE_UID,
+                VR::UI,
+                PrimitiveValue::from("2.25.9"),
+            ),
+            DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(3u16)),
+            DataElement::new(
+                tags::PHOTOMETRIC_INTERPRETATION,
+                VR::CS,
+                PrimitiveValue::from(pi),
+            ),
+            DataElement::new(
+                tags::PLANAR_CONFIGURATION,
+                VR::US,
+                PrimitiveValue::from(planar),
+            ),
+            DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from(frames)),
+            DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(rows)),
+            DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(rows)),
+            DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(8u16)),
+            DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(8u16)),
+            DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(7u16)),
+            DataElement::new(
+                tags::PIXEL_REPRESENTATION,
+                VR::US,
+                PrimitiveValue::from(0u16),
+            ),
+            DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                PrimitiveValue::from(vec![9u8; 32]),
+            ),
+        ])
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+        .unwrap()
+        .write_to_file(&p)
+        .unwrap();
+        p
+    };
+    let huge = write("huge.dcm", "RGB", "4294967295", 65535, 0);
+    let e = medret_data::dicom::decode_dicom_frame(&huge, 4294967294)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("huge.dcm") && e.contains("truncated"), "{e}");
+    // 4 x 4 YBR_FULL_422: 32 bytes, exactly its 2 values per pixel; planar 1 is ignored.
+    let odd = write("planar422.dcm", "YBR_FULL_422", "1", 4, 1);
+    let img = medret_data::dicom::decode_dicom(&odd).unwrap();
+    assert_eq!((img.channels, img.height, img.width), (3, 4, 4));
+}

@@ -437,7 +437,8 @@ fn decode_frame_in(path: &Path, obj: &DefaultDicomObject, ts: &str, frame: u32) 
         }
         (3, pi) => {
             let mut v = values;
-            if a.planar && native {
+            // Planar configuration applies to three full planes (never to 4:2:2 data).
+            if a.planar && native && v.len() == 3 * n {
                 v = (0..n)
                     .flat_map(|i| [v[i], v[n + i], v[2 * n + i]])
                     .collect();
@@ -503,6 +504,12 @@ fn native_samples(
             ),
         )
     };
+    // Checked in 128 bits first: a header may declare 2^32 frames of 65535 x 65535 x 3.
+    let need_bits = (frame as u128 + 1) * count as u128 * u128::from(a.bits_allocated);
+    if need_bits > bytes.len() as u128 * 8 {
+        let need = usize::try_from(need_bits.div_ceil(8)).unwrap_or(usize::MAX);
+        return Err(short(bytes.len(), need));
+    }
     match a.bits_allocated {
         1 => {
             // Frames follow each other bit by bit, not byte by byte (PS3.5 8.1.1).
