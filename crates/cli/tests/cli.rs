@@ -352,3 +352,22 @@ fn data_export_writes_a_frame_as_medret_decodes_it() {
         &["shown.png", "--raw applies to DICOM"],
     );
 }
+
+/// `docs/index.md` links every page of `docs/`, so a new page cannot go unlisted.
+#[test]
+fn the_docs_index_lists_every_page() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let index = std::fs::read_to_string(docs.join("index.md")).unwrap();
+    let mut pages = 0;
+    for e in std::fs::read_dir(&docs).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") && name != "index.md" {
+            assert!(
+                index.contains(&format!("]({name})")),
+                "docs/index.md does not link {name}"
+            );
+            pages += 1;
+        }
+    }
+    assert!(pages >= 10, "{pages} pages");
+}
