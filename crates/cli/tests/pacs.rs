@@ -11,12 +11,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fails, ok, s};
+use common::{Server, fails, ok, s};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
@@ -326,40 +325,6 @@ fn post_search(base: &str, fields: &[(&str, &str)], image: Option<&[u8]>) -> (u1
     (status, v)
 }
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(args: &[&str], log: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_medret"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--opaque-ids", "false"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        Server { child, base }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn an_archive_beside_orthanc() {
     let tmp = tempfile::tempdir().unwrap();
@@ -534,10 +499,9 @@ fn an_archive_beside_orthanc() {
     // Search by study UID through the server: the same hits as the instance uploaded.
     let query = &third[0];
     let log = t.join("serve.log");
-    let srv = Server::start(
+    let srv = Server::start_logged(
+        s(&store),
         &[
-            "--store",
-            s(&store),
             "--pacs",
             &url,
             "--pacs-auth-file",
@@ -545,7 +509,8 @@ fn an_archive_beside_orthanc() {
             "--viewer-url",
             "https://viewer.example/ohif?StudyInstanceUIDs={study}",
         ],
-        &log,
+        &[],
+        Some(&log),
     );
     let (st, by_uid) = post_search(
         &srv.base,

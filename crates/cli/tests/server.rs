@@ -5,77 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ok, s};
+use common::{Server, ok, s};
 use medret_store::{CaseStore, SqliteStore};
 use serde_json::{Value, json};
-
-/// A running `medret serve`, killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(store: &str, extra: &[&str]) -> Server {
-        Self::start_env(store, extra, &[])
-    }
-
-    /// Most tests compare the server's answers with the CLI's case ids, so they run with
-    /// `--opaque-ids false` unless they say otherwise.
-    fn start_env(store: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        Self::start_logged(store, extra, env, None)
-    }
-
-    /// With `log`, the server's standard error goes to that file.
-    fn start_logged(
-        store: &str,
-        extra: &[&str],
-        env: &[(&str, &str)],
-        log: Option<&Path>,
-    ) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_medret"));
-        cmd.args(["serve", "--store", store, "--addr", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(match log {
-                Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
-                None => Stdio::null(),
-            });
-        if !extra.contains(&"--opaque-ids") {
-            cmd.args(["--opaque-ids", "false"]);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        Server { child, base: addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()

@@ -86,3 +86,47 @@ pub fn manifest(data: &[u8]) {
         }
     }
 }
+
+/// The repository's `fuzz/` folder (this crate lives in `crates/data`).
+pub fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
+}
+
+/// Every file of `fuzz/<kind>/<target>`, sorted; the folder must exist and hold files
+/// unless `may_be_empty`, so that a moved or emptied corpus fails instead of passing
+/// silently. For the replay tests.
+pub fn corpus_files(kind: &str, target: &str, may_be_empty: bool) -> Vec<PathBuf> {
+    let dir = fuzz_dir().join(kind).join(target);
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect(),
+        Err(e) if may_be_empty && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("{}: {e}", dir.display()),
+    };
+    files.sort();
+    assert!(
+        may_be_empty || !files.is_empty(),
+        "{}: no corpus files",
+        dir.display()
+    );
+    files
+}
+
+/// Runs `body` on every input of `fuzz/corpus/<target>` and `fuzz/regressions/<target>`,
+/// naming each input first so that a panic says which one it was.
+pub fn replay(target: &str, body: fn(&[u8])) {
+    let mut n = 0;
+    for p in corpus_files("corpus", target, false)
+        .into_iter()
+        .chain(corpus_files("regressions", target, true))
+    {
+        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        eprintln!("{}", p.display());
+        body(&bytes);
+        n += 1;
+    }
+    eprintln!("{target}: replayed {n} inputs");
+}

@@ -5,8 +5,6 @@
 //! `MEDRET_REQUIRE_GPU` is set (`.ci/run` installs lavapipe and sets it).
 #![cfg(any(feature = "gpu", feature = "gpu-wgsl"))]
 
-use std::path::PathBuf;
-
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use medret_models::cxr_hash::{Branches, FusionHashConfig, Pass, SaliencyKind};
@@ -14,7 +12,7 @@ use medret_models::{Arch, DenseNetConfig, load_torchvision};
 use safetensors::SafeTensors;
 
 mod common;
-use common::rel_err;
+use common::{f32s, fixture, rel_err};
 
 fn gpu() -> Option<Device> {
     let list = medret_models::device::adapters();
@@ -33,22 +31,6 @@ fn gpu() -> Option<Device> {
         medret_models::device::SHADERS
     );
     Some(medret_models::device::parse_device("gpu:0").unwrap())
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn f32s(st: &SafeTensors, name: &str) -> (Vec<f32>, Vec<usize>) {
-    let t = st.tensor(name).unwrap();
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (v, t.shape().to_vec())
 }
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {

@@ -5,48 +5,11 @@
 //! `cargo test -p medret-server --test fuzz_corpus -- --ignored write_seeds` rewrites the
 //! hand-made seeds (`seed-*`) from which the corpora grew.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use medret_server::fuzzing;
 
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
-}
-
-/// Every file of `fuzz/<kind>/<target>`; a missing or empty corpus fails.
-fn inputs(kind: &str, target: &str, may_be_empty: bool) -> Vec<PathBuf> {
-    let dir = fuzz_dir().join(kind).join(target);
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect(),
-        Err(e) if may_be_empty && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => panic!("{}: {e}", dir.display()),
-    };
-    files.sort();
-    assert!(
-        may_be_empty || !files.is_empty(),
-        "{}: no corpus files",
-        dir.display()
-    );
-    files
-}
-
-fn replay(target: &str, body: fn(&[u8])) {
-    let mut n = 0;
-    for p in inputs("corpus", target, false)
-        .into_iter()
-        .chain(inputs("regressions", target, true))
-    {
-        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        eprintln!("{}", p.display());
-        body(&bytes);
-        n += 1;
-    }
-    eprintln!("{target}: replayed {n} inputs");
-}
+use medret_data::fuzzing::{fuzz_dir, replay};
 
 #[test]
 fn model_card_corpus() {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::path::Path;
 use std::process::Command;
 
@@ -87,4 +88,67 @@ pub fn train_hash_epochs(
     ];
     args.extend_from_slice(extra);
     ok(&args)
+}
+
+/// A running `medret serve`, killed on drop.
+pub struct Server {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Server {
+    pub fn start(store: &str, extra: &[&str]) -> Server {
+        Self::start_env(store, extra, &[])
+    }
+
+    /// Most tests compare the server's answers with the CLI's case ids, so they run with
+    /// `--opaque-ids false` unless they say otherwise.
+    pub fn start_env(store: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_logged(store, extra, env, None)
+    }
+
+    /// With `log`, the server's standard error goes to that file.
+    pub fn start_logged(
+        store: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Server {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_medret"));
+        cmd.args(["serve", "--store", store, "--addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(match log {
+                Some(p) => std::process::Stdio::from(std::fs::File::create(p).unwrap()),
+                None => std::process::Stdio::null(),
+            });
+        if !extra.contains(&"--opaque-ids") {
+            cmd.args(["--opaque-ids", "false"]);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Server { child, base: addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
