@@ -9,15 +9,24 @@
 # kept is the one that scored best on the validation part of the training split (15% of
 # its patients), never on the test split.
 #
-# Usage: bench/real.sh [OUT_DIR]       SEEDS="0 1 2" for more seeds (about 15 min each)
+# Usage: bench/real.sh [OUT_DIR]       SEEDS="0 1 2" for more seeds (about 6 min each here);
+#        LOSSES="classify" for the paper's loss alone (default: classify dpsh csq)
+#
+# Each classify-loss chest model and each mirror-attention fundus model is also scored
+# relevance-first (its own row, `-rf`), with the query's class probabilities from its
+# nearest cases (`--relevance-first neighbours`): chosen on the validation parts over
+# the chest classifier's probabilities, which fail on some seeds (docs/cxr-method.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/medret-real}
 seeds=${SEEDS:-0}
 shared=../shared/data
 mkdir -p "$out"
-cargo build -q -p medret-cli
-m="${CARGO_TARGET_DIR:-target}/debug/medret"
+# MEDRET=/path/to/medret runs a copy, so that the tree can be rebuilt meanwhile.
+if [ -z "${MEDRET:-}" ]; then
+    cargo build -q -p medret-cli
+fi
+m="${MEDRET:-${CARGO_TARGET_DIR:-target}/debug/medret}"
 : > "$out/runs.txt"
 run() { # name, data, then the training command's arguments
     local name=$1 data=$2; shift 2
@@ -28,6 +37,13 @@ run() { # name, data, then the training command's arguments
     "$m" eval --model "$out/$name" --data "$data" --baselines -k 10,100 --gallery 8 --out "$out/$name/eval" > "$out/$name.eval.log" 2>&1
     echo "$name|$data|$(( t1 - t0 ))|$*" >> "$out/runs.txt"
     echo "== $name: trained in $(( t1 - t0 )) s"
+    # The same model ranked relevance-first (`eval --relevance-first`, docs/evaluation.md):
+    # a row of its own, named with -rf before the seed.
+    if [ -n "${rf:-}" ]; then
+        local rname="${name%-s*}-rf-s${name##*-s}"
+        "$m" eval --model "$out/$name" --data "$data" --baselines -k 10,100 --gallery 8 --relevance-first "$rf" --out "$out/$rname/eval" > "$out/$rname.eval.log" 2>&1
+        echo "$rname|$data|$(( t1 - t0 ))|$* (eval --relevance-first $rf)" >> "$out/runs.txt"
+    fi
 }
 # `--preset cpu` (crates/cli/src/preset.rs): densenet-tiny, 48 bits, 12 epochs, batch 32,
 # lr 3e-3 for hashing (96 px; chest_xray_nih64 keeps its native 64 px, given explicitly);
@@ -41,14 +57,15 @@ for seed in $seeds; do
     for set in chest_xray chest_xray_nih64; do
         [ -d "$shared/$set" ] || continue
         size=96; [ "$set" = chest_xray_nih64 ] && size=64
-        for loss in classify dpsh csq; do
+        for loss in ${LOSSES:-classify dpsh csq}; do
             name="$set-fusion-s$seed"; [ "$loss" = classify ] || name="$set-fusion-$loss-s$seed"
-            run "$name" "$shared/$set" "${hash[@]}" --loss "$loss" --data "$shared/$set" --size "$size" --seed "$seed"
+            rf=""; [ "$loss" = classify ] && rf=neighbours
+            rf=$rf run "$name" "$shared/$set" "${hash[@]}" --loss "$loss" --data "$shared/$set" --size "$size" --seed "$seed"
         done
     done
     if [ -d "$shared/fundus_idrid" ]; then
-        run "fundus_idrid-mirror-fine-s$seed" "$shared/fundus_idrid" "${metric[@]}" --data "$shared/fundus_idrid" --attention mirror --loss fine-triplet --seed "$seed"
-        run "fundus_idrid-plain-triplet-s$seed" "$shared/fundus_idrid" "${metric[@]}" --data "$shared/fundus_idrid" --attention none --loss triplet --seed "$seed"
+        rf=neighbours run "fundus_idrid-mirror-fine-s$seed" "$shared/fundus_idrid" "${metric[@]}" --data "$shared/fundus_idrid" --attention mirror --loss fine-triplet --seed "$seed"
+        rf= run "fundus_idrid-plain-triplet-s$seed" "$shared/fundus_idrid" "${metric[@]}" --data "$shared/fundus_idrid" --attention none --loss triplet --seed "$seed"
     fi
 done
 python3 tools/results_table.py "$out" > docs/results.md

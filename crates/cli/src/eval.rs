@@ -16,7 +16,9 @@ pub struct EvalArgs {
     model_dir: PathBuf,
     #[command(flatten)]
     data: crate::train::DataArg,
-    /// The queries.
+    /// The queries. `val` is the validation part of the training split that the model
+    /// was selected on (its seed and fraction, from model.json), ranked against the rest
+    /// of the training split: for choosing --qe/--dba without the test split.
     #[arg(long, value_enum, default_value = "test")]
     query_split: EvalSplit,
     /// The database the queries are ranked against.
@@ -41,6 +43,24 @@ pub struct EvalArgs {
     resamples: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Average query expansion (αQE): each query's vector is summed with those of its N
+    /// nearest database images, weighted by cosine^--qe-alpha (0: off).
+    #[arg(long, default_value_t = 0)]
+    qe: usize,
+    /// Database-side augmentation: each database vector summed with its N nearest
+    /// others, before ranking (0: off).
+    #[arg(long, default_value_t = 0)]
+    dba: usize,
+    /// The exponent of the cosine weights of --qe and --dba.
+    #[arg(long, default_value_t = 3.0)]
+    qe_alpha: f32,
+    /// Rank cases by the probability that the query shares one of their labels (the
+    /// probability ranking principle), the code ranking kept within equal
+    /// probabilities. The query's class probabilities come from the model's
+    /// `classifier` (chest hash models) or from its nearest cases' labels
+    /// (`neighbours`, any model).
+    #[arg(long, value_enum)]
+    relevance_first: Option<RelevanceArg>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -56,8 +76,15 @@ pub struct EvalArgs {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RelevanceArg {
+    Classifier,
+    Neighbours,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 pub enum EvalSplit {
     Train,
+    Val,
     Test,
 }
 
@@ -65,6 +92,7 @@ impl From<EvalSplit> for medret_data::Split {
     fn from(s: EvalSplit) -> Self {
         match s {
             EvalSplit::Train => medret_data::Split::Train,
+            EvalSplit::Val => medret_data::Split::Val,
             EvalSplit::Test => medret_data::Split::Test,
         }
     }
@@ -88,6 +116,15 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         },
         batch: a.batch,
         c2l: a.c2l.clone(),
+        expansion: medret_eval::expansion::Expansion {
+            qe: a.qe,
+            dba: a.dba,
+            alpha: a.qe_alpha,
+        },
+        relevance_first: a.relevance_first.map(|r| match r {
+            RelevanceArg::Classifier => medret_search::evaluate::RelevanceFrom::Classifier,
+            RelevanceArg::Neighbours => medret_search::evaluate::RelevanceFrom::Neighbours,
+        }),
     };
     let name = a.data.path.display().to_string();
     let bar = crate::progress::bar(0, "evaluating");

@@ -65,6 +65,11 @@ pub struct HashArgs {
     /// centres), on the same head and trainer.
     #[arg(long, default_value = "classify")]
     loss: medret_train::hash::HashLoss,
+    /// How an epoch draws its images: `uniform` (each once), `balanced` (each class
+    /// equally often, with replacement; an image with several labels counts as its
+    /// rarest) or `sqrt` (in proportion to the square root of the class counts).
+    #[arg(long, value_enum, default_value = "uniform")]
+    sampling: SamplingArg,
     /// Weight of the quantization loss (0 turns it off).
     #[arg(long, default_value_t = 0.1)]
     alpha: f64,
@@ -104,6 +109,13 @@ pub struct HashArgs {
     engine: EngineArgs,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SamplingArg {
+    Uniform,
+    Balanced,
+    Sqrt,
+}
+
 const HASH_DEFAULTS: Defaults = Defaults {
     batch_size: 16,
     lr: 1e-3,
@@ -121,6 +133,11 @@ pub fn settings(a: &HashArgs, ds: &medret_data::Dataset) -> Result<HashSettings>
     s.net.fc_dim = a.fc_dim;
     s.alpha = a.alpha;
     s.loss = a.loss;
+    s.sampling = match a.sampling {
+        SamplingArg::Uniform => medret_train::sampler::Sampling::Uniform,
+        SamplingArg::Balanced => medret_train::sampler::Sampling::Balanced,
+        SamplingArg::Sqrt => medret_train::sampler::Sampling::Sqrt,
+    };
     s.beta = a.beta;
     s.decorrelation = a.decorrelation;
     s.preset = a.preset.map(|p| p.name().to_string());

@@ -439,6 +439,68 @@ fn report_for_a_tiny_model_and_bad_input() {
     // 2 gallery rows of a query and 5 results.
     assert_eq!(html.matches("<figure").count(), 12);
 
+    // Validation queries: the model's own validation part (its seed 1, 15% of patients)
+    // against the rest of the training split, every labelled training image exactly
+    // once; αQE, DBA and relevance-first ranking are recorded in the protocol.
+    let val = tmp.path().join("val");
+    ok(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--query-split",
+        "val",
+        "-k",
+        "5",
+        "--gallery",
+        "0",
+        "--resamples",
+        "50",
+        "--qe",
+        "2",
+        "--dba",
+        "1",
+        "--relevance-first",
+        "classifier",
+        "--out",
+        s(&val),
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(val.join("report.json")).unwrap()).unwrap();
+    let (train_part, val_part) = medret_data::record::split_train_val(&ds.records, 0.15, 1);
+    let known = |rs: &[Record]| {
+        rs.iter()
+            .filter(|r| r.labels.iter().any(|l| classes.contains(l)))
+            .count()
+    };
+    assert!(known(&val_part) > 0 && known(&train_part) > 0);
+    assert_eq!(v["scores"]["queries"], known(&val_part));
+    assert_eq!(v["scores"]["database"], known(&train_part));
+    assert_eq!(known(&val_part) + known(&train_part), database.len());
+    let protocol = |k: &str| v["protocol"][k].as_str().unwrap_or("").to_string();
+    assert!(
+        protocol("expansion").contains("DBA n=1") && protocol("expansion").contains("αQE n=2"),
+        "{}",
+        v["protocol"]
+    );
+    assert!(protocol("relevance_first").contains("classifier"));
+    assert!(protocol("queries").starts_with("validation part"));
+    let e = fails(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--query-split",
+        "val",
+        "--database-split",
+        "test",
+        "--out",
+        s(&val),
+    ]);
+    assert!(e.contains("--database-split train"), "{e}");
+
     // A --c2l file that is not a backbone of the model's architecture.
     let e = fails(&[
         "eval",

@@ -28,6 +28,9 @@ pub struct BatchLoader<'a> {
     batch_size: usize,
     epoch: u64,
     next: usize,
+    /// A sampler's order may hold an image twice: its augmentation then draws by
+    /// position in the epoch, so the two copies differ.
+    by_position: bool,
 }
 
 impl<'a> BatchLoader<'a> {
@@ -51,6 +54,28 @@ impl<'a> BatchLoader<'a> {
             batch_size: batch_size.max(1),
             epoch,
             next: 0,
+            by_position: false,
+        }
+    }
+}
+
+impl<'a> BatchLoader<'a> {
+    /// Batches in a given order (a sampler's, which may repeat an image).
+    pub fn with_order(
+        records: &'a [Record],
+        pipeline: &'a Pipeline,
+        batch_size: usize,
+        epoch: u64,
+        order: Vec<usize>,
+    ) -> Self {
+        BatchLoader {
+            records,
+            pipeline,
+            order,
+            batch_size: batch_size.max(1),
+            epoch,
+            next: 0,
+            by_position: true,
         }
     }
 }
@@ -63,11 +88,21 @@ impl Iterator for BatchLoader<'_> {
             return None;
         }
         let end = (self.next + self.batch_size).min(self.order.len());
-        let indices = self.order[self.next..end].to_vec();
+        let start = self.next;
+        let indices = self.order[start..end].to_vec();
         self.next = end;
+        let by_position = self.by_position;
         let images = indices
             .par_iter()
-            .map(|&i| self.pipeline.load(&self.records[i], self.epoch, i as u64))
+            .enumerate()
+            .map(|(j, &i)| {
+                let salt = if by_position {
+                    (start + j) as u64
+                } else {
+                    i as u64
+                };
+                self.pipeline.load(&self.records[i], self.epoch, salt)
+            })
             .collect::<Result<Vec<_>>>();
         Some(images.map(|images| Batch { indices, images }))
     }

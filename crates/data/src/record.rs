@@ -258,3 +258,32 @@ impl ReadOptions {
         }
     }
 }
+
+/// Splits labelled training records into (train, validation) by patient, deterministically
+/// under `seed`; test-split records go to neither.
+pub fn split_train_val(records: &[Record], fraction: f64, seed: u64) -> (Vec<Record>, Vec<Record>) {
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for r in records {
+        if r.is_unlabelled() || r.split == Some(Split::Test) {
+            continue;
+        }
+        let key = if r.patient_id.is_empty() {
+            &r.id
+        } else {
+            &r.patient_id
+        };
+        let h = crate::phantom::draw::mix_seed(seed, fnv(key.as_bytes()), 0x7a1);
+        if ((h >> 11) as f64 / (1u64 << 53) as f64) < fraction {
+            val.push(r.clone());
+        } else {
+            train.push(r.clone());
+        }
+    }
+    (train, val)
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -12,6 +12,7 @@ pub mod classification;
 pub mod code_health;
 pub mod codes;
 pub mod evaluate;
+pub mod expansion;
 pub mod html;
 pub mod localisation;
 pub mod metrics;

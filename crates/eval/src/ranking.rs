@@ -103,6 +103,30 @@ pub fn rank_similarity(similarities: &[f32], skip: Option<usize>) -> Vec<Ranked>
         .collect()
 }
 
+/// The probability ranking principle (Robertson 1977) for label-sharing relevance: a
+/// ranking (Hamming, or any other) re-ordered by the probability that the query shares a
+/// label with each case, `1 - prod over the case's labels c of (1 - p(c))`, with `p` the
+/// query's class probabilities from the model's classifier and the case's labels from the
+/// archive. The sort is stable, so cases with the same labels keep the order they had:
+/// the diagnoses the query most probably has first, the most similar images first
+/// within them. `distance` is kept. Labels beyond `p`'s length count as probability 0.
+pub fn rerank_by_relevance_probability(
+    ranking: &[Ranked],
+    query_probabilities: &[f32],
+    database_labels: &[Vec<u32>],
+) -> Vec<Ranked> {
+    let prob = |i: usize| -> f64 {
+        let miss: f64 = database_labels[i]
+            .iter()
+            .map(|&c| 1.0 - query_probabilities.get(c as usize).copied().unwrap_or(0.0) as f64)
+            .product();
+        1.0 - miss
+    };
+    let mut keyed: Vec<(f64, Ranked)> = ranking.iter().map(|r| (prob(r.index), *r)).collect();
+    keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+    keyed.into_iter().map(|(_, r)| r).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +177,27 @@ mod tests {
         let r = rank_hamming_refined(&q, &db, &[0.0; 3], &raw, None);
         assert!(r.windows(2).all(|w| w[0].distance <= w[1].distance));
         assert_eq!(r.len(), 8);
+    }
+
+    #[test]
+    fn relevance_probability_puts_likely_labels_first_and_keeps_order_within() {
+        // Query: p = (0.7, 0.2, 0.5). Cases' labels and their hand-computed probability
+        // of sharing one: {0} 0.7, {1} 0.2, {1, 2} 1 - 0.8 * 0.5 = 0.6, {} 0, {0} 0.7.
+        let labels = vec![vec![1], vec![0], vec![1, 2], vec![], vec![0]];
+        let by_hamming: Vec<Ranked> = [4, 3, 2, 1, 0]
+            .iter()
+            .enumerate()
+            .map(|(d, &i)| Ranked {
+                index: i,
+                distance: d as f64,
+            })
+            .collect();
+        let r = rerank_by_relevance_probability(&by_hamming, &[0.7, 0.2, 0.5], &labels);
+        let order: Vec<usize> = r.iter().map(|x| x.index).collect();
+        // 4 and 1 tie at 0.7 and keep their Hamming order (4 was nearer), then 2 (0.6),
+        // then 0 (0.2), then 3 (no label).
+        assert_eq!(order, vec![4, 1, 2, 0, 3]);
+        assert_eq!(r[0].distance, 0.0, "distances are the original ones");
+        assert_eq!(r[1].distance, 3.0);
     }
 }

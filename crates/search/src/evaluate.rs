@@ -8,8 +8,11 @@ use std::time::Instant;
 
 use medret_data::{Record, Split};
 use medret_eval::codes::{cosine, pack_bytes};
+use medret_eval::expansion::{Expansion, alpha_expand};
 use medret_eval::html::{GalleryRow, Page, Thumb};
-use medret_eval::ranking::{Ranked, rank_hamming, rank_hamming_refined, rank_similarity};
+use medret_eval::ranking::{
+    Ranked, rank_hamming, rank_hamming_refined, rank_similarity, rerank_by_relevance_probability,
+};
 use medret_eval::report::{Sampling, Scores, score};
 use medret_eval::{CodeHealth, Relevance, Truth, code_health};
 use medret_models::encoder::Encoder;
@@ -33,6 +36,57 @@ pub struct EvalOptions {
     /// A C2L backbone (`medret pretrain c2l`'s `backbone.safetensors`): with
     /// `baselines`, LSH and ITQ over its pooled features too.
     pub c2l: Option<std::path::PathBuf>,
+    /// αQE and DBA on the continuous vectors before ranking (off by default).
+    pub expansion: Expansion,
+    /// Re-rank by the probability that the query shares a case's label, the code ranking
+    /// within equal probabilities. Off by default.
+    pub relevance_first: Option<RelevanceFrom>,
+}
+
+/// Where relevance-first ranking takes the query's class probabilities from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelevanceFrom {
+    /// The model's own classifier (the chest hash head).
+    Classifier,
+    /// The labels of the query's nearest database cases by the code ranking, smoothed
+    /// towards the database's label frequencies: any model, classifier or not.
+    Neighbours,
+}
+
+const REL_RULE: &str = "cases ranked by the probability that the query shares one of their labels (1 - prod(1 - p)), code ranking within equal probabilities";
+
+/// Neighbours that vote, and the weight (in neighbours) of the database prior.
+const VOTERS: usize = 10;
+const PRIOR_WEIGHT: f64 = 2.0;
+
+/// The query's class probabilities from its ranking: the share of its first [`VOTERS`]
+/// cases carrying each class, smoothed with [`PRIOR_WEIGHT`] pseudo-cases spread as
+/// the whole database's classes (so a query with uninformative neighbours falls back to
+/// the always-majority order).
+fn neighbour_probabilities(ranking: &[Ranked], db: &[Vec<u32>], classes: usize) -> Vec<f32> {
+    let mut prior = vec![0f64; classes];
+    for l in db {
+        for &c in l {
+            if (c as usize) < classes {
+                prior[c as usize] += 1.0 / db.len() as f64;
+            }
+        }
+    }
+    let mut votes = vec![0f64; classes];
+    let n = ranking.len().min(VOTERS);
+    for r in &ranking[..n] {
+        for &c in &db[r.index] {
+            if (c as usize) < classes {
+                votes[c as usize] += 1.0;
+            }
+        }
+    }
+    votes
+        .iter()
+        .zip(&prior)
+        .map(|(v, p)| ((v + PRIOR_WEIGHT * p) / (n as f64 + PRIOR_WEIGHT)) as f32)
+        .collect()
 }
 
 /// The report, as written to `report.json`.
@@ -61,7 +115,7 @@ fn split_name(s: Split) -> &'static str {
     match s {
         Split::Train => "train",
         Split::Test => "test",
-        _ => "other",
+        Split::Val => "validation part of the train",
     }
 }
 
@@ -98,25 +152,135 @@ enum Vectors {
 /// Every query's ranking. Codes rank by Hamming distance with ties broken by the relaxed
 /// codes (the archive's two-stage rule), or, with `hamming_only`, ties by index.
 fn rank_all(q: &Vectors, d: &Vectors, hamming_only: bool) -> Vec<Vec<Ranked>> {
+    rank_all_skip(q, d, hamming_only, false)
+}
+
+/// [`rank_all`]; with `within` (queries and database are one set), each leaves itself out.
+fn rank_all_skip(q: &Vectors, d: &Vectors, hamming_only: bool, within: bool) -> Vec<Vec<Ranked>> {
     use rayon::prelude::*;
+    let skip = |i: usize| within.then_some(i);
     match (q, d) {
-        (Vectors::Codes(q, _), Vectors::Codes(d, _)) if hamming_only => {
-            q.par_iter().map(|c| rank_hamming(c, d, None)).collect()
-        }
+        (Vectors::Codes(q, _), Vectors::Codes(d, _)) if hamming_only => q
+            .par_iter()
+            .enumerate()
+            .map(|(i, c)| rank_hamming(c, d, skip(i)))
+            .collect(),
         (Vectors::Codes(q, qr), Vectors::Codes(d, dr)) => q
             .par_iter()
             .zip(qr)
-            .map(|(c, r)| rank_hamming_refined(c, d, r, dr, None))
+            .enumerate()
+            .map(|(i, (c, r))| rank_hamming_refined(c, d, r, dr, skip(i)))
             .collect(),
         (Vectors::Floats(q), Vectors::Floats(d)) => q
             .par_iter()
-            .map(|v| {
+            .enumerate()
+            .map(|(i, v)| {
                 let sims: Vec<f32> = d.iter().map(|x| cosine(v, x)).collect();
-                rank_similarity(&sims, None)
+                rank_similarity(&sims, skip(i))
             })
             .collect(),
         _ => unreachable!("queries and database come from one model"),
     }
+}
+
+/// A truth's classes for [`rerank_by_relevance_probability`]: its labels, or its grade.
+fn truth_classes(t: &Truth) -> Vec<u32> {
+    match t.grade {
+        Some(g) => vec![g as u32],
+        None => t.labels.clone(),
+    }
+}
+
+/// Each query's class probabilities, as the model was trained to give them: softmax over
+/// the classes for one label an image (and DR grades), one sigmoid a class for several.
+fn class_probabilities(
+    encoder: &Encoder,
+    encoded: &[medret_models::encoder::Encoded],
+) -> Result<Vec<Vec<f32>>> {
+    let single = match &encoder.card.method {
+        Method::FundusMetric(_) => true,
+        Method::CxrFusionHash(_) => encoder.card.training["task"]["mode"] == "single_label",
+    };
+    encoded
+        .iter()
+        .map(|e| {
+            if e.probabilities.is_empty() {
+                return Err(SearchError::Invalid(
+                    "this model has no classifier: relevance-first ranking needs class probabilities".into(),
+                ));
+            }
+            Ok(match (&encoder.card.method, single) {
+                // The hash head reports sigmoids; a softmax-trained head's logits are
+                // recovered from them.
+                (Method::CxrFusionHash(_), true) => {
+                    let z: Vec<f32> = e
+                        .probabilities
+                        .iter()
+                        .map(|&p| {
+                            let p = p.clamp(1e-7, 1.0 - 1e-7);
+                            (p / (1.0 - p)).ln()
+                        })
+                        .collect();
+                    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let ex: Vec<f32> = z.iter().map(|&v| (v - m).exp()).collect();
+                    let s: f32 = ex.iter().sum();
+                    ex.iter().map(|v| v / s).collect()
+                }
+                _ => e.probabilities.clone(),
+            })
+        })
+        .collect()
+}
+
+impl Vectors {
+    fn continuous(&self) -> &[Vec<f32>] {
+        match self {
+            Vectors::Codes(_, r) | Vectors::Floats(r) => r,
+        }
+    }
+
+    /// The same kind of vectors from new continuous ones: a code is the sign of its
+    /// relaxed code, as the model's own binarisation.
+    fn like(&self, v: Vec<Vec<f32>>) -> Vectors {
+        match self {
+            Vectors::Codes(..) => Vectors::Codes(
+                v.iter()
+                    .map(|r| pack_bytes(&medret_models::cxr_hash::hash_head::pack_code_bytes(r)))
+                    .collect(),
+                v,
+            ),
+            Vectors::Floats(_) => Vectors::Floats(v),
+        }
+    }
+}
+
+/// `targets` expanded by αQE with their `n` nearest among `against` (themselves left out
+/// when `within`), neighbours ranked as the queries are.
+fn expand(targets: &Vectors, against: &Vectors, n: usize, alpha: f32, within: bool) -> Vectors {
+    let lists = rank_all_skip(targets, against, false, within);
+    let (t, a) = (targets.continuous(), against.continuous());
+    let out = t
+        .iter()
+        .zip(&lists)
+        .map(|(v, l)| alpha_expand(v, l.iter().map(|x| a[x.index].as_slice()), n, alpha))
+        .collect();
+    targets.like(out)
+}
+
+/// DBA on the database (each vector with its nearest others), then αQE on the queries
+/// against the augmented database.
+fn apply_expansion(q: Vectors, d: Vectors, e: Expansion) -> (Vectors, Vectors) {
+    let d = if e.dba > 0 {
+        expand(&d, &d, e.dba, e.alpha, true)
+    } else {
+        d
+    };
+    let q = if e.qe > 0 {
+        expand(&q, &d, e.qe, e.alpha, false)
+    } else {
+        q
+    };
+    (q, d)
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -247,9 +411,40 @@ pub fn evaluate(
             "-k needs positive depths, e.g. 10,50,100".into(),
         ));
     }
+    // `Val`: the validation part of the training split that the model was selected on
+    // (its own seed and fraction), against the rest of the training split; for choosing
+    // retrieval options without looking at the test split.
+    let parts = match opts.query_split {
+        Split::Val => {
+            if opts.database_split != Split::Train {
+                return Err(SearchError::Invalid(
+                    "validation queries are ranked against the rest of the train split: use --database-split train".into(),
+                ));
+            }
+            let fraction = encoder.card.training["task"]["val_fraction"]
+                .as_f64()
+                .filter(|f| *f > 0.0)
+                .ok_or_else(|| {
+                    SearchError::Invalid(
+                        "the model card records no validation fraction: this model was trained without a validation part".into(),
+                    )
+                })?;
+            Some(medret_data::record::split_train_val(
+                records,
+                fraction,
+                encoder.card.seed,
+            ))
+        }
+        _ => None,
+    };
     let pick = |split: Split| -> (Vec<Record>, Vec<Truth>, usize) {
         let (mut rs, mut ts, mut skipped) = (Vec::new(), Vec::new(), 0);
-        for r in records.iter().filter(|r| r.split == Some(split)) {
+        let from: Vec<&Record> = match (&parts, split) {
+            (Some((train, _)), Split::Train) => train.iter().collect(),
+            (Some((_, val)), Split::Val) => val.iter().collect(),
+            _ => records.iter().filter(|r| r.split == Some(split)).collect(),
+        };
+        for r in from {
             match truth_of(encoder, r) {
                 Some(t) => {
                     rs.push(r.clone());
@@ -300,7 +495,11 @@ pub fn evaluate(
                 .collect(),
         ),
     };
-    let (dvec, qvec) = (as_vectors(dv), as_vectors(qv));
+    let query_probabilities = match opts.relevance_first {
+        Some(RelevanceFrom::Classifier) => Some(class_probabilities(encoder, &qv)?),
+        _ => None,
+    };
+    let (qvec, dvec) = apply_expansion(as_vectors(qv), as_vectors(dv), opts.expansion);
 
     // Query latency through the index a store would use, top max(k).
     let kmax = *opts.ks.iter().max().unwrap_or(&10);
@@ -341,7 +540,26 @@ pub fn evaluate(
 
     progress("scoring");
     let mut notes = Vec::new();
-    let lists = rank_all(&qvec, &dvec, false);
+    let mut lists = rank_all(&qvec, &dvec, false);
+    let db_labels: Vec<Vec<u32>> = dt.iter().map(truth_classes).collect();
+    let classes = match rule {
+        Relevance::SameGrade => 5,
+        _ => encoder.card.class_names.len(),
+    };
+    if opts.relevance_first.is_some() {
+        let p = match query_probabilities {
+            Some(p) => p,
+            None => lists
+                .iter()
+                .map(|l| neighbour_probabilities(l, &db_labels, classes))
+                .collect(),
+        };
+        lists = lists
+            .iter()
+            .zip(p)
+            .map(|(l, p)| rerank_by_relevance_probability(l, &p, &db_labels))
+            .collect();
+    }
     let health = match &dvec {
         Vectors::Codes(d, _) => Some(code_health(d, bits.unwrap_or(64))),
         Vectors::Floats(_) => None,
@@ -386,6 +604,22 @@ pub fn evaluate(
         let b = bits.unwrap_or(64);
         for (name, q, d) in baselines(encoder, &queries, &database, b, opts, device, &mut notes)? {
             let lists: Vec<Vec<Ranked>> = q.iter().map(|c| rank_hamming(c, &d, None)).collect();
+            // Relevance-first ranking helps any ranking that knows the database's labels,
+            // so the model's relevance-first figure is compared with the baselines ranked
+            // the same way (with their neighbours' labels: they have no classifier).
+            if opts.relevance_first.is_some() {
+                let rf: Vec<Vec<Ranked>> = lists
+                    .iter()
+                    .map(|l| {
+                        let p = neighbour_probabilities(l, &db_labels, classes);
+                        rerank_by_relevance_probability(l, &p, &db_labels)
+                    })
+                    .collect();
+                base.insert(
+                    format!("{name}, relevance-first"),
+                    score_lists(&rf, Some(b)).0,
+                );
+            }
             base.insert(name, score_lists(&lists, Some(b)).0);
         }
     }
@@ -437,6 +671,11 @@ pub fn evaluate(
         "code_health": health.as_ref().map(|h| h.summary()),
         "hamming_only_ties_by_index": hamming_only.as_ref().map(|m| m.iter().filter(|(k, _)| k.starts_with("map@")).map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")),
         "ndcg_gain": match rule { Relevance::SameGrade => "max(0, 2 - |g_q - g_d|)", _ => "1 if relevant" },
+        "expansion": opts.expansion.describe(),
+        "relevance_first": opts.relevance_first.map(|r| match r {
+            RelevanceFrom::Classifier => format!("{REL_RULE}; query probabilities from the model's classifier"),
+            RelevanceFrom::Neighbours => format!("{REL_RULE}; query probabilities from its first {VOTERS} cases' labels with {PRIOR_WEIGHT} pseudo-cases of the database's label frequencies"),
+        }),
         "ks": opts.ks,
         "intervals": format!("percentile bootstrap over queries, {} resamples, seed {}", opts.sampling.resamples, opts.sampling.seed),
         "chance": format!("mean of {} seeded random rankings", opts.sampling.chance_rankings),
@@ -551,4 +790,91 @@ pub fn write_report(
     std::fs::write(&html, body).map_err(|e| err(&html, &e))?;
     std::fs::rename(&partial, &json).map_err(|e| err(&json, &e))?;
     Ok((json, html))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbour_probabilities_by_hand() {
+        // Database labels {0}, {1}, {0}, {0, 1}; ranking 3, 1, 0, 2 (four voters, fewer
+        // than VOTERS). Votes: class 0 from cases 3, 0, 2 = 3; class 1 from 3, 1 = 2.
+        // Prior: class 0 in 3 of 4 cases, class 1 in 2 of 4. With PRIOR_WEIGHT 2:
+        // p0 = (3 + 2 * 0.75) / 6 = 0.75, p1 = (2 + 2 * 0.5) / 6 = 0.5.
+        assert_eq!(PRIOR_WEIGHT, 2.0);
+        let db = vec![vec![0], vec![1], vec![0], vec![0, 1]];
+        let ranking: Vec<Ranked> = [3, 1, 0, 2]
+            .iter()
+            .map(|&index| Ranked {
+                index,
+                distance: 0.0,
+            })
+            .collect();
+        let p = neighbour_probabilities(&ranking, &db, 2);
+        assert!(
+            (p[0] - 0.75).abs() < 1e-6 && (p[1] - 0.5).abs() < 1e-6,
+            "{p:?}"
+        );
+        // Only the first VOTERS cases vote: 10 of class 1 then 5 of class 0.
+        let mut db = vec![vec![1]; 10];
+        db.extend(vec![vec![0]; 5]);
+        let ranking: Vec<Ranked> = (0..15)
+            .map(|index| Ranked {
+                index,
+                distance: 0.0,
+            })
+            .collect();
+        let p = neighbour_probabilities(&ranking, &db, 2);
+        let want1 = (10.0 + 2.0 * 10.0 / 15.0) / 12.0;
+        assert!((p[1] as f64 - want1).abs() < 1e-6, "{p:?}");
+    }
+
+    #[test]
+    fn database_augmentation_then_query_expansion() {
+        // Database a = (1, 0), b = (0.8, 0.6), c = (0, 1); DBA with one neighbour, alpha 1.
+        // a's nearest other is b (cos 0.8): a' = norm((1, 0) + 0.8 (0.8, 0.6)).
+        // c's nearest other is b (cos 0.6): c' = norm((0, 1) + 0.6 (0.8, 0.6)).
+        let d = Vectors::Floats(vec![vec![1.0, 0.0], vec![0.8, 0.6], vec![0.0, 1.0]]);
+        let q = Vectors::Floats(vec![vec![1.0, 0.0]]);
+        let e = Expansion {
+            qe: 0,
+            dba: 1,
+            alpha: 1.0,
+        };
+        let (q2, d2) = apply_expansion(q, d, e);
+        let d2 = d2.continuous().to_vec();
+        let norm = |x: f64, y: f64| {
+            let l = (x * x + y * y).sqrt();
+            [x / l, y / l]
+        };
+        let want_a = norm(1.64, 0.48);
+        let want_c = norm(0.48, 1.36);
+        for (got, want) in [(&d2[0], want_a), (&d2[2], want_c)] {
+            assert!(
+                (got[0] as f64 - want[0]).abs() < 1e-6 && (got[1] as f64 - want[1]).abs() < 1e-6,
+                "{got:?} {want:?}"
+            );
+        }
+        assert_eq!(q2.continuous()[0], vec![1.0, 0.0], "no αQE asked");
+        // Codes: the expanded relaxed codes' signs become the codes.
+        let d = Vectors::Codes(vec![vec![0b11]], vec![vec![0.1, 0.9]]);
+        let q = Vectors::Codes(vec![vec![0b01]], vec![vec![0.1, -0.01]]);
+        let (q2, _) = apply_expansion(
+            q,
+            d,
+            Expansion {
+                qe: 1,
+                dba: 0,
+                alpha: 0.0,
+            },
+        );
+        match q2 {
+            Vectors::Codes(c, r) => {
+                assert!(r[0][1] > 0.0, "pulled across zero: {r:?}");
+                assert_eq!(c[0], vec![0b11]);
+            }
+            Vectors::Floats(_) => unreachable!(),
+        }
+    }
 }

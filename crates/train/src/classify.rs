@@ -16,9 +16,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid, softmax};
 use medret_data::loader::BatchLoader;
-use medret_data::phantom::draw::mix_seed;
 use medret_data::transform::{Augment, Channels, Normalize, Pipeline, TransformConfig};
-use medret_data::{Dataset, Record, Split};
+use medret_data::{Dataset, Record};
 use medret_eval::classification::{macro_auc, quadratic_weighted_kappa, roc_auc};
 use medret_models::{DenseNet, DenseNetConfig, load_torchvision, save_torchvision};
 use serde::{Deserialize, Serialize};
@@ -158,34 +157,7 @@ impl ClassifySettings {
     }
 }
 
-/// Splits labelled training records into (train, validation) by patient, deterministically
-/// under `seed`; test-split records go to neither.
-pub fn split_train_val(records: &[Record], fraction: f64, seed: u64) -> (Vec<Record>, Vec<Record>) {
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for r in records {
-        if r.is_unlabelled() || r.split == Some(Split::Test) {
-            continue;
-        }
-        let key = if r.patient_id.is_empty() {
-            &r.id
-        } else {
-            &r.patient_id
-        };
-        let h = mix_seed(seed, fnv(key.as_bytes()), 0x7a1);
-        if ((h >> 11) as f64 / (1u64 << 53) as f64) < fraction {
-            val.push(r.clone());
-        } else {
-            train.push(r.clone());
-        }
-    }
-    (train, val)
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+pub use medret_data::record::split_train_val;
 
 pub struct ClassifyTask {
     pub settings: ClassifySettings,
@@ -536,6 +508,7 @@ pub fn load_trained(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use medret_data::Split;
 
     #[test]
     fn bce_matches_the_naive_formula() {

@@ -97,6 +97,10 @@ pub struct HashSettings {
     /// What trains the hash head beside quantization and bit balance.
     #[serde(default)]
     pub loss: HashLoss,
+    /// How an epoch draws its images (`--sampling`; models trained before it existed
+    /// read as uniform).
+    #[serde(default)]
+    pub sampling: crate::sampler::Sampling,
 }
 
 /// The loss on the hash head (`--loss`): the paper's classifier after the hash layer, or
@@ -187,6 +191,7 @@ impl HashSettings {
             preset: None,
             label_fraction: 1.0,
             loss: HashLoss::Classify,
+            sampling: Default::default(),
         })
     }
 
@@ -222,6 +227,35 @@ pub struct HashTask {
     eval_pipeline: Pipeline,
     fingerprint: String,
     epoch: AtomicUsize,
+    /// Each training image's class for the sampler: its rarest label.
+    keys: Vec<usize>,
+    seed: u64,
+}
+
+/// Each record's rarest label (by count among `records`), as an index into `classes`;
+/// an image without a known label gets `classes.len()`.
+fn rarest_labels(records: &[Record], classes: &[String]) -> Vec<usize> {
+    let idx = |r: &Record| -> Vec<usize> {
+        r.labels
+            .iter()
+            .filter_map(|l| classes.iter().position(|c| c == l))
+            .collect()
+    };
+    let mut count = vec![0usize; classes.len() + 1];
+    for r in records {
+        for i in idx(r) {
+            count[i] += 1;
+        }
+    }
+    records
+        .iter()
+        .map(|r| {
+            idx(r)
+                .into_iter()
+                .min_by_key(|&i| (count[i], i))
+                .unwrap_or(classes.len())
+        })
+        .collect()
 }
 
 /// Names of the two DenseNets inside the fusion network, for the weights' key names.
@@ -290,7 +324,10 @@ impl HashTask {
             )));
         }
         let fingerprint = dataset_fingerprint(train.iter().chain(&val));
+        let keys = rarest_labels(&train, &settings.classes);
         Ok(HashTask {
+            keys,
+            seed,
             train_pipeline: Pipeline::new(settings.transform.clone(), seed),
             eval_pipeline: Pipeline::new(settings.eval_transform(), seed),
             settings,
@@ -480,13 +517,22 @@ impl Task for HashTask {
         batch_size: usize,
     ) -> Box<dyn Iterator<Item = Result<HashBatch>> + Send + '_> {
         self.epoch.store(epoch, Ordering::SeqCst);
-        let loader = BatchLoader::new(
-            &self.train,
-            &self.train_pipeline,
-            batch_size,
-            epoch as u64,
-            true,
-        );
+        let loader = match self.settings.sampling {
+            crate::sampler::Sampling::Uniform => BatchLoader::new(
+                &self.train,
+                &self.train_pipeline,
+                batch_size,
+                epoch as u64,
+                true,
+            ),
+            s => BatchLoader::with_order(
+                &self.train,
+                &self.train_pipeline,
+                batch_size,
+                epoch as u64,
+                crate::sampler::epoch_order(&self.keys, s, self.seed, epoch as u64),
+            ),
+        };
         Box::new(loader.map(move |b| {
             let b = b?;
             let refs: Vec<&Record> = b.indices.iter().map(|&i| &self.train[i]).collect();

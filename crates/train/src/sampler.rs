@@ -1,3 +1,6 @@
+//! How an epoch draws its images: P x K batches for metric learning, and class-weighted
+//! epochs for the hash (issue 18's "sampling for skewed labels").
+//!
 //! P x K batches for metric learning: each batch holds `p` classes (DR grades) with `k`
 //! images each, so every anchor has positives and negatives whatever the class skew (about
 //! 73% of EyePACS is grade 0). Classes are drawn uniformly, so grades are balanced over an
@@ -48,6 +51,56 @@ pub fn pk_batches(labels: &[u8], p: usize, k: usize, seed: u64, epoch: u64) -> V
     out
 }
 
+/// How `train hash` draws an epoch's images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampling {
+    /// Every training image once, shuffled.
+    #[default]
+    Uniform,
+    /// As many draws, with replacement, each class equally likely: an image's weight is
+    /// one over its class's count.
+    Balanced,
+    /// Between the two: one over the square root of the count (Mahajan et al. 2018, the
+    /// square-root sampling of their weakly supervised pretraining).
+    Sqrt,
+}
+
+impl Sampling {
+    /// The exponent of the class count in an image's weight.
+    pub fn power(self) -> f64 {
+        match self {
+            Sampling::Uniform => 0.0,
+            Sampling::Balanced => 1.0,
+            Sampling::Sqrt => 0.5,
+        }
+    }
+}
+
+/// One epoch's order: a shuffled permutation for `Uniform`, else `keys.len()` draws with
+/// replacement where image `i` has weight `count(keys[i])^-power`. `keys` is each image's
+/// class (for several labels, the caller passes its rarest). Deterministic per (seed,
+/// epoch).
+pub fn epoch_order(keys: &[usize], sampling: Sampling, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0xd1b5_4a32_d192_ed03));
+    if sampling == Sampling::Uniform || keys.is_empty() {
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.shuffle(&mut rng);
+        return order;
+    }
+    let mut count = std::collections::HashMap::new();
+    for &k in keys {
+        *count.entry(k).or_insert(0usize) += 1;
+    }
+    let p = sampling.power();
+    let weights: Vec<f64> = keys.iter().map(|k| (count[k] as f64).powf(-p)).collect();
+    // Weights are positive and finite (counts are at least 1), so this cannot fail.
+    let pick =
+        rand::distr::weighted::WeightedIndex::new(&weights).expect("positive finite weights");
+    use rand::distr::Distribution;
+    (0..keys.len()).map(|_| pick.sample(&mut rng)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +148,39 @@ mod tests {
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].len(), 4, "p is capped at the two classes present");
         assert!(pk_batches(&[], 2, 2, 1, 0).is_empty());
+    }
+
+    #[test]
+    fn weighted_epochs_follow_the_class_counts() {
+        // 900 of class 0, 100 of class 1: balanced draws each class about half the time,
+        // square-root sampling in the ratio sqrt(900) : sqrt(100) = 3 : 1.
+        let mut keys = vec![0usize; 900];
+        keys.extend(vec![1usize; 100]);
+        let share = |s: Sampling| {
+            let (mut ones, mut n) = (0usize, 0usize);
+            for epoch in 0..20 {
+                let o = epoch_order(&keys, s, 5, epoch);
+                assert_eq!(o.len(), keys.len());
+                ones += o.iter().filter(|&&i| keys[i] == 1).count();
+                n += o.len();
+            }
+            ones as f64 / n as f64
+        };
+        let b = share(Sampling::Balanced);
+        assert!((b - 0.5).abs() < 0.02, "balanced: {b}");
+        let r = share(Sampling::Sqrt);
+        assert!((r - 0.25).abs() < 0.02, "sqrt: {r}");
+        // Uniform is a permutation: every image exactly once.
+        let mut u = epoch_order(&keys, Sampling::Uniform, 5, 3);
+        u.sort_unstable();
+        assert_eq!(u, (0..keys.len()).collect::<Vec<_>>());
+        assert_eq!(
+            epoch_order(&keys, Sampling::Balanced, 5, 3),
+            epoch_order(&keys, Sampling::Balanced, 5, 3)
+        );
+        assert_ne!(
+            epoch_order(&keys, Sampling::Balanced, 5, 3),
+            epoch_order(&keys, Sampling::Balanced, 5, 4)
+        );
     }
 }

@@ -257,3 +257,51 @@ fn dpsh_and_csq_losses_learn() {
         );
     }
 }
+
+/// `--sampling balanced` reaches the batches: on a set where one class holds 80% of the
+/// training images, an epoch's draws give each class about a third, where the uniform
+/// epoch gives each image once.
+#[test]
+fn balanced_sampling_evens_out_the_classes_of_an_epoch() {
+    let (mut ds, _) = common::blob_dataset(150, 3);
+    // Keep every "No Finding" image and one in four of the others: 50 + 26 images, two
+    // thirds one class (the others 13 each).
+    ds.records.retain(|r| {
+        let i: usize = r.id.trim_start_matches("blob").parse().unwrap();
+        r.labels[0] == "No Finding" || (i / 3) % 4 == 0
+    });
+    let counts = |task: &HashTask| {
+        let mut per = vec![0usize; task.settings.classes.len()];
+        let mut n = 0;
+        for epoch in 0..4 {
+            for b in task.batches(epoch, 16) {
+                let b = b.unwrap();
+                for i in &b.index {
+                    per[*i as usize] += 1;
+                }
+                n += b.index.len();
+            }
+        }
+        (per, n)
+    };
+    let mut s = settings(&ds);
+    let uniform = HashTask::new(&ds, s.clone(), 3).unwrap();
+    let (u, un) = counts(&uniform);
+    assert_eq!(
+        un,
+        4 * uniform.train.len(),
+        "uniform: every image once an epoch"
+    );
+    let top = *u.iter().max().unwrap() as f64 / un as f64;
+    assert!(top > 0.55, "the set is skewed: {u:?}");
+    s.sampling = medret_train::sampler::Sampling::Balanced;
+    let balanced = HashTask::new(&ds, s, 3).unwrap();
+    let (b, bn) = counts(&balanced);
+    assert_eq!(bn, un, "as many draws as images");
+    let present: Vec<usize> = b.iter().copied().filter(|&c| c > 0).collect();
+    assert_eq!(present.len(), 3, "{b:?}");
+    for c in &present {
+        let share = *c as f64 / bn as f64;
+        assert!((share - 1.0 / 3.0).abs() < 0.1, "balanced: {b:?}");
+    }
+}
