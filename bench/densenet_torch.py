@@ -17,6 +17,7 @@ ap.add_argument("--train-batch", type=int, default=16)
 ap.add_argument("--infer-batch", type=int, default=64)
 ap.add_argument("--steps", type=int, default=3)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--device", default="cpu", help="cpu or cuda (bench/gpu.sh)")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 if a.arch == "tiny":
@@ -26,21 +27,32 @@ else:
     make = lambda: torchvision.models.densenet121()
     classes = 1000
 
-model = make().eval()
-x = torch.rand(a.infer_batch, 3, a.size, a.size)
+dev = torch.device(a.device)
+
+
+def sync():
+    # CUDA runs asynchronously: a timing must wait for the work it timed.
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+model = make().eval().to(dev)
+x = torch.rand(a.infer_batch, 3, a.size, a.size, device=dev)
 with torch.no_grad():
     model(x)
+    sync()
     times = []
     for _ in range(a.steps):
         t = time.perf_counter()
         model(x)
+        sync()
         times.append(time.perf_counter() - t)
     infer = statistics.median(times)
 
-model = make().train()
+model = make().train().to(dev)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-x = torch.rand(a.train_batch, 3, a.size, a.size)
-y = torch.arange(a.train_batch) % classes
+x = torch.rand(a.train_batch, 3, a.size, a.size, device=dev)
+y = torch.arange(a.train_batch, device=dev) % classes
 loss_fn = torch.nn.CrossEntropyLoss()
 
 
@@ -59,7 +71,7 @@ for _ in range(a.steps):
     step()
     times.append(time.perf_counter() - t)
 train = statistics.median(times)
-print(json.dumps({"framework": f"pytorch {torch.__version__}", "arch": a.arch, "size": a.size,
+print(json.dumps({"framework": f"pytorch {torch.__version__} on {a.device}", "arch": a.arch, "size": a.size,
                   "threads": a.threads, "train_batch": a.train_batch,
                   "train_step_ms": round(train * 1e3, 1), "infer_batch": a.infer_batch,
                   "infer_img_per_s": round(a.infer_batch / infer, 2)}))

@@ -120,7 +120,7 @@ const HASH_DEFAULTS: Defaults = Defaults {
     batch_size: 16,
     lr: 1e-3,
     optimizer: OptimizerArg::Adamw,
-    monitor: "map",
+    monitor: medret_train::hash::HEALTHY_MAP,
 };
 
 pub fn settings(a: &HashArgs, ds: &medret_data::Dataset) -> Result<HashSettings> {

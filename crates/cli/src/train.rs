@@ -127,7 +127,8 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 5.0)]
     pub clip_norm: f32,
     /// Validation metric for the best checkpoint and early stopping (classify: auc, loss,
-    /// kappa, accuracy; hash: map, auc, loss).
+    /// kappa, accuracy; hash: healthy_map (the default: map, epochs with collapsed
+    /// validation codes last), map, auc, loss).
     #[arg(long)]
     pub monitor: Option<String>,
     /// Stop after this many epochs without improvement of --monitor.
@@ -226,9 +227,11 @@ pub fn train_config(a: &EngineArgs, d: &Defaults) -> Result<TrainConfig> {
     };
     let monitor = a.monitor.clone().unwrap_or_else(|| d.monitor.to_string());
     let higher_is_better = match monitor.as_str() {
-        "auc" | "kappa" | "accuracy" | "map" | "global_auc" => true,
+        "auc" | "kappa" | "accuracy" | "map" | "global_auc" | "healthy_map" => true,
         "loss" => false,
-        other => bail!("--monitor {other}: expected auc, map, loss, kappa or accuracy"),
+        other => bail!(
+            "--monitor {other}: expected auc, map, healthy_map (hash), loss, kappa or accuracy"
+        ),
     };
     Ok(TrainConfig {
         epochs: a.epochs,

@@ -68,7 +68,12 @@ fn main() {
         _ => DenseNetConfig::densenet121(),
     };
     let classes = cfg.num_classes.unwrap_or(1000);
-    let device = Device::flex();
+    // `--device gpu:0` (a GPU build) times the same step on an adapter (bench/gpu.sh).
+    let device_name = arg("--device", "cpu");
+    let device = medret_models::device::parse_device(&device_name).unwrap_or_else(|e| {
+        eprintln!("--device {device_name}: {e}");
+        std::process::exit(2)
+    });
 
     // Inference: eval mode, one warm-up batch, then `steps` timed batches.
     let model = cfg.init(&device).valid();
@@ -117,7 +122,7 @@ fn main() {
     }
     let train_s = median(times);
     println!(
-        "{{\"framework\": \"burn-flex 0.22.1\", \"arch\": \"{arch}\", \"size\": {size}, \"threads\": {threads}, \
+        "{{\"framework\": \"burn 0.22.1 on {device_name}\", \"arch\": \"{arch}\", \"size\": {size}, \"threads\": {threads}, \
          \"train_batch\": {train_batch}, \"train_step_ms\": {:.1}, \"infer_batch\": {infer_batch}, \"infer_img_per_s\": {:.2}}}",
         train_s * 1e3,
         infer_batch as f64 / infer_s

@@ -268,7 +268,7 @@ fn balanced_sampling_evens_out_the_classes_of_an_epoch() {
     // thirds one class (the others 13 each).
     ds.records.retain(|r| {
         let i: usize = r.id.trim_start_matches("blob").parse().unwrap();
-        r.labels[0] == "No Finding" || (i / 3) % 4 == 0
+        r.labels[0] == "No Finding" || (i / 3).is_multiple_of(4)
     });
     let counts = |task: &HashTask| {
         let mut per = vec![0usize; task.settings.classes.len()];
