@@ -61,6 +61,10 @@ pub struct EvalArgs {
     /// (`neighbours`, any model).
     #[arg(long, value_enum)]
     relevance_first: Option<RelevanceArg>,
+    /// Test-time augmentation: average each image's code (before binarising) or
+    /// descriptor with its left-right mirror's, queries and database alike.
+    #[arg(long)]
+    flip_tta: bool,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -121,6 +125,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             dba: a.dba,
             alpha: a.qe_alpha,
         },
+        flip_tta: a.flip_tta,
         relevance_first: a.relevance_first.map(|r| match r {
             RelevanceArg::Classifier => medret_search::evaluate::RelevanceFrom::Classifier,
             RelevanceArg::Neighbours => medret_search::evaluate::RelevanceFrom::Neighbours,

@@ -463,6 +463,7 @@ fn report_for_a_tiny_model_and_bad_input() {
         "1",
         "--relevance-first",
         "classifier",
+        "--flip-tta",
         "--out",
         s(&val),
     ]);
@@ -485,6 +486,7 @@ fn report_for_a_tiny_model_and_bad_input() {
         v["protocol"]
     );
     assert!(protocol("relevance_first").contains("classifier"));
+    assert_eq!(v["protocol"]["flip_tta"], true);
     assert!(protocol("queries").starts_with("validation part"));
     let e = fails(&[
         "eval",

@@ -41,6 +41,9 @@ pub struct EvalOptions {
     /// Re-rank by the probability that the query shares a case's label, the code ranking
     /// within equal probabilities. Off by default.
     pub relevance_first: Option<RelevanceFrom>,
+    /// Test-time augmentation: each image's relaxed code or descriptor averaged with its
+    /// left-right mirror's, queries and database alike. Off by default.
+    pub flip_tta: bool,
 }
 
 /// Where relevance-first ranking takes the query's class probabilities from.
@@ -230,6 +233,44 @@ fn class_probabilities(
             })
         })
         .collect()
+}
+
+/// Every record encoded; with `flip_tta`, the mean of the image's and its mirror's
+/// outputs, the stored vector (code or descriptor) remade from that mean.
+fn encode(
+    encoder: &Encoder,
+    records: &[Record],
+    opts: &EvalOptions,
+) -> Result<Vec<medret_models::encoder::Encoded>> {
+    if !opts.flip_tta {
+        return Ok(encoder.encode_records_full(records, opts.batch, &|_| {})?);
+    }
+    use rayon::prelude::*;
+    let mut out = Vec::with_capacity(records.len());
+    for chunk in records.chunks(opts.batch.max(1)) {
+        let images = chunk
+            .par_iter()
+            .map(|r| medret_data::decode::load_image(&r.source))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(medret_models::encoder::EncodeError::from)?;
+        let mirrored: Vec<_> = images.iter().map(medret_data::transform::hflip).collect();
+        let plain = encoder.encode_images(images, false);
+        let flipped = encoder.encode_images(mirrored, false);
+        for (mut e, f) in plain.into_iter().zip(flipped) {
+            for (a, b) in e.raw.iter_mut().zip(&f.raw) {
+                *a = 0.5 * (*a + b);
+            }
+            for (a, b) in e.probabilities.iter_mut().zip(&f.probabilities) {
+                *a = 0.5 * (*a + b);
+            }
+            e.vector = match encoder.card.output {
+                Output::Codes { .. } => medret_models::cxr_hash::hash_head::pack_code_bytes(&e.raw),
+                Output::Descriptors { .. } => e.raw.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
+            out.push(e);
+        }
+    }
+    Ok(out)
 }
 
 impl Vectors {
@@ -475,10 +516,10 @@ pub fn evaluate(
     };
     progress("encoding the database");
     let t = Instant::now();
-    let dv = encoder.encode_records_full(&database, opts.batch, &|_| {})?;
+    let dv = encode(encoder, &database, opts)?;
     let encode_s = t.elapsed().as_secs_f64();
     progress("encoding the queries");
-    let qv = encoder.encode_records_full(&queries, opts.batch, &|_| {})?;
+    let qv = encode(encoder, &queries, opts)?;
     let as_vectors = |v: Vec<medret_models::encoder::Encoded>| match bits {
         Some(_) => Vectors::Codes(
             v.iter().map(|e| pack_bytes(&e.vector)).collect(),
@@ -672,6 +713,7 @@ pub fn evaluate(
         "hamming_only_ties_by_index": hamming_only.as_ref().map(|m| m.iter().filter(|(k, _)| k.starts_with("map@")).map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")),
         "ndcg_gain": match rule { Relevance::SameGrade => "max(0, 2 - |g_q - g_d|)", _ => "1 if relevant" },
         "expansion": opts.expansion.describe(),
+        "flip_tta": opts.flip_tta,
         "relevance_first": opts.relevance_first.map(|r| match r {
             RelevanceFrom::Classifier => format!("{REL_RULE}; query probabilities from the model's classifier"),
             RelevanceFrom::Neighbours => format!("{REL_RULE}; query probabilities from its first {VOTERS} cases' labels with {PRIOR_WEIGHT} pseudo-cases of the database's label frequencies"),
