@@ -48,13 +48,8 @@ impl<'a> BatchLoader<'a> {
             order.shuffle(&mut rng);
         }
         BatchLoader {
-            records,
-            pipeline,
-            order,
-            batch_size: batch_size.max(1),
-            epoch,
-            next: 0,
             by_position: false,
+            ..Self::with_order(records, pipeline, batch_size, epoch, order)
         }
     }
 }

@@ -63,11 +63,9 @@ const REL_RULE: &str = "cases ranked by the probability that the query shares on
 const VOTERS: usize = 10;
 const PRIOR_WEIGHT: f64 = 2.0;
 
-/// The query's class probabilities from its ranking: the share of its first [`VOTERS`]
-/// cases carrying each class, smoothed with [`PRIOR_WEIGHT`] pseudo-cases spread as
-/// the whole database's classes (so a query with uninformative neighbours falls back to
-/// the always-majority order).
-fn neighbour_probabilities(ranking: &[Ranked], db: &[Vec<u32>], classes: usize) -> Vec<f32> {
+/// The share of database cases carrying each class: the prior of
+/// [`neighbour_probabilities`], computed once per database.
+fn label_prior(db: &[Vec<u32>], classes: usize) -> Vec<f64> {
     let mut prior = vec![0f64; classes];
     for l in db {
         for &c in l {
@@ -76,6 +74,15 @@ fn neighbour_probabilities(ranking: &[Ranked], db: &[Vec<u32>], classes: usize) 
             }
         }
     }
+    prior
+}
+
+/// The query's class probabilities from its ranking: the share of its first [`VOTERS`]
+/// cases carrying each class, smoothed with [`PRIOR_WEIGHT`] pseudo-cases spread as
+/// `prior` (the database's classes, [`label_prior`]), so a query with uninformative
+/// neighbours falls back to the always-majority order.
+fn neighbour_probabilities(ranking: &[Ranked], db: &[Vec<u32>], prior: &[f64]) -> Vec<f32> {
+    let classes = prior.len();
     let mut votes = vec![0f64; classes];
     let n = ranking.len().min(VOTERS);
     for r in &ranking[..n] {
@@ -87,7 +94,7 @@ fn neighbour_probabilities(ranking: &[Ranked], db: &[Vec<u32>], classes: usize) 
     }
     votes
         .iter()
-        .zip(&prior)
+        .zip(prior)
         .map(|(v, p)| ((v + PRIOR_WEIGHT * p) / (n as f64 + PRIOR_WEIGHT)) as f32)
         .collect()
 }
@@ -583,16 +590,19 @@ pub fn evaluate(
     let mut notes = Vec::new();
     let mut lists = rank_all(&qvec, &dvec, false);
     let db_labels: Vec<Vec<u32>> = dt.iter().map(truth_classes).collect();
-    let classes = match rule {
-        Relevance::SameGrade => 5,
-        _ => encoder.card.class_names.len(),
-    };
+    let prior = label_prior(
+        &db_labels,
+        match rule {
+            Relevance::SameGrade => 5,
+            _ => encoder.card.class_names.len(),
+        },
+    );
     if opts.relevance_first.is_some() {
         let p = match query_probabilities {
             Some(p) => p,
             None => lists
                 .iter()
-                .map(|l| neighbour_probabilities(l, &db_labels, classes))
+                .map(|l| neighbour_probabilities(l, &db_labels, &prior))
                 .collect(),
         };
         lists = lists
@@ -652,7 +662,7 @@ pub fn evaluate(
                 let rf: Vec<Vec<Ranked>> = lists
                     .iter()
                     .map(|l| {
-                        let p = neighbour_probabilities(l, &db_labels, classes);
+                        let p = neighbour_probabilities(l, &db_labels, &prior);
                         rerank_by_relevance_probability(l, &p, &db_labels)
                     })
                     .collect();
@@ -853,7 +863,7 @@ mod tests {
                 distance: 0.0,
             })
             .collect();
-        let p = neighbour_probabilities(&ranking, &db, 2);
+        let p = neighbour_probabilities(&ranking, &db, &label_prior(&db, 2));
         assert!(
             (p[0] - 0.75).abs() < 1e-6 && (p[1] - 0.5).abs() < 1e-6,
             "{p:?}"
@@ -867,7 +877,7 @@ mod tests {
                 distance: 0.0,
             })
             .collect();
-        let p = neighbour_probabilities(&ranking, &db, 2);
+        let p = neighbour_probabilities(&ranking, &db, &label_prior(&db, 2));
         let want1 = (10.0 + 2.0 * 10.0 / 15.0) / 12.0;
         assert!((p[1] as f64 - want1).abs() < 1e-6, "{p:?}");
     }

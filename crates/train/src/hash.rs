@@ -232,7 +232,6 @@ pub struct HashTask {
     epoch: AtomicUsize,
     /// Each training image's class for the sampler: its rarest label.
     keys: Vec<usize>,
-    seed: u64,
 }
 
 /// Each record's rarest label (by count among `records`), as an index into `classes`;
@@ -330,7 +329,6 @@ impl HashTask {
         let keys = rarest_labels(&train, &settings.classes);
         Ok(HashTask {
             keys,
-            seed,
             train_pipeline: Pipeline::new(settings.transform.clone(), seed),
             eval_pipeline: Pipeline::new(settings.eval_transform(), seed),
             settings,
@@ -543,7 +541,7 @@ impl Task for HashTask {
                 &self.train_pipeline,
                 batch_size,
                 epoch as u64,
-                crate::sampler::epoch_order(&self.keys, s, self.seed, epoch as u64),
+                crate::sampler::epoch_order(&self.keys, s, self.train_pipeline.seed, epoch as u64),
             ),
         };
         Box::new(loader.map(move |b| {
