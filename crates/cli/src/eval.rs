@@ -174,6 +174,13 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             b.metrics.get(&key).copied().unwrap_or(f64::NAN)
         );
     }
+    for (name, m) in report.binarised.iter().flatten() {
+        let key = format!("map@{}", a.k.iter().max().unwrap_or(&100));
+        println!(
+            "descriptors binarised, {name}: {key} {:.4}",
+            m.get(&key).copied().unwrap_or(f64::NAN)
+        );
+    }
     println!("report: {} and {}", html.display(), json.display());
     Ok(())
 }

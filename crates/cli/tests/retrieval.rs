@@ -439,12 +439,21 @@ fn fundus_descriptors_in_similar_cases_out() {
         "--dim",
         "24",
         "--binary-bits",
-        "32",
+        "16",
         "--out",
         s(&model),
     ]);
     let card: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    // The default binarisation is ITQ, fitted on the training part's descriptors; the
+    // Hamming index below checks that its codes are the ones the query gets.
+    let learned = &card["method"]["binary_learned"];
+    assert!(
+        learned["method"].as_str().unwrap().starts_with("itq on "),
+        "{learned}"
+    );
+    assert_eq!(learned["matrix"].as_array().unwrap().len(), 16 * 24);
+    assert_eq!(learned["mean"].as_array().unwrap().len(), 24);
     assert_eq!(card["output"]["kind"], "descriptors");
     assert_eq!(card["output"]["dim"], 24);
     assert_eq!(card["method"]["name"], "fundus-metric");
@@ -480,9 +489,9 @@ fn fundus_descriptors_in_similar_cases_out() {
         "--ids-out",
         s(&ids),
     ]);
-    let (shape, v) = medret_data::npy::read_f32_matrix(&npy).unwrap();
+    let (shape, descriptors) = medret_data::npy::read_f32_matrix(&npy).unwrap();
     assert_eq!(shape[1], 24);
-    for row in v.chunks(24) {
+    for row in descriptors.chunks(24) {
         let n: f32 = row.iter().map(|x| x * x).sum();
         assert!((n - 1.0).abs() < 1e-4, "{n}");
     }
@@ -610,7 +619,37 @@ fn fundus_descriptors_in_similar_cases_out() {
         s(&ids),
     ]);
     let codes = codes(&codes_npy);
-    assert_eq!(codes[0].len(), 4);
+    assert_eq!(codes[0].len(), 2);
+    // Each code is the signs of (descriptor - mean) through the card's ITQ matrix,
+    // recomputed here from `encode`'s descriptors; only bits near zero may differ (the
+    // two computations sum in different orders).
+    let mean: Vec<f64> = learned["mean"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let matrix: Vec<f64> = learned["matrix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    for (code, desc) in codes.iter().zip(descriptors.chunks(24)) {
+        for (bit, row) in matrix.chunks(24).enumerate() {
+            let h: f64 = row
+                .iter()
+                .zip(desc)
+                .zip(&mean)
+                .map(|((a, x), m)| a * (*x as f64 - m))
+                .sum();
+            let got = code[bit / 8] >> (bit % 8) & 1 == 1;
+            assert!(
+                got == (h >= 0.0) || h.abs() < 1e-5,
+                "bit {bit}: projection {h}, code bit {got}"
+            );
+        }
+    }
     let out = ok(&[
         "search",
         "--store",
@@ -626,7 +665,7 @@ fn fundus_descriptors_in_similar_cases_out() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     for r in v["results"].as_array().unwrap() {
         let d = r["distance"].as_f64().unwrap();
-        assert!(d.fract() == 0.0 && d <= 32.0, "Hamming distance {d}");
+        assert!(d.fract() == 0.0 && d <= 16.0, "Hamming distance {d}");
     }
     let out = ok(&[
         "search",
@@ -637,13 +676,13 @@ fn fundus_descriptors_in_similar_cases_out() {
         "--image",
         &first,
         "--radius",
-        "32",
+        "16",
         "--json",
     ]);
     let all: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
         all["results"].as_array().unwrap().len() >= 4,
-        "radius 32 holds every case"
+        "radius 16 holds every case"
     );
     let out = ok(&[
         "search",

@@ -107,13 +107,100 @@ pub fn lsh_codes(fit: &[Vec<f32>], vectors: &[Vec<f32>], bits: usize, seed: u64)
         .collect()
 }
 
-/// ITQ codes of `bits` bits for each vector, learned on `fit` (the database): mean
-/// centring, PCA to `bits` dimensions (the top eigenvectors of the covariance), a seeded
-/// random orthogonal start, then `iters` alternations of `B = sign(V R)` and the
-/// orthogonal Procrustes step `R = U_A U_B^T` from the SVD `B^T V = U_B S U_A^T`.
-/// Returns the codes and the quantization error `|B - V R|_F^2 / n` at the random start
-/// and after each iteration (non-increasing), or `None` when `bits` exceeds the dimension or the
-/// number of fitting vectors (PCA has no `bits` directions then).
+/// A fitted ITQ binarisation (Gong and Lazebnik, CVPR 2011): mean centring, PCA to `bits`
+/// dimensions (the top eigenvectors of the covariance), a seeded random orthogonal start,
+/// then alternations of `B = sign(V R)` and the orthogonal Procrustes step
+/// `R = U_A U_B^T` from the SVD `B^T V = U_B S U_A^T`. The PCA and the rotation fold into
+/// one `bits x dim` matrix, so coding a vector is one centred projection and its signs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Itq {
+    pub mean: Vec<f32>,
+    /// `bits x dim`, row-major: row `j` gives bit `j`.
+    pub matrix: Vec<f32>,
+    pub bits: usize,
+    /// The quantization error `|B - V R|_F^2 / n` at the random start and after each
+    /// iteration (non-increasing).
+    pub errors: Vec<f64>,
+}
+
+impl Itq {
+    /// Learns `bits` bits on `fit`; `None` when `bits` exceeds the dimension or the number
+    /// of fitting vectors (PCA has no `bits` directions then).
+    pub fn fit(fit: &[Vec<f32>], bits: usize, seed: u64, iters: usize) -> Option<Itq> {
+        use nalgebra::{DMatrix, SymmetricEigen};
+        let dim = fit.first()?.len();
+        let n = fit.len();
+        if bits == 0 || bits > dim || bits > n {
+            return None;
+        }
+        let mut mean = vec![0.0f64; dim];
+        for v in fit {
+            mean.iter_mut()
+                .zip(v)
+                .for_each(|(m, x)| *m += *x as f64 / n as f64);
+        }
+        let x = DMatrix::from_fn(n, dim, |i, j| fit[i][j] as f64 - mean[j]);
+        let cov = x.transpose() * &x / n as f64;
+        let eig = SymmetricEigen::new(cov);
+        let mut order: Vec<usize> = (0..dim).collect();
+        order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+        let w = DMatrix::from_fn(dim, bits, |i, j| eig.eigenvectors[(i, order[j])]);
+        let v = &x * &w;
+        // A random orthogonal start: the Q of a seeded Gaussian matrix.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let g = DMatrix::from_fn(bits, bits, |_, _| {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            z
+        });
+        let mut r = g.qr().q();
+        let sign = |m: &DMatrix<f64>| m.map(|x| if x >= 0.0 { 1.0 } else { -1.0 });
+        let error = |r: &DMatrix<f64>| {
+            let vr = &v * r;
+            (sign(&vr) - vr).norm_squared() / n as f64
+        };
+        let mut errors = Vec::with_capacity(iters + 1);
+        errors.push(error(&r));
+        for _ in 0..iters {
+            let b = sign(&(&v * &r));
+            let svd = (b.transpose() * &v).svd(true, true);
+            let (ub, ua_t) = (svd.u?, svd.v_t?);
+            r = ua_t.transpose() * ub.transpose();
+            errors.push(error(&r));
+        }
+        let wr = w * r;
+        Some(Itq {
+            mean: mean.iter().map(|m| *m as f32).collect(),
+            matrix: (0..bits)
+                .flat_map(|j| (0..dim).map(move |i| (i, j)))
+                .map(|(i, j)| wr[(i, j)] as f32)
+                .collect(),
+            bits,
+            errors,
+        })
+    }
+
+    /// The projected (continuous) values of one vector, before the signs.
+    pub fn project(&self, v: &[f32]) -> Vec<f32> {
+        let dim = self.mean.len();
+        self.matrix
+            .chunks(dim)
+            .map(|row| {
+                row.iter()
+                    .zip(v)
+                    .zip(&self.mean)
+                    .map(|((a, x), m)| a * (x - m))
+                    .sum()
+            })
+            .collect()
+    }
+
+    pub fn code(&self, v: &[f32]) -> Vec<u64> {
+        pack_signs(&self.project(v))
+    }
+}
+
+/// ITQ codes of `bits` bits for each vector, learned on `fit` (the database), with the
+/// quantization errors of the fit ([`Itq`]); `None` when the fit is impossible.
 pub fn itq_codes(
     fit: &[Vec<f32>],
     vectors: &[Vec<f32>],
@@ -121,56 +208,9 @@ pub fn itq_codes(
     seed: u64,
     iters: usize,
 ) -> Option<(Vec<Vec<u64>>, Vec<f64>)> {
-    use nalgebra::{DMatrix, SymmetricEigen};
-    let dim = fit.first()?.len();
-    let n = fit.len();
-    if bits == 0 || bits > dim || bits > n {
-        return None;
-    }
-    let mut mean = vec![0.0f64; dim];
-    for v in fit {
-        mean.iter_mut()
-            .zip(v)
-            .for_each(|(m, x)| *m += *x as f64 / n as f64);
-    }
-    let centred =
-        |rows: &[Vec<f32>]| DMatrix::from_fn(rows.len(), dim, |i, j| rows[i][j] as f64 - mean[j]);
-    let x = centred(fit);
-    let cov = x.transpose() * &x / n as f64;
-    let eig = SymmetricEigen::new(cov);
-    let mut order: Vec<usize> = (0..dim).collect();
-    order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
-    let w = DMatrix::from_fn(dim, bits, |i, j| eig.eigenvectors[(i, order[j])]);
-    let v = &x * &w;
-    // A random orthogonal start: the Q of a seeded Gaussian matrix.
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let g = DMatrix::from_fn(bits, bits, |_, _| {
-        let z: f64 = StandardNormal.sample(&mut rng);
-        z
-    });
-    let mut r = g.qr().q();
-    let sign = |m: &DMatrix<f64>| m.map(|x| if x >= 0.0 { 1.0 } else { -1.0 });
-    let error = |r: &DMatrix<f64>| {
-        let vr = &v * r;
-        (sign(&vr) - vr).norm_squared() / n as f64
-    };
-    let mut errors = Vec::with_capacity(iters + 1);
-    errors.push(error(&r));
-    for _ in 0..iters {
-        let b = sign(&(&v * &r));
-        let svd = (b.transpose() * &v).svd(true, true);
-        let (ub, ua_t) = (svd.u?, svd.v_t?);
-        r = ua_t.transpose() * ub.transpose();
-        errors.push(error(&r));
-    }
-    let projected = centred(vectors) * &w * &r;
-    let codes = (0..projected.nrows())
-        .map(|i| {
-            let h: Vec<f32> = (0..bits).map(|j| projected[(i, j)] as f32).collect();
-            pack_signs(&h)
-        })
-        .collect();
-    Some((codes, errors))
+    let itq = Itq::fit(fit, bits, seed, iters)?;
+    let codes = vectors.iter().map(|v| itq.code(v)).collect();
+    Some((codes, itq.errors))
 }
 
 /// The reference levels reported beside a figure.
@@ -220,6 +260,20 @@ mod tests {
         let within = (0..50).map(|i| d(2 * i, 2 * i + 2)).sum::<u32>();
         let across = (0..50).map(|i| d(2 * i, 2 * i + 1)).sum::<u32>();
         assert!(within * 4 < across, "within {within}, across {across}");
+        // PCA directions times a rotation: the bits' projections are orthonormal, and a
+        // vector's code is the signs of its centred projection.
+        let itq = Itq::fit(&data, 8, 1, 30).unwrap();
+        for a in 0..8 {
+            for b in 0..8 {
+                let dot: f32 = (0..16)
+                    .map(|i| itq.matrix[a * 16 + i] * itq.matrix[b * 16 + i])
+                    .sum();
+                let want = if a == b { 1.0 } else { 0.0 };
+                assert!((dot - want).abs() < 1e-4, "rows {a} {b}: {dot}");
+            }
+        }
+        assert_eq!(itq.code(&itq.mean), pack_signs(&[0.0; 8]));
+        assert_eq!(data.iter().map(|v| itq.code(v)).collect::<Vec<_>>(), codes);
         // Reproducible; impossible settings say so.
         assert_eq!(itq_codes(&data, &data, 8, 1, 30).unwrap().0, codes);
         assert!(

@@ -133,6 +133,15 @@ impl Encoder {
         }
     }
 
+    /// The model's own binary code of a descriptor (packed bytes), for a descriptor model
+    /// trained with `binary_bits`.
+    pub fn binarise(&self, descriptor: &[f32]) -> Option<Vec<u8>> {
+        match &self.net {
+            Net::Fundus(_, p) => p.as_ref().map(|p| p.code(descriptor)),
+            Net::CxrHash(..) => None,
+        }
+    }
+
     /// The input side in pixels.
     pub fn size(&self) -> usize {
         self.card.preprocessing.size

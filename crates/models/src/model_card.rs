@@ -278,6 +278,20 @@ impl ModelCard {
                         "binary_bits is {b}; expected a multiple of 8 from 8 to 4096"
                     ));
                 }
+                if let Some(l) = &c.binary_learned {
+                    let bits = c.binary_bits.ok_or("binary_learned without binary_bits")?;
+                    if c.projection().is_none() {
+                        return Err(format!(
+                            "binary_learned has a {} x {} matrix and {} means; expected {bits} x {dim} and {dim}",
+                            l.matrix.len() / dim.max(1),
+                            dim,
+                            l.mean.len()
+                        ));
+                    }
+                    if !l.matrix.iter().chain(&l.mean).all(|x| x.is_finite()) {
+                        return Err("binary_learned holds a value that is not finite".into());
+                    }
+                }
                 c.classes
             }
             (Method::CxrFusionHash(_), _) => {

@@ -119,6 +119,10 @@ pub struct EvalReport {
     pub code_health: Option<CodeHealth>,
     /// Codes only: the metrics with Hamming ranking alone, ties by database index.
     pub hamming_only_metrics: Option<std::collections::BTreeMap<String, f64>>,
+    /// Descriptors only: the same descriptors binarised and ranked by Hamming distance
+    /// alone (ties by database index): how much of their ranking each binarisation keeps.
+    pub binarised:
+        Option<std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>>,
 }
 
 fn split_name(s: Split) -> &'static str {
@@ -675,6 +679,23 @@ pub fn evaluate(
         }
     }
 
+    let binarised = match (&qvec, &dvec) {
+        (Vectors::Floats(q), Vectors::Floats(d)) => {
+            progress("binarised descriptors");
+            Some(
+                binarisations(encoder, q, d, opts.sampling.seed, &mut notes)
+                    .into_iter()
+                    .map(|(name, b, qc, dc)| {
+                        let lists: Vec<Vec<Ranked>> =
+                            qc.iter().map(|c| rank_hamming(c, &dc, None)).collect();
+                        (name, score_lists(&lists, Some(b)).0.metrics)
+                    })
+                    .collect(),
+            )
+        }
+        _ => None,
+    };
+
     progress("saliency localisation and gallery");
     let with_masks: Vec<Record> = queries
         .iter()
@@ -748,14 +769,84 @@ pub fn evaluate(
         baselines: base,
         saliency_localisation: localisation,
         timing,
-        model_card: serde_json::to_value(&encoder.card)
-            .map_err(|e| SearchError::Invalid(e.to_string()))?,
+        model_card: card_summary(&encoder.card)?,
         notes,
         per_query,
         code_health: health,
         hamming_only_metrics: hamming_only,
+        binarised,
     };
     Ok((report, gallery))
+}
+
+/// The card as the report shows it: a learned binarisation's matrix (tens of thousands
+/// of numbers) is left out, its description kept.
+fn card_summary(card: &medret_models::model_card::ModelCard) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(card).map_err(|e| SearchError::Invalid(e.to_string()))?;
+    if let Some(l) = v["method"]
+        .get_mut("binary_learned")
+        .and_then(|l| l.as_object_mut())
+    {
+        l.remove("mean");
+        l.remove("matrix");
+    }
+    Ok(v)
+}
+
+/// Query and database codes of the descriptors under each binarisation, at the model's
+/// `binary_bits` (64 without): SimHash (mean-centred, the database's mean), ITQ fitted on
+/// the database, and the model's own codes when it has them. Returns (name, bits, query
+/// codes, database codes).
+fn binarisations(
+    encoder: &Encoder,
+    q: &[Vec<f32>],
+    d: &[Vec<f32>],
+    seed: u64,
+    notes: &mut Vec<String>,
+) -> Vec<(String, usize, Vec<Vec<u64>>, Vec<Vec<u64>>)> {
+    use medret_eval::baseline::{Itq, lsh_codes};
+    let bits = encoder.binary_bits().unwrap_or(64);
+    let mut out = vec![(
+        format!("SimHash {bits} bits"),
+        bits,
+        lsh_codes(d, q, bits, seed),
+        lsh_codes(d, d, bits, seed),
+    )];
+    match Itq::fit(d, bits, seed, 50) {
+        Some(itq) => out.push((
+            format!("ITQ {bits} bits, fitted on the database"),
+            bits,
+            q.iter().map(|v| itq.code(v)).collect(),
+            d.iter().map(|v| itq.code(v)).collect(),
+        )),
+        None => notes.push(format!(
+            "ITQ of the descriptors left out: {bits} bits for {} database images of {} dimensions",
+            d.len(),
+            d.first().map_or(0, Vec::len)
+        )),
+    }
+    if let Some(b) = encoder.binary_bits() {
+        let codes = |v: &[Vec<f32>]| -> Vec<Vec<u64>> {
+            v.iter()
+                .filter_map(|x| encoder.binarise(x))
+                .map(|c| pack_bytes(&c))
+                .collect()
+        };
+        let how = match &encoder.card.method {
+            Method::FundusMetric(c) => c
+                .binary_learned
+                .as_ref()
+                .map_or("random projection".to_string(), |l| l.method.clone()),
+            Method::CxrFusionHash(_) => String::new(),
+        };
+        out.push((
+            format!("the model's codes, {b} bits ({how})"),
+            b,
+            codes(q),
+            codes(d),
+        ));
+    }
+    out
 }
 
 /// Writes `report.json` and `report.html` into `dir`; returns their paths.
@@ -820,6 +911,13 @@ pub fn write_report(
         })
         .unwrap_or_default();
     let mut localisation = localisation;
+    for (name, m) in report.binarised.iter().flatten() {
+        let f = |k: &str| m.get(k).map_or("-".into(), |v| format!("{v:.3}"));
+        localisation.push((
+            format!("descriptors binarised: {name}, Hamming alone"),
+            format!("mAP@100 {}, P@10 {}", f("map@100"), f("p@10")),
+        ));
+    }
     for n in &report.notes {
         localisation.push(("note".into(), n.clone()));
     }

@@ -61,6 +61,9 @@ pub struct FundusMetricConfig {
     pub binary_bits: Option<usize>,
     #[serde(default)]
     pub binary_seed: u64,
+    /// A learned binarisation (ITQ) in place of the seeded random projection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_learned: Option<binarise::LearnedBinarisation>,
 }
 
 impl FundusMetricConfig {
@@ -74,6 +77,7 @@ impl FundusMetricConfig {
             classes: None,
             binary_bits: None,
             binary_seed: 0,
+            binary_learned: None,
         }
     }
 
@@ -91,10 +95,14 @@ impl FundusMetricConfig {
         self.dim.unwrap_or_else(|| self.pooled_dim())
     }
 
-    /// The binarising projection, when `binary_bits` is set.
+    /// The binarising projection, when `binary_bits` is set: the learned one when the
+    /// card holds one (its shapes are checked with the card), else the seeded random one.
     pub fn projection(&self) -> Option<binarise::SignProjection> {
-        self.binary_bits
-            .map(|b| binarise::SignProjection::new(self.descriptor_dim(), b, self.binary_seed))
+        let (dim, bits) = (self.descriptor_dim(), self.binary_bits?);
+        match &self.binary_learned {
+            Some(l) => binarise::SignProjection::learned(dim, bits, l),
+            None => Some(binarise::SignProjection::new(dim, bits, self.binary_seed)),
+        }
     }
 
     pub fn init(&self, device: &Device) -> FundusMetricNet {
