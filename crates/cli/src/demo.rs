@@ -337,26 +337,91 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// `report.html`: the summary and links to both evaluation reports and explanations.
+/// What each part of the demo is, for its report page.
+const PARTS: [(&str, &str, &str); 2] = [
+    (
+        "cxr",
+        "Chest X-rays: fusion hashing with C2L pretraining",
+        "Guan et al., Comput. Methods Programs Biomed. 222 (2022). A small DenseNet pretrained \
+         self-supervised with C2L on the chest phantoms; a global network whose Grad-CAM map crops \
+         a local region for a local network; global and local features fused into a 48-bit hash \
+         layer trained with classification, quantization and bit-balance losses. Cases are ranked \
+         by Hamming distance, ties by the relaxed codes; a case is relevant when it shares a \
+         finding with the query.",
+    ),
+    (
+        "fundus",
+        "Fundus photographs: mirror attention with the fine triplet loss",
+        "Biomed. Signal Process. Control (2023), 104277. A small DenseNet with mirror attention \
+         (the left-right and vertical mirror halves of each image attend to each other, raising \
+         small scattered lesions) and GeM pooling, trained with the fine triplet loss on P x K \
+         batches of DR grades. Cases are ranked by cosine distance between descriptors; a case \
+         is relevant when it has the query's grade.",
+    ),
+];
+
+/// One evaluation's headline table: each metric with its interval, the best model-free
+/// baseline, chance and always-majority.
+fn headline_table(r: &serde_json::Value) -> Result<String> {
+    use medret_eval::html::esc;
+    use medret_eval::report::Scores;
+    let s: Scores = serde_json::from_value(r["scores"].clone()).context("an evaluation report")?;
+    let base: std::collections::BTreeMap<String, Scores> =
+        serde_json::from_value(r["baselines"].clone()).unwrap_or_default();
+    let mut h = String::from(
+        "<table><tr><th>metric</th><th>model [95% interval]</th><th>best model-free baseline</th><th>chance</th><th>always-majority</th></tr>",
+    );
+    for k in s.ordered_metrics() {
+        let best = base
+            .iter()
+            .filter_map(|(n, b)| b.metrics.get(k).map(|v| (n, *v)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or("-".to_string(), |(n, v)| format!("{v:.3} ({})", esc(n)));
+        let [lo, hi] = s.intervals.get(k).copied().unwrap_or([f64::NAN; 2]);
+        h.push_str(&format!(
+            "<tr><td>{}</td><td><b>{:.3}</b> [{lo:.3}, {hi:.3}]</td><td>{best}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+            esc(k),
+            s.metrics[k],
+            s.chance.get(k).copied().unwrap_or(f64::NAN),
+            s.majority.get(k).copied().unwrap_or(f64::NAN),
+        ));
+    }
+    h.push_str("</table>");
+    let mut curves: Vec<(String, &[medret_eval::report::PrPoint])> =
+        vec![("model".to_string(), s.pr_curve.as_slice())];
+    for (n, b) in &base {
+        curves.push((n.clone(), b.pr_curve.as_slice()));
+    }
+    h.push_str(&medret_eval::html::pr_svg(&curves, &s.pr_over).map_err(anyhow::Error::msg)?);
+    Ok(h)
+}
+
+/// `report.html`: the summary, then each method named and described, with its headline
+/// table, its precision-recall curve, a link to its full report and its sample search.
 fn write_index(o: &Path, summary: &[String], reports: &[serde_json::Value]) -> Result<()> {
     use medret_eval::html::esc;
     let mut h = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>medret demo</title>\
-<style>body{font-family:sans-serif;margin:2em;max-width:1000px}li{margin:.4em 0}</style></head><body>\
-<h1>medret demo</h1><ul>",
+<style>body{font-family:sans-serif;margin:2em;max-width:1000px}li{margin:.4em 0}\
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}</style></head><body>\
+<h1>medret demo</h1><p>Both methods trained on synthetic phantoms, one archive, an explained search of each, \
+and each evaluated on held-out phantoms (queries) against the archive's training split, beside model-free \
+baselines and reference levels.</p><ul>",
     );
     for line in summary {
         h.push_str(&format!("<li>{}</li>", esc(line)));
     }
-    h.push_str("</ul><h2>Reports</h2><ul>");
-    for (name, r) in ["cxr", "fundus"].iter().zip(reports) {
+    h.push_str("</ul>");
+    for ((name, title, about), r) in PARTS.iter().zip(reports) {
         h.push_str(&format!(
-            "<li><a href=\"eval-{name}/report.html\">{name}: full evaluation</a> ({} queries, {} database images)</li>",
-            r["scores"]["queries"], r["scores"]["database"]
+            "<h2>{}</h2><p>{}</p><p>{} queries against {} database images. \
+             <a href=\"eval-{name}/report.html\">Full evaluation</a> (intervals, baselines, timings, gallery).</p>",
+            esc(title),
+            esc(about),
+            r["scores"]["queries"],
+            r["scores"]["database"]
         ));
-    }
-    h.push_str("</ul><h2>Sample searches, explained</h2>");
-    for name in ["cxr", "fundus"] {
+        h.push_str(&headline_table(r)?);
         let dir = o.join(format!("explain-{name}"));
         let mut files: Vec<String> = std::fs::read_dir(&dir)
             .map(|d| {
@@ -367,7 +432,7 @@ fn write_index(o: &Path, summary: &[String], reports: &[serde_json::Value]) -> R
             })
             .unwrap_or_default();
         files.sort();
-        h.push_str(&format!("<h3>{name}</h3><p>"));
+        h.push_str("<h3>A search, explained</h3><p>");
         for f in files {
             h.push_str(&format!(
                 "<a href=\"explain-{name}/{0}\"><img src=\"explain-{name}/{0}\" alt=\"{0}\" width=\"160\"></a> ",

@@ -93,6 +93,10 @@ enum Command {
     /// The archive beside a PACS, through DICOMweb: `pacs sync` (docs/pacs.md).
     #[command(subcommand)]
     Pacs(pacs::PacsCommand),
+    /// Print this command-line reference as Markdown: docs/cli.md is its output, and a
+    /// test fails when the two differ.
+    #[command(hide = true)]
+    CliReference,
 }
 
 #[derive(Args, Clone)]
@@ -316,6 +320,13 @@ fn run(command: Command) -> Result<()> {
         Command::Index(i) => index::run_index(&i),
         Command::Pacs(p) => pacs::run(&p),
         Command::Devices { json } => devices(json),
+        Command::CliReference => {
+            let options = clap_markdown::MarkdownOptions::new()
+                .title("medret command-line reference".into())
+                .show_footer(false);
+            print!("{}", clap_markdown::help_markdown_custom::<Cli>(&options));
+            Ok(())
+        }
         Command::Search(a) => index::run_search(&a),
         Command::Serve(a) => serve::run(a),
         Command::Synth(s) => {

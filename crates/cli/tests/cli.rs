@@ -202,6 +202,19 @@ fn demo_runs_the_whole_job_and_writes_a_report() {
     assert!(r["total_seconds"].as_f64().unwrap() > 0.0);
     let index = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(index.contains("eval-cxr/report.html") && index.contains("eval-fundus/report.html"));
+    // Each part names its method and shows its headline table and PR curve inline.
+    for method in [
+        "fusion hashing with C2L pretraining",
+        "mirror attention with the fine triplet loss",
+    ] {
+        assert!(index.contains(method), "report.html does not name {method}");
+    }
+    assert_eq!(index.matches("<svg").count(), 2, "two PR curves");
+    let chest = r["cxr"]["metrics"]["map@100"].as_f64().unwrap();
+    assert!(
+        index.contains(&format!("<b>{chest:.3}</b>")),
+        "the chest table's mAP@100 {chest:.3} is not the report's"
+    );
 }
 
 #[test]
@@ -370,4 +383,34 @@ fn the_docs_index_lists_every_page() {
         }
     }
     assert!(pages >= 10, "{pages} pages");
+}
+
+/// docs/cli.md is generated from the clap definitions; a flag added, renamed or
+/// re-documented without regenerating it fails here.
+#[test]
+fn the_cli_reference_in_docs_is_current() {
+    let generated = ok(&["cli-reference"]);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md");
+    let stored = std::fs::read_to_string(&path).unwrap_or_default();
+    if generated != stored {
+        let line = generated
+            .lines()
+            .zip(stored.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| generated.lines().count().min(stored.lines().count()));
+        panic!(
+            "docs/cli.md is stale (first difference at line {}); regenerate it with\n    cargo run -q -- cli-reference > docs/cli.md",
+            line + 1
+        );
+    }
+    // The reference covers every command, the hidden generator excepted.
+    for command in [
+        "## `medret demo`",
+        "## `medret train hash`",
+        "## `medret serve`",
+        "## `medret pacs sync`",
+    ] {
+        assert!(generated.contains(command), "{command} missing");
+    }
+    assert!(!generated.contains("cli-reference"));
 }

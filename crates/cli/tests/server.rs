@@ -1976,3 +1976,48 @@ fn searches_answer_while_a_large_query_is_encoded() {
         "a search by case waited {worst:?} while a large query took {total:?}"
     );
 }
+
+/// The documentation's screenshots, from the archive of a real demo run (trained models,
+/// so the distances, overlays and crop boxes shown are real): `tools/screenshots.sh`
+/// runs the demo and then this test with `MEDRET_DEMO_DIR` and `MEDRET_SCREENSHOT_DIR`.
+#[test]
+#[ignore = "needs a demo run: tools/screenshots.sh"]
+fn screenshots_of_the_demo_archive() {
+    let demo = PathBuf::from(std::env::var("MEDRET_DEMO_DIR").expect("MEDRET_DEMO_DIR"));
+    let shots =
+        PathBuf::from(std::env::var("MEDRET_SCREENSHOT_DIR").expect("MEDRET_SCREENSHOT_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let browser = Browser::start(&tmp.path().join("profile")).expect("chromedriver");
+    let srv = Server::start(s(&demo.join("archive.db")), &["--read-only"]);
+    browser.goto(&srv.url("/"));
+    browser.wait(
+        "the model list",
+        "return document.querySelectorAll('#model option').length === 2",
+    );
+    for (model, data, file) in [
+        ("cxr", "cxr", "web-results.png"),
+        ("fundus", "fundus", "web-results-fundus.png"),
+    ] {
+        browser.js(&format!(
+            "document.querySelectorAll('.result').forEach(r => r.remove()); \
+             const m = document.getElementById('model'); m.value = '{model}'; \
+             m.dispatchEvent(new Event('change')); document.getElementById('k').value = '8'; return true"
+        ));
+        let q = &test_images(&demo.join(data))[0];
+        browser.keys("#file", s(q));
+        browser.wait(
+            "the results grid",
+            &format!(
+                "return document.querySelectorAll('.result').length === 8 && \
+                 document.getElementById('model').value === '{model}'"
+            ),
+        );
+        browser.wait("the thumbnails", "return [...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)");
+        // A trained model separates cases: not every result at one distance.
+        let distances = browser.js(
+            "return [...document.querySelectorAll('.result')].map(r => r.textContent).join('|')",
+        );
+        eprintln!("{model}: {distances}");
+        browser.screenshot(&shots.join(file));
+    }
+}
