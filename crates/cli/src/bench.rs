@@ -39,7 +39,7 @@ pub struct CropArgs {
     #[arg(long = "model")]
     model_dir: std::path::PathBuf,
     #[command(flatten)]
-    data: crate::train::DataArg,
+    data: crate::engine_args::DataArg,
     /// Which split to score.
     #[arg(long, value_enum, default_value = "test")]
     split: crate::index::SplitArg,

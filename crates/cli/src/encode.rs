@@ -10,8 +10,8 @@ use medret_models::encoder::Encoder;
 use medret_search::ingest::select_split;
 use medret_store::ModelKind;
 
+use crate::engine_args::DataArg;
 use crate::index::SplitArg;
-use crate::train::DataArg;
 
 #[derive(Args)]
 pub struct EncodeArgs {

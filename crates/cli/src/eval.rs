@@ -15,7 +15,7 @@ pub struct EvalArgs {
     #[arg(long = "model")]
     model_dir: PathBuf,
     #[command(flatten)]
-    data: crate::train::DataArg,
+    data: crate::engine_args::DataArg,
     /// The queries. `val` is the validation part of the training split that the model
     /// was selected on (its seed and fraction, from model.json), ranked against the rest
     /// of the training split: for choosing --qe/--dba without the test split.

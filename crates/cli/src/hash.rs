@@ -13,7 +13,7 @@ use medret_models::model_card::WEIGHTS_FILE;
 use medret_train::export::export_model;
 use medret_train::hash::{HashSchedule, HashSettings, HashTask, check_init, retrieval_report};
 
-use crate::train::{
+use crate::engine_args::{
     DataArg, Defaults, EngineArgs, OptimizerArg, run_options, train_config, train_with_progress,
 };
 
@@ -104,7 +104,7 @@ pub struct HashArgs {
     /// (densenet-tiny, 96 px, 48 bits, 12 epochs, batch 32, lr 3e-3); any flag given
     /// explicitly overrides it. Without it, the paper's settings.
     #[arg(long, value_enum)]
-    preset: Option<crate::train::PresetArg>,
+    preset: Option<crate::engine_args::PresetArg>,
     #[command(flatten)]
     engine: EngineArgs,
 }

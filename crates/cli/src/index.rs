@@ -98,7 +98,7 @@ pub struct IngestArgs {
     metric: Metric,
     /// The dataset the rows belong to (any format `medret data info` reads).
     #[command(flatten)]
-    data: crate::train::DataArg,
+    data: crate::engine_args::DataArg,
     /// Hash of the model's configuration and weights, stored with the model.
     #[arg(long, default_value = "")]
     config_hash: String,

@@ -5,6 +5,7 @@ mod ablate;
 mod bench;
 mod demo;
 mod encode;
+mod engine_args;
 mod eval;
 mod export;
 mod hash;

@@ -13,7 +13,7 @@ use medret_models::model_card::{Method, ModelCard, WEIGHTS_FILE};
 use medret_train::export::export_model;
 use medret_train::metric::{MetricLoss, MetricSettings, MetricTask, check_init, retrieval_report};
 
-use crate::train::{
+use crate::engine_args::{
     DataArg, Defaults, EngineArgs, OptimizerArg, run_options, train_config, train_with_progress,
 };
 
@@ -71,7 +71,7 @@ pub struct MetricArgs {
     /// (densenet-tiny, 96 px, 12 epochs, batch 20, lr 1e-3); any flag given explicitly
     /// overrides it. Without it, the paper's settings.
     #[arg(long, value_enum)]
-    preset: Option<crate::train::PresetArg>,
+    preset: Option<crate::engine_args::PresetArg>,
     #[command(flatten)]
     engine: EngineArgs,
 }

@@ -10,7 +10,7 @@ use medret_train::c2l::{
     C2lSettings, C2lTask, export_backbone, knn_report, load_c2l, scaled_sizes,
 };
 
-use crate::train::{
+use crate::engine_args::{
     DataArg, Defaults, EngineArgs, OptimizerArg, final_weights, run_options, train_config,
     train_with_progress,
 };

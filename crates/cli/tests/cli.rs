@@ -1,35 +1,9 @@
 //! The `medret` binary end to end.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn medret(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_medret"))
-        .args(args)
-        .output()
-        .expect("run medret")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = medret(args);
-    assert!(
-        o.status.success(),
-        "medret {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-/// A failure must be an error message naming the problem, with a non-zero exit, never a panic.
-fn fails(args: &[&str], needles: &[&str]) {
-    let o = medret(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "medret {args:?} should fail");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    for n in needles {
-        assert!(err.contains(n), "medret {args:?}: `{n}` not in: {err}");
-    }
-}
+mod common;
+use common::{fails_with as fails, ok};
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))

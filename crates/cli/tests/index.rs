@@ -3,33 +3,17 @@
 //! committed ingests.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use medret_data::npy::write_u8_matrix;
 use medret_store::{CaseStore, SqliteStore};
 
-fn medret(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_medret"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::{fails as err, ok};
 
-fn ok(args: &[&str]) -> String {
-    let o = medret(args);
-    assert!(
-        o.status.success(),
-        "medret {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn err(args: &[&str]) -> String {
-    let o = medret(args);
-    assert!(!o.status.success(), "medret {args:?} should have failed");
-    String::from_utf8_lossy(&o.stderr).into_owned()
+fn synth(dir: &Path, n: usize) {
+    common::synth("fundus", dir, n, 32, 4);
 }
 
 fn lcg(s: &mut u64) -> u64 {
@@ -45,21 +29,6 @@ fn codes(path: &Path, n: usize, bytes: usize, seed: u64) -> Vec<u8> {
     let data: Vec<u8> = (0..n * bytes).map(|_| (lcg(&mut s) >> 56) as u8).collect();
     write_u8_matrix(path, n, bytes, &data).unwrap();
     data
-}
-
-fn synth(dir: &Path, n: usize) {
-    ok(&[
-        "synth",
-        "fundus",
-        "--n",
-        &n.to_string(),
-        "--size",
-        "32",
-        "--seed",
-        "4",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
 }
 
 fn cases(store: &Path) -> u64 {

@@ -1,17 +1,12 @@
 //! `medret model summary` and `medret features` end to end.
 
 use std::path::PathBuf;
-use std::process::Command;
+
+mod common;
+use common::medret;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures")
-}
-
-fn medret(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_medret"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]

@@ -2,38 +2,12 @@
 //! out; interruption and resume; bad input.
 
 use std::path::Path;
-use std::process::Command;
 
-fn medret(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_medret"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = medret(args);
-    assert!(
-        o.status.success(),
-        "medret {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
+mod common;
+use common::{medret, ok};
 
 fn synth(dir: &Path) {
-    ok(&[
-        "synth",
-        "cxr",
-        "--n",
-        "40",
-        "--size",
-        "64",
-        "--seed",
-        "2",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    common::synth("cxr", dir, 40, 64, 2);
 }
 
 fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {

@@ -793,6 +793,9 @@ fn card_summary(card: &medret_models::model_card::ModelCard) -> Result<serde_jso
     Ok(v)
 }
 
+/// One binarisation's name, bits, query codes and database codes.
+type Binarised = (String, usize, Vec<Vec<u64>>, Vec<Vec<u64>>);
+
 /// Query and database codes of the descriptors under each binarisation, at the model's
 /// `binary_bits` (64 without): SimHash (mean-centred, the database's mean), ITQ fitted on
 /// the database, and the model's own codes when it has them. Returns (name, bits, query
@@ -803,7 +806,7 @@ fn binarisations(
     d: &[Vec<f32>],
     seed: u64,
     notes: &mut Vec<String>,
-) -> Vec<(String, usize, Vec<Vec<u64>>, Vec<Vec<u64>>)> {
+) -> Vec<Binarised> {
     use medret_eval::baseline::{Itq, lsh_codes};
     let bits = encoder.binary_bits().unwrap_or(64);
     let mut out = vec![(

@@ -21,6 +21,7 @@
 pub mod archive;
 pub mod error;
 pub mod postgres;
+pub mod schema;
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};

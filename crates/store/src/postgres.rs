@@ -1,7 +1,7 @@
 //! The same archive on PostgreSQL, for archives that outgrow one file or that several
 //! servers share. Each store lives in its own schema (`--pg-schema`, default `medret`),
 //! so one database can hold several archives. Versioning: the `medret_meta` table holds
-//! the schema version, and [`MIGRATIONS`] bring it forward inside a transaction.
+//! the schema version, and the migrations of [`crate::schema`] bring it forward inside a transaction.
 //!
 //! Durability is PostgreSQL's: an ingest is one transaction, committed or not.
 
@@ -11,55 +11,12 @@ use ::postgres::{Client, NoTls};
 use crate::error::{Result, StoreError};
 use crate::{Case, CaseStore, ModelInfo, NewCase, StoreInfo};
 
-const MIGRATIONS: &[&str] = &[
-    "
-    CREATE TABLE cases (
-        id BIGSERIAL PRIMARY KEY,
-        case_key TEXT NOT NULL UNIQUE,
-        path TEXT NOT NULL,
-        labels TEXT NOT NULL,
-        grade SMALLINT,
-        patient_id TEXT NOT NULL,
-        study TEXT NOT NULL
-    );
-    CREATE TABLE models (
-        name TEXT PRIMARY KEY,
-        kind TEXT NOT NULL CHECK (kind IN ('codes', 'descriptors')),
-        dim INTEGER NOT NULL CHECK (dim > 0),
-        metric TEXT,
-        config_hash TEXT NOT NULL
-    );
-    CREATE TABLE vectors (
-        model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
-        case_id BIGINT NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
-        data BYTEA NOT NULL,
-        PRIMARY KEY (model, case_id)
-    );
-    CREATE INDEX vectors_by_case ON vectors(case_id);
-",
-    "
-    CREATE TABLE generation (n BIGINT NOT NULL);
-    INSERT INTO generation (n) VALUES (0);
-",
-    "
-    CREATE TABLE changes (
-        generation BIGINT NOT NULL,
-        model TEXT NOT NULL,
-        case_id BIGINT NOT NULL,
-        op TEXT NOT NULL CHECK (op IN ('add', 'del')),
-        seq BIGSERIAL
-    );
-    CREATE INDEX changes_by_model ON changes(model, generation);
-    CREATE INDEX changes_by_generation ON changes(generation);
-    CREATE TABLE change_floor (n BIGINT NOT NULL);
-    INSERT INTO change_floor (n) SELECT n FROM generation;
-    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-    INSERT INTO settings (name, value)
-        VALUES ('opaque_key', replace(gen_random_uuid()::text, '-', ''));
-",
-];
+/// Schema migrations ([`crate::schema`]); entry `i` takes version `i` to `i + 1`.
+fn migrations() -> Vec<String> {
+    crate::schema::migrations(crate::schema::Dialect::Postgres)
+}
 
-pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+pub const SCHEMA_VERSION: u32 = crate::schema::VERSION;
 
 pub struct PgStore {
     client: Client,
@@ -144,7 +101,7 @@ impl PgStore {
                 });
             }
         }
-        for sql in &MIGRATIONS[version as usize..] {
+        for sql in &migrations()[version as usize..] {
             tx.batch_execute(sql).map_err(db)?;
         }
         tx.batch_execute("DELETE FROM medret_meta").map_err(db)?;
@@ -173,7 +130,7 @@ impl PgStore {
         items: &[(NewCase, Vec<u8>)],
     ) -> Result<Vec<u64>> {
         let model = info.name.as_str();
-        crate::sqlite::validate_items(model, info, items)?;
+        crate::schema::validate_items(model, info, items)?;
         let name = self.name.clone();
         let db = |e: ::postgres::Error| StoreError::Database {
             path: name.clone().into(),
@@ -269,7 +226,7 @@ fn insert_model(
     tx: &mut ::postgres::Transaction<'_>,
     model: &ModelInfo,
 ) -> std::result::Result<u64, ::postgres::Error> {
-    let (kind, dim, metric) = crate::sqlite::kind_columns(&model.kind);
+    let (kind, dim, metric) = crate::schema::kind_columns(&model.kind);
     tx.execute(
         "INSERT INTO models (name, kind, dim, metric, config_hash) VALUES ($1, $2, $3, $4, $5)",
         &[
@@ -284,7 +241,7 @@ fn insert_model(
 
 impl CaseStore for PgStore {
     fn add_model(&mut self, model: &ModelInfo) -> Result<()> {
-        crate::sqlite::validate_kind(&model.kind)?;
+        crate::schema::validate_kind(&model.kind)?;
         if let Ok(existing) = self.model(&model.name) {
             if existing == *model {
                 return Ok(());
@@ -320,7 +277,7 @@ impl CaseStore for PgStore {
         let metric: Option<String> = row.get(2);
         Ok(ModelInfo {
             name: name.to_string(),
-            kind: crate::sqlite::kind_from_columns(&kind, dim, metric.as_deref()),
+            kind: crate::schema::kind_from_columns(&kind, dim, metric.as_deref()),
             config_hash: row.get(3),
         })
     }
@@ -335,7 +292,7 @@ impl CaseStore for PgStore {
         model: &ModelInfo,
         items: &[(NewCase, Vec<u8>)],
     ) -> Result<Vec<u64>> {
-        crate::sqlite::validate_kind(&model.kind)?;
+        crate::schema::validate_kind(&model.kind)?;
         if let Ok(existing) = self.model(&model.name) {
             return Err(StoreError::ModelConflict {
                 name: model.name.clone(),

@@ -3,66 +3,25 @@
 //! Durability: write-ahead log with `synchronous = FULL`, so a committed ingest survives a
 //! crash or power loss and an interrupted one leaves no trace. Identity:
 //! `PRAGMA application_id` marks the file as medret's, and `PRAGMA user_version` holds the
-//! schema version that [`MIGRATIONS`] bring forward.
+//! schema version that the migrations of [`crate::schema`] bring forward.
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Result, StoreError};
-use crate::{Case, CaseStore, Metric, ModelInfo, ModelKind, NewCase, StoreInfo};
+use crate::schema::{kind_columns, kind_from_columns, validate_items, validate_kind};
+use crate::{Case, CaseStore, ModelInfo, NewCase, StoreInfo};
 
 /// "MDRT".
 const APPLICATION_ID: i64 = 0x4D44_5254;
 
-/// Schema migrations; entry `i` takes version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    "
-    CREATE TABLE cases (
-        id INTEGER PRIMARY KEY,
-        case_key TEXT NOT NULL UNIQUE,
-        path TEXT NOT NULL,
-        labels TEXT NOT NULL,
-        grade INTEGER,
-        patient_id TEXT NOT NULL,
-        study TEXT NOT NULL
-    );
-    CREATE TABLE models (
-        name TEXT PRIMARY KEY,
-        kind TEXT NOT NULL CHECK (kind IN ('codes', 'descriptors')),
-        dim INTEGER NOT NULL CHECK (dim > 0),
-        metric TEXT,
-        config_hash TEXT NOT NULL
-    );
-    CREATE TABLE vectors (
-        model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
-        case_id INTEGER NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
-        data BLOB NOT NULL,
-        PRIMARY KEY (model, case_id)
-    ) WITHOUT ROWID;
-    CREATE INDEX vectors_by_case ON vectors(case_id);
-",
-    "
-    CREATE TABLE generation (n INTEGER NOT NULL);
-    INSERT INTO generation (n) VALUES (0);
-",
-    "
-    CREATE TABLE changes (
-        generation INTEGER NOT NULL,
-        model TEXT NOT NULL,
-        case_id INTEGER NOT NULL,
-        op TEXT NOT NULL CHECK (op IN ('add', 'del'))
-    );
-    CREATE INDEX changes_by_model ON changes(model, generation);
-    CREATE INDEX changes_by_generation ON changes(generation);
-    CREATE TABLE change_floor (n INTEGER NOT NULL);
-    INSERT INTO change_floor (n) SELECT n FROM generation;
-    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-    INSERT INTO settings (name, value) VALUES ('opaque_key', lower(hex(randomblob(16))));
-",
-];
+/// Schema migrations ([`crate::schema`]); entry `i` takes version `i` to `i + 1`.
+fn migrations() -> Vec<String> {
+    crate::schema::migrations(crate::schema::Dialect::Sqlite)
+}
 
-pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+pub const SCHEMA_VERSION: u32 = crate::schema::VERSION;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -128,7 +87,7 @@ impl SqliteStore {
     }
 
     fn migrate(&mut self, from: u32) -> Result<()> {
-        for (v, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        for (v, sql) in migrations().iter().enumerate().skip(from as usize) {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -302,101 +261,6 @@ fn bump_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
         )?;
     }
     Ok(g)
-}
-
-pub(crate) fn kind_columns(kind: &ModelKind) -> (&'static str, i64, Option<&'static str>) {
-    match *kind {
-        // A code model's `metric` column names its tie-break: the relaxed outputs stored
-        // after each code (no schema change: the column is free text for codes).
-        ModelKind::Codes { bits, relaxed } => ("codes", bits as i64, relaxed.then_some("relaxed")),
-        ModelKind::Descriptors { dim, metric } => (
-            "descriptors",
-            dim as i64,
-            Some(match metric {
-                Metric::Cosine => "cosine",
-                Metric::L2 => "l2",
-            }),
-        ),
-    }
-}
-
-/// The inverse of [`kind_columns`], for both stores.
-pub(crate) fn kind_from_columns(kind: &str, dim: usize, metric: Option<&str>) -> ModelKind {
-    match kind {
-        "codes" => ModelKind::Codes {
-            bits: dim,
-            relaxed: metric == Some("relaxed"),
-        },
-        _ => ModelKind::Descriptors {
-            dim,
-            metric: if metric == Some("l2") {
-                Metric::L2
-            } else {
-                Metric::Cosine
-            },
-        },
-    }
-}
-
-pub(crate) fn validate_kind(kind: &ModelKind) -> Result<()> {
-    match *kind {
-        ModelKind::Codes { bits, .. } if bits == 0 || !bits.is_multiple_of(8) || bits > 1024 => {
-            Err(StoreError::InvalidCase(format!(
-                "code length {bits} bits: must be a multiple of 8 between 8 and 1024"
-            )))
-        }
-        ModelKind::Descriptors { dim: 0, .. } => Err(StoreError::InvalidCase(
-            "descriptor dimension must be at least 1".into(),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Checks every item before anything is written: vector sizes, finite floats (one NaN
-/// in the store would keep the model's index from ever loading again) and keys.
-pub(crate) fn validate_items(
-    model: &str,
-    info: &ModelInfo,
-    items: &[(NewCase, Vec<u8>)],
-) -> Result<()> {
-    let bytes = info.kind.vector_bytes();
-    // Where the float32 part of a stored vector starts.
-    let floats_from = match info.kind {
-        ModelKind::Codes { relaxed: true, .. } => info.kind.code_bytes(),
-        ModelKind::Codes { .. } => None,
-        ModelKind::Descriptors { .. } => Some(0),
-    };
-    for (i, (case, v)) in items.iter().enumerate() {
-        if v.len() != bytes {
-            return Err(StoreError::VectorSize {
-                model: model.into(),
-                message: format!(
-                    "item {i} (case `{}`) has {} bytes where the model stores {bytes}",
-                    case.key,
-                    v.len()
-                ),
-            });
-        }
-        if case.key.is_empty() {
-            return Err(StoreError::InvalidCase(format!(
-                "item {i} has an empty key"
-            )));
-        }
-        if let Some(from) = floats_from
-            && let Some(j) = v[from..]
-                .chunks_exact(4)
-                .position(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
-        {
-            return Err(StoreError::VectorSize {
-                model: model.into(),
-                message: format!(
-                    "item {i} (case `{}`): value {j} is not a finite number",
-                    case.key
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 impl CaseStore for SqliteStore {

@@ -4,23 +4,8 @@
 
 use medret_store::{Archive, CaseStore, ModelInfo, ModelKind, NewCase, SqliteStore};
 
-fn lcg(s: &mut u64) -> u64 {
-    *s = s
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    *s
-}
-
-fn case(key: &str) -> NewCase {
-    NewCase {
-        key: key.into(),
-        path: String::new(),
-        labels: vec![],
-        grade: None,
-        patient_id: String::new(),
-        study: serde_json::Value::Null,
-    }
-}
+mod common;
+use common::{case, lcg};
 
 #[test]
 fn index_follows_ingest_and_delete() {

@@ -3,7 +3,10 @@
 //! without it these tests say so and pass vacuously.
 
 use medret_store::postgres::SCHEMA_VERSION;
-use medret_store::{CaseStore, Metric, ModelInfo, ModelKind, NewCase, PgStore};
+use medret_store::{CaseStore, Metric, ModelInfo, ModelKind, PgStore};
+
+mod common;
+use common::{case, codes64};
 
 fn url() -> Option<String> {
     match std::env::var("MEDRET_PG_URL") {
@@ -22,25 +25,6 @@ fn fresh(url: &str, name: &str) -> PgStore {
     c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();
     PgStore::open(url, &schema).unwrap()
-}
-
-fn case(key: &str) -> NewCase {
-    NewCase {
-        key: key.into(),
-        path: format!("images/{key}.png"),
-        labels: vec!["Mass".into()],
-        grade: Some(2),
-        patient_id: format!("patient-{key}"),
-        study: serde_json::json!({"eye": "left"}),
-    }
-}
-
-fn codes64() -> ModelInfo {
-    ModelInfo {
-        name: "hash64".into(),
-        kind: ModelKind::codes(64),
-        config_hash: "abc".into(),
-    }
 }
 
 #[test]

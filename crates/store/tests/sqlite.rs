@@ -2,26 +2,10 @@
 //! files that are not medret stores.
 
 use medret_store::sqlite::SCHEMA_VERSION;
-use medret_store::{CaseStore, Metric, ModelInfo, ModelKind, NewCase, SqliteStore};
+use medret_store::{CaseStore, Metric, ModelInfo, ModelKind, SqliteStore};
 
-fn case(key: &str) -> NewCase {
-    NewCase {
-        key: key.into(),
-        path: format!("images/{key}.png"),
-        labels: vec!["Mass".into(), "Effusion".into()],
-        grade: None,
-        patient_id: format!("patient-{key}"),
-        study: serde_json::json!({"view": "PA"}),
-    }
-}
-
-fn codes64() -> ModelInfo {
-    ModelInfo {
-        name: "hash64".into(),
-        kind: ModelKind::codes(64),
-        config_hash: "abc".into(),
-    }
-}
+mod common;
+use common::{case, codes64};
 
 #[test]
 fn round_trip_and_reopen() {

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Metrics;
 use crate::config::RunConfig;
-use crate::engine::Metrics;
 use crate::error::{Result, TrainError, io_err};
 
 /// Progress through a run, saved with every checkpoint.

@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 
+/// Validation figures by name (`loss`, `auc`, ...): what the engine monitors, the
+/// checkpoints keep and the logs write.
+pub type Metrics = std::collections::BTreeMap<String, f64>;
+
 /// The optimiser. Defaults follow PyTorch, not burn: burn 0.22's AdamW defaults to
 /// `eps = 1e-5` and SGD's momentum to `dampening = 0.1`, and we set both explicitly so a
 /// recipe ported from a PyTorch paper means the same thing here.

@@ -8,7 +8,6 @@
 //! Replica 0 is the model itself, so BatchNorm running statistics follow the first shard,
 //! as PyTorch's DDP does with its default buffer broadcast from rank 0.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -26,8 +25,7 @@ use crate::log::{EpochRecord, MetricsLog, StepRecord};
 use crate::params::{assign_stable_ids, clip_grad_norm, grad_norm, merge_replica_grads};
 use crate::schedule::learning_rate;
 
-/// Validation figures by name (`loss`, `auc`, ...).
-pub type Metrics = BTreeMap<String, f64>;
+pub use crate::config::Metrics;
 
 /// What a method plugs into the engine: its model, its batches, its loss and its
 /// validation.

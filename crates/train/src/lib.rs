@@ -7,25 +7,26 @@
 //! mode, checkpoints with resume ([`checkpoint`]), early stopping and CSV/JSON logs
 //! ([`log`]).
 //!
-//! Tasks: image classification ([`classify`]: multi-label findings on chest X-rays, DR
-//! grades on fundus photographs), C2L self-supervised pretraining ([`c2l`]) and the chest
-//! method's fusion hashing ([`hash`]); their losses are in [`loss`].
+//! Tasks ([`task`]): image classification ([`classify`]: multi-label findings on chest
+//! X-rays, DR grades on fundus photographs), C2L self-supervised pretraining ([`c2l`]),
+//! the chest method's fusion hashing ([`hash`]) and the fundus method's metric learning
+//! ([`metric`]); their losses are in [`loss`].
 
-pub mod c2l;
 pub mod checkpoint;
-pub mod classify;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod export;
 pub mod fingerprint;
-pub mod hash;
 pub mod log;
 pub mod loss;
-pub mod metric;
 pub mod params;
 pub mod sampler;
 pub mod schedule;
+pub mod task;
+
+// The tasks keep their short paths (`medret_train::hash`, ...).
+pub use task::{c2l, classify, hash, metric};
 
 pub use config::{EarlyStopping, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig};
 pub use engine::{Event, Metrics, Outcome, RunOptions, Task, train};

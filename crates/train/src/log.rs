@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::engine::Metrics;
+use crate::config::Metrics;
 use crate::error::{Result, io_err};
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,5 +1,5 @@
-//! Running the `medret` binary from the CLI tests. New test files use these; the older
-//! ones keep their own copies until they are next touched.
+//! What the CLI's integration tests share: running the `medret` binary, phantoms, small
+//! models, and a server on a store.
 
 #![allow(dead_code)]
 
@@ -28,6 +28,15 @@ pub fn fails(args: &[&str]) -> String {
     let o = medret(args);
     assert!(!o.status.success(), "medret {args:?} should have failed");
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A run that must fail with a clear error, not a panic, naming each of `needles`.
+pub fn fails_with(args: &[&str], needles: &[&str]) {
+    let err = fails(args);
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for n in needles {
+        assert!(err.contains(n), "medret {args:?}: `{n}` not in: {err}");
+    }
 }
 
 pub fn s(p: &Path) -> &str {

@@ -33,6 +33,7 @@ use crate::fingerprint::dataset_fingerprint;
 use crate::hash::InitWeights;
 use crate::loss::fine_triplet::{agreement, fine_triplet_loss, relevance_weights};
 use crate::loss::triplet::batch_hard_triplet_loss;
+use crate::task::batch::{images_host, images_tensor, pixels_tensor, shard_pixels};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -218,7 +219,7 @@ impl MetricTask {
         let mut out = vec![Vec::new(); records.len()];
         for batch in BatchLoader::new(records, &self.eval_pipeline, 16, 0, false) {
             let batch = batch?;
-            let x = crate::classify::images_tensor(&batch.images, device);
+            let x = images_tensor(&batch.images, device);
             let v = model
                 .forward(x, false)
                 .descriptor
@@ -356,7 +357,7 @@ impl Task for MetricTask {
                         .load(&self.train[i], epoch as u64, (i * 31 + pos) as u64)
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            let (pixels, shape) = crate::classify::images_host(&images);
+            let (pixels, shape) = images_host(&images);
             Ok(MetricBatch {
                 pixels,
                 shape,
@@ -370,20 +371,22 @@ impl Task for MetricTask {
     }
 
     fn split(&self, batch: MetricBatch, parts: usize) -> Vec<MetricBatch> {
-        let item = batch.shape[1] * batch.shape[2] * batch.shape[3];
         crate::engine::shard_ranges(batch.shape[0], parts)
             .into_iter()
-            .map(|(s, e)| MetricBatch {
-                pixels: batch.pixels[s * item..e * item].to_vec(),
-                shape: [e - s, batch.shape[1], batch.shape[2], batch.shape[3]],
-                grades: batch.grades[s..e].to_vec(),
+            .map(|(s, e)| {
+                let (pixels, shape) = shard_pixels(&batch.pixels, batch.shape, s, e);
+                MetricBatch {
+                    pixels,
+                    shape,
+                    grades: batch.grades[s..e].to_vec(),
+                }
             })
             .collect()
     }
 
     fn loss(&self, model: &FundusMetricNet, batch: &MetricBatch, device: &Device) -> Tensor<1> {
         let s = &self.settings;
-        let x = Tensor::<4>::from_data(TensorData::new(batch.pixels.clone(), batch.shape), device);
+        let x = pixels_tensor(&batch.pixels, batch.shape, device);
         let out = model.forward(x, false);
         let pair = match s.loss {
             MetricLoss::Triplet => batch_hard_triplet_loss(out.descriptor, &batch.grades, s.margin),

@@ -43,6 +43,7 @@ use crate::loss::hash::{
     bit_balance_loss, csq_centres, csq_loss, csq_targets, decorrelation_loss, dpsh_loss,
     quantization_loss,
 };
+use crate::task::batch::{images_host, images_tensor, pixels_tensor, shard_pixels};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -427,7 +428,7 @@ impl HashTask {
         );
         for batch in BatchLoader::new(records, &self.eval_pipeline, batch_size, 0, false) {
             let batch = batch?;
-            let x = crate::classify::images_tensor(&batch.images, device);
+            let x = images_tensor(&batch.images, device);
             let pass = if global_only {
                 Pass::GlobalOnly
             } else {
@@ -548,7 +549,7 @@ impl Task for HashTask {
             let b = b?;
             let refs: Vec<&Record> = b.indices.iter().map(|&i| &self.train[i]).collect();
             let (multi_hot, index) = self.targets(&refs);
-            let (pixels, shape) = crate::classify::images_host(&b.images);
+            let (pixels, shape) = images_host(&b.images);
             Ok(HashBatch {
                 pixels,
                 shape,
@@ -564,22 +565,24 @@ impl Task for HashTask {
     }
 
     fn split(&self, batch: HashBatch, parts: usize) -> Vec<HashBatch> {
-        let item = batch.shape[1] * batch.shape[2] * batch.shape[3];
         let k = self.settings.classes.len();
         crate::engine::shard_ranges(batch.shape[0], parts)
             .into_iter()
-            .map(|(s, e)| HashBatch {
-                pixels: batch.pixels[s * item..e * item].to_vec(),
-                shape: [e - s, batch.shape[1], batch.shape[2], batch.shape[3]],
-                multi_hot: batch.multi_hot[s * k..e * k].to_vec(),
-                index: batch.index[s..e].to_vec(),
-                epoch: batch.epoch,
+            .map(|(s, e)| {
+                let (pixels, shape) = shard_pixels(&batch.pixels, batch.shape, s, e);
+                HashBatch {
+                    pixels,
+                    shape,
+                    multi_hot: batch.multi_hot[s * k..e * k].to_vec(),
+                    index: batch.index[s..e].to_vec(),
+                    epoch: batch.epoch,
+                }
             })
             .collect()
     }
 
     fn loss(&self, model: &FusionHashNet, batch: &HashBatch, device: &Device) -> Tensor<1> {
-        let x = Tensor::<4>::from_data(TensorData::new(batch.pixels.clone(), batch.shape), device);
+        let x = pixels_tensor(&batch.pixels, batch.shape, device);
         let s = &self.settings;
         if s.global_stage(batch.epoch) {
             let out = model.forward(&s.net, x, Pass::GlobalOnly);

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Metrics, Task};
 use crate::error::{Result, TrainError};
 use crate::fingerprint::dataset_fingerprint;
+use crate::task::batch::{images_host, images_tensor, pixels_tensor, shard_pixels};
 
 /// Number of DR grades.
 pub const GRADES: usize = 5;
@@ -238,8 +239,7 @@ impl ClassifyTask {
         let mut out = vec![0.0f32; records.len() * k];
         for batch in BatchLoader::new(records, &self.eval_pipeline, batch_size, 0, false) {
             let batch = batch?;
-            let (x, _) = to_pixels(&batch.images);
-            let logits = model.forward(Tensor::from_data(x, device));
+            let logits = model.forward(images_tensor(&batch.images, device));
             let probs = match self.settings.mode {
                 ClassifyMode::MultiLabel => sigmoid(logits),
                 ClassifyMode::Grade => softmax(logits, 1),
@@ -338,32 +338,6 @@ fn argmax(v: &[f32]) -> usize {
         .0
 }
 
-/// A batch of equally sized images as one host buffer `[n, c, h, w]`.
-pub(crate) fn images_host(images: &[medret_data::ImageF32]) -> (Vec<f32>, [usize; 4]) {
-    let (c, h, w) = (images[0].channels, images[0].height, images[0].width);
-    let mut data = Vec::with_capacity(images.len() * c * h * w);
-    for img in images {
-        data.extend_from_slice(&img.data);
-    }
-    (data, [images.len(), c, h, w])
-}
-
-/// A batch of equally sized images as a tensor on `device`.
-pub(crate) fn images_tensor(images: &[medret_data::ImageF32], device: &Device) -> Tensor<4> {
-    let (data, shape) = images_host(images);
-    Tensor::from_data(TensorData::new(data, shape), device)
-}
-
-fn to_pixels(images: &[medret_data::ImageF32]) -> (TensorData, [usize; 4]) {
-    let (c, h, w) = (images[0].channels, images[0].height, images[0].width);
-    let mut data = Vec::with_capacity(images.len() * c * h * w);
-    for img in images {
-        data.extend_from_slice(&img.data);
-    }
-    let shape = [images.len(), c, h, w];
-    (TensorData::new(data, shape), shape)
-}
-
 /// Binary cross-entropy on logits, mean over all entries, in the stable form
 /// `max(z, 0) - z y + log(1 + exp(-|z|))`.
 pub fn bce_with_logits(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
@@ -410,9 +384,9 @@ impl Task for ClassifyTask {
         Box::new(loader.map(move |b| {
             let b = b?;
             let refs: Vec<&Record> = b.indices.iter().map(|&i| &self.train[i]).collect();
-            let (data, shape) = to_pixels(&b.images);
+            let (pixels, shape) = images_host(&b.images);
             Ok(ClassifyBatch {
-                pixels: data.try_to_vec::<f32>().expect("pixels are f32"),
+                pixels,
                 shape,
                 targets: self.targets(&refs),
             })
@@ -424,16 +398,13 @@ impl Task for ClassifyTask {
     }
 
     fn split(&self, batch: ClassifyBatch, parts: usize) -> Vec<ClassifyBatch> {
-        let n = batch.shape[0];
-        let per = n.div_ceil(parts.max(1));
-        let item = batch.shape[1] * batch.shape[2] * batch.shape[3];
-        (0..n)
-            .step_by(per.max(1))
-            .map(|s| {
-                let e = (s + per).min(n);
+        crate::engine::shard_ranges(batch.shape[0], parts)
+            .into_iter()
+            .map(|(s, e)| {
+                let (pixels, shape) = shard_pixels(&batch.pixels, batch.shape, s, e);
                 ClassifyBatch {
-                    pixels: batch.pixels[s * item..e * item].to_vec(),
-                    shape: [e - s, batch.shape[1], batch.shape[2], batch.shape[3]],
+                    pixels,
+                    shape,
                     targets: match &batch.targets {
                         Targets::MultiHot(t, k) => Targets::MultiHot(t[s * k..e * k].to_vec(), *k),
                         Targets::Grades(g) => Targets::Grades(g[s..e].to_vec()),
@@ -444,8 +415,7 @@ impl Task for ClassifyTask {
     }
 
     fn loss(&self, model: &DenseNet, batch: &ClassifyBatch, device: &Device) -> Tensor<1> {
-        let x = Tensor::<4>::from_data(TensorData::new(batch.pixels.clone(), batch.shape), device);
-        let logits = model.forward(x);
+        let logits = model.forward(pixels_tensor(&batch.pixels, batch.shape, device));
         match &batch.targets {
             Targets::MultiHot(t, k) => {
                 let y = Tensor::<2>::from_data(

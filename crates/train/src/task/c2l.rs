@@ -36,6 +36,7 @@ use crate::engine::{Metrics, Task};
 use crate::error::{Result, TrainError};
 use crate::fingerprint::dataset_fingerprint;
 use crate::loss::info_nce::info_nce;
+use crate::task::batch::images_host;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct C2lSettings {
@@ -251,8 +252,8 @@ impl Task for C2lTask {
                     .collect::<std::result::Result<Vec<_>, _>>()
             };
             let (a, b) = (load(&self.view1)?, load(&self.view2)?);
-            let (x1, shape) = crate::classify::images_host(&a);
-            let (x2, _) = crate::classify::images_host(&b);
+            let (x1, shape) = images_host(&a);
+            let (x2, _) = images_host(&b);
             let n = shape[0];
             let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(seed, epoch as u64, step as u64));
             let lambda = draw_lambda(&mut rng);
