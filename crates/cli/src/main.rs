@@ -10,7 +10,6 @@ mod eval;
 mod export;
 mod hash;
 mod index;
-mod load;
 mod metric;
 mod model;
 mod pacs;

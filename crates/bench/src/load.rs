@@ -104,7 +104,7 @@ pub fn grow(a: &GrowArgs) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
     let normal = rand_distr::Normal::new(0.0f32, a.noise as f32)?;
     let t = Instant::now();
-    let bar = crate::progress::bar((a.to - have) as u64, "growing");
+    let bar = indicatif::ProgressBar::new((a.to - have) as u64).with_message("growing");
     let mut n = have;
     let mut serial = 0usize;
     while n < a.to {
