@@ -56,7 +56,10 @@ def main():
     print("equal probabilities. They use the database's labels, as always-majority does, and the")
     print("archive search does not offer them yet. Their baselines are re-ranked the same way")
     print("(`..., relevance-first`, from their own neighbours), and the last two columns of each")
-    print("over-seeds table compare every variant with the best baseline ranked as it is.\n")
+    print("over-seeds table compare every variant with the best baseline ranked as it is.")
+    print("Below each dataset's readings, each run's difference from each baseline ranked the")
+    print("same way is paired over queries (a percentile bootstrap of the per-query")
+    print("differences; established when its interval excludes 0).\n")
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only.\n")
     by_data = {}
     for r in runs:
@@ -127,6 +130,18 @@ def main():
                 if below:
                     parts.append("below " + ", ".join(below))
                 print(f"- `{name}` {k}: " + "; ".join(parts) + ".")
+        # Each run against each baseline ranked the same way, paired over queries (the
+        # baselines' per-query values are in report.json from this version on).
+        for name, _, _, _, rep in rs:
+            bpq = rep.get("baseline_per_query") or {}
+            rf = "-rf-" in name
+            for b in sorted(bpq):
+                if b.endswith(", relevance-first") != rf:
+                    continue
+                for k in ("map@100", "map@10", "p@10"):
+                    m, lo, hi = paired(rep["per_query"][k], bpq[b][k])
+                    mark = " (established)" if lo > 0 or hi < 0 else " (not established)"
+                    print(f"- `{name}` - {b}, {k}: {m:+.3f} [{lo:+.3f}, {hi:+.3f}], paired over queries{mark}.")
         # Runs on the same split against the first one, paired over queries.
         first = rs[0]
         for name, _, _, _, rep in rs[1:]:

@@ -354,7 +354,10 @@ fn report_for_a_tiny_model_and_bad_input() {
     let qcodes = medret_eval::baseline::lsh_codes(&pd, &pq, 16, 0);
     let lsh = &r["baselines"]["raw-pixel LSH"]["metrics"];
     let mut sums = vec![0.0; names.len()];
-    for (q, c) in qt.iter().zip(&qcodes) {
+    // The per-query values that paired differences against the baseline resample, in
+    // query order.
+    let per_query = &r["baseline_per_query"]["raw-pixel LSH"];
+    for (qi, (q, c)) in qt.iter().zip(&qcodes).enumerate() {
         let dist: Vec<u32> = dcodes
             .iter()
             .map(|d| c.iter().zip(d).map(|(a, b)| (a ^ b).count_ones()).sum())
@@ -363,7 +366,14 @@ fn report_for_a_tiny_model_and_bad_input() {
         order.sort_by_key(|&i| dist[i]);
         let rel: Vec<bool> = order.iter().map(|&i| shares(q, &dt[i])).collect();
         for (s, k) in sums.iter_mut().zip(&names[..6]) {
-            *s += metric(k, &rel);
+            let m = metric(k, &rel);
+            *s += m;
+            close(
+                &format!("raw-pixel LSH {k}, query {qi}"),
+                per_query[k][qi].as_f64().unwrap(),
+                m,
+                1e-9,
+            );
         }
         let ball = order.iter().take_while(|&&i| dist[i] <= 2).count();
         if ball > 0 {

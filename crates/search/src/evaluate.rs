@@ -119,6 +119,10 @@ pub struct EvalReport {
     pub code_health: Option<CodeHealth>,
     /// Codes only: the metrics with Hamming ranking alone, ties by database index.
     pub hamming_only_metrics: Option<std::collections::BTreeMap<String, f64>>,
+    /// Each baseline's metric values per query, in query order (as `per_query`): what
+    /// paired differences between the model and a baseline resample.
+    pub baseline_per_query:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<f64>>>,
     /// Descriptors only: the same descriptors binarised and ranked by Hamming distance
     /// alone (ties by database index): how much of their ranking each binarisation keeps.
     pub binarised:
@@ -654,6 +658,7 @@ pub fn evaluate(
     }
 
     let mut base = std::collections::BTreeMap::new();
+    let mut base_per_query = std::collections::BTreeMap::new();
     if opts.baselines {
         progress("baselines");
         let b = bits.unwrap_or(64);
@@ -670,12 +675,13 @@ pub fn evaluate(
                         rerank_by_relevance_probability(l, &p, &db_labels)
                     })
                     .collect();
-                base.insert(
-                    format!("{name}, relevance-first"),
-                    score_lists(&rf, Some(b)).0,
-                );
+                let (scores, per_query) = score_lists(&rf, Some(b));
+                base.insert(format!("{name}, relevance-first"), scores);
+                base_per_query.insert(format!("{name}, relevance-first"), per_query);
             }
-            base.insert(name, score_lists(&lists, Some(b)).0);
+            let (scores, per_query) = score_lists(&lists, Some(b));
+            base.insert(name.clone(), scores);
+            base_per_query.insert(name, per_query);
         }
     }
 
@@ -774,6 +780,7 @@ pub fn evaluate(
         per_query,
         code_health: health,
         hamming_only_metrics: hamming_only,
+        baseline_per_query: base_per_query,
         binarised,
     };
     Ok((report, gallery))
