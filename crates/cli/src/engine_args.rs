@@ -1,7 +1,7 @@
 //! What every training command shares: the engine's options (`EngineArgs`), the dataset
 //! argument, presets, per-command defaults, and the loop with progress bars. `train`
-//! (classify), `hash`, `metric` and `pretrain` import from here and from nowhere else in
-//! each other.
+//! (classify), `hash`, `metric` and `pretrain` take these from here rather than from each
+//! other, so the command modules import no one in a circle.
 
 use std::path::{Path, PathBuf};
 

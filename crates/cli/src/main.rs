@@ -260,6 +260,17 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     medret_models::alloc::keep_freed_memory();
     let cli = Cli::parse_from(preset::expand(std::env::args_os().collect()));
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`medret ... | head`) panics.
+    // A command-line tool should stop quietly instead, as `cat` does. The server keeps
+    // ignoring it: a closed log pipe must not kill it mid-request.
+    #[cfg(unix)]
+    if !matches!(cli.command, Command::Serve(_)) {
+        // SAFETY: restoring the default disposition of one signal, before any thread
+        // of ours starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_logging(cli.verbose);
     if let Some(t) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()

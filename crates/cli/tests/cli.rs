@@ -388,3 +388,35 @@ fn the_cli_reference_in_docs_is_current() {
     }
     assert!(!generated.contains("cli-reference"));
 }
+
+/// Output into a pipe whose reader has gone (`medret ... | head`) ends the process
+/// quietly, by SIGPIPE as `cat` does, never with a panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_stops_output_without_a_panic() {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    // A pipe whose read end is closed before the process starts: its first write fails.
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just opened by pipe(2) and are owned here alone.
+    let (read, write) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    drop(read);
+    let child = Command::new(env!("CARGO_BIN_EXE_medret"))
+        .arg("cli-reference")
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
