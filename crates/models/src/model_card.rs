@@ -424,6 +424,41 @@ mod tests {
         let err = ModelCard::read(dir.path()).unwrap_err().to_string();
         assert!(err.contains("output is descriptors"), "{err}");
 
+        // A learned binarisation whose shapes or values do not fit is refused by name,
+        // before any code is made with it.
+        let mut cfg = crate::fundus_metric::FundusMetricConfig::new(
+            Arch::DenseNetTiny,
+            crate::fundus_metric::Attention::Mirror,
+        );
+        let dim = cfg.descriptor_dim();
+        cfg.binary_bits = Some(8);
+        let learned =
+            |rows: usize, value: f32| crate::fundus_metric::binarise::LearnedBinarisation {
+                method: "itq".into(),
+                mean: vec![0.0; dim],
+                matrix: vec![value; rows * dim],
+            };
+        let with = |l| {
+            let mut c = card();
+            let mut cfg = cfg.clone();
+            cfg.binary_learned = Some(l);
+            c.method = Method::FundusMetric(cfg);
+            c.output = Output::Descriptors { dim };
+            c.class_names.clear();
+            c
+        };
+        with(learned(7, 0.1)).write(dir.path()).unwrap();
+        let err = ModelCard::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("model.json") && err.contains("binary_learned has a 7 x"),
+            "{err}"
+        );
+        // JSON has no NaN: `train metric` checks the card before writing it.
+        let err = with(learned(8, f32::NAN)).check().unwrap_err();
+        assert!(err.contains("not finite"), "{err}");
+        with(learned(8, 0.1)).write(dir.path()).unwrap();
+        ModelCard::read(dir.path()).unwrap();
+
         // Not JSON at all.
         std::fs::write(&path, "{ nope").unwrap();
         let err = ModelCard::read(dir.path()).unwrap_err().to_string();
