@@ -365,40 +365,13 @@ const PARTS: [(&str, &str, &str); 2] = [
     ),
 ];
 
-/// One evaluation's headline table: each metric with its interval, the best model-free
-/// baseline, chance and always-majority.
+/// One evaluation's headline table and PR curve, from its `report.json`.
 fn headline_table(r: &serde_json::Value) -> Result<String> {
-    use medret_eval::html::esc;
     use medret_eval::report::Scores;
     let s: Scores = serde_json::from_value(r["scores"].clone()).context("an evaluation report")?;
     let base: std::collections::BTreeMap<String, Scores> =
         serde_json::from_value(r["baselines"].clone()).unwrap_or_default();
-    let mut h = String::from(
-        "<table><tr><th>metric</th><th>model [95% interval]</th><th>best model-free baseline</th><th>chance</th><th>always-majority</th></tr>",
-    );
-    for k in s.ordered_metrics() {
-        let best = base
-            .iter()
-            .filter_map(|(n, b)| b.metrics.get(k).map(|v| (n, *v)))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map_or("-".to_string(), |(n, v)| format!("{v:.3} ({})", esc(n)));
-        let [lo, hi] = s.intervals.get(k).copied().unwrap_or([f64::NAN; 2]);
-        h.push_str(&format!(
-            "<tr><td>{}</td><td><b>{:.3}</b> [{lo:.3}, {hi:.3}]</td><td>{best}</td><td>{:.3}</td><td>{:.3}</td></tr>",
-            esc(k),
-            s.metrics[k],
-            s.chance.get(k).copied().unwrap_or(f64::NAN),
-            s.majority.get(k).copied().unwrap_or(f64::NAN),
-        ));
-    }
-    h.push_str("</table>");
-    let mut curves: Vec<(String, &[medret_eval::report::PrPoint])> =
-        vec![("model".to_string(), s.pr_curve.as_slice())];
-    for (n, b) in &base {
-        curves.push((n.clone(), b.pr_curve.as_slice()));
-    }
-    h.push_str(&medret_eval::html::pr_svg(&curves, &s.pr_over).map_err(anyhow::Error::msg)?);
-    Ok(h)
+    medret_eval::html::headline(&s, &base).map_err(anyhow::Error::msg)
 }
 
 /// `report.html`: the summary, then each method named and described, with its headline

@@ -8,10 +8,12 @@ use clap::Args;
 use medret_data::Split;
 use medret_models::Arch;
 use medret_models::fundus_metric::Attention;
-use medret_models::fundus_metric::binarise::LearnedBinarisation;
-use medret_models::model_card::{Method, ModelCard, WEIGHTS_FILE};
+use medret_models::model_card::WEIGHTS_FILE;
 use medret_train::export::export_model;
-use medret_train::metric::{MetricLoss, MetricSettings, MetricTask, check_init, retrieval_report};
+use medret_train::metric::{
+    Binarisation, MetricLoss, MetricSettings, MetricTask, check_init, learn_binarisation,
+    retrieval_report,
+};
 
 use crate::engine_args::{
     DataArg, Defaults, EngineArgs, OptimizerArg, run_options, train_config, train_with_progress,
@@ -82,60 +84,6 @@ enum Binarise {
     Random,
 }
 
-/// ITQ iterations; the quantization error has flattened well before on every set tried.
-const ITQ_ITERS: usize = 50;
-
-/// Fits ITQ on the training descriptors of the model just written to `dir` and rewrites
-/// its card with the learned binarisation (left as it is, with the random projection,
-/// where ITQ cannot be fitted).
-fn learn_binarisation(
-    card: ModelCard,
-    train: &[medret_data::Record],
-    bits: usize,
-    seed: u64,
-    dir: &std::path::Path,
-    device: &burn::prelude::Device,
-) -> Result<ModelCard> {
-    let encoder = medret_models::encoder::Encoder::open(dir, device)?;
-    let descriptors: Vec<Vec<f32>> = encoder
-        .encode_records_full(train, 32, &|_| {})?
-        .into_iter()
-        .map(|e| e.raw)
-        .collect();
-    // PCA has no `bits` directions with fewer dimensions or images than bits; the random
-    // projection has no such limit (SimHash may have more bits than dimensions).
-    let Some(itq) = medret_eval::baseline::Itq::fit(&descriptors, bits, seed, ITQ_ITERS) else {
-        eprintln!(
-            "ITQ needs at least {bits} training images and descriptor dimensions ({} images, {} dimensions): binarising with the seeded random projection instead",
-            descriptors.len(),
-            descriptors.first().map_or(0, Vec::len)
-        );
-        return Ok(card);
-    };
-    let (first, last) = (itq.errors[0], *itq.errors.last().unwrap_or(&itq.errors[0]));
-    eprintln!(
-        "ITQ binarisation: {bits} bits fitted on {} training descriptors, quantization error {first:.3} -> {last:.3}",
-        descriptors.len()
-    );
-    let mut card = card;
-    match &mut card.method {
-        Method::FundusMetric(c) => {
-            c.binary_learned = Some(LearnedBinarisation {
-                method: format!(
-                    "itq on {} training descriptors, {ITQ_ITERS} iterations, seed {seed}",
-                    descriptors.len()
-                ),
-                mean: itq.mean,
-                matrix: itq.matrix,
-            })
-        }
-        Method::CxrFusionHash(_) => unreachable!("train metric writes fundus models"),
-    }
-    card.check()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    Ok(card.write(dir)?)
-}
-
 const METRIC_DEFAULTS: Defaults = Defaults {
     batch_size: 20,
     lr: 1e-3,
@@ -200,7 +148,29 @@ pub fn run(a: &MetricArgs) -> Result<()> {
     let device = &opts.devices[0];
     let card = match (a.binary_bits, a.binarise) {
         (Some(bits), Binarise::Itq) => {
-            learn_binarisation(card, &task.train, bits, cfg.seed, &a.out, device)?
+            match learn_binarisation(card, &task.train, bits, cfg.seed, &a.out, device)? {
+                Binarisation::Itq {
+                    card,
+                    descriptors,
+                    error_before,
+                    error_after,
+                } => {
+                    eprintln!(
+                        "ITQ binarisation: {bits} bits fitted on {descriptors} training descriptors, quantization error {error_before:.3} -> {error_after:.3}"
+                    );
+                    card
+                }
+                Binarisation::Random {
+                    card,
+                    descriptors,
+                    dim,
+                } => {
+                    eprintln!(
+                        "ITQ needs at least {bits} training images and descriptor dimensions ({descriptors} images, {dim} dimensions): binarising with the seeded random projection instead"
+                    );
+                    card
+                }
+            }
         }
         _ => card,
     };

@@ -173,6 +173,41 @@ fn thumb(out: &mut String, t: &Thumb) {
     );
 }
 
+/// A compact summary of one evaluation: each metric with its interval beside the best
+/// model-free baseline, chance and always-majority, then the PR curve of the model and
+/// its baselines (the demo's report page shows one per method).
+pub fn headline(
+    s: &Scores,
+    baselines: &std::collections::BTreeMap<String, Scores>,
+) -> Result<String, String> {
+    let mut h = String::from(
+        "<table><tr><th>metric</th><th>model [95% interval]</th><th>best model-free baseline</th><th>chance</th><th>always-majority</th></tr>",
+    );
+    for k in s.ordered_metrics() {
+        let best = baselines
+            .iter()
+            .filter_map(|(n, b)| b.metrics.get(k).map(|v| (n, *v)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or("-".to_string(), |(n, v)| format!("{v:.3} ({})", esc(n)));
+        let [lo, hi] = s.intervals.get(k).copied().unwrap_or([f64::NAN; 2]);
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td><b>{:.3}</b> [{lo:.3}, {hi:.3}]</td><td>{best}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+            esc(k),
+            s.metrics[k],
+            s.chance.get(k).copied().unwrap_or(f64::NAN),
+            s.majority.get(k).copied().unwrap_or(f64::NAN),
+        );
+    }
+    h.push_str("</table>");
+    let mut curves: Vec<(String, &[PrPoint])> = vec![("model".to_string(), s.pr_curve.as_slice())];
+    for (n, b) in baselines {
+        curves.push((n.clone(), b.pr_curve.as_slice()));
+    }
+    h.push_str(&pr_svg(&curves, &s.pr_over)?);
+    Ok(h)
+}
+
 /// Renders the page.
 pub fn render(p: &Page) -> Result<String, String> {
     let mut o = String::new();

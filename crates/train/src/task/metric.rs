@@ -22,7 +22,9 @@ use medret_data::{Dataset, Record};
 use medret_eval::evaluate::evaluate_cosine;
 use medret_eval::relevance::{Relevance, Truth};
 use medret_models::Arch;
+use medret_models::fundus_metric::binarise::LearnedBinarisation;
 use medret_models::fundus_metric::{Attention, FundusMetricConfig, FundusMetricNet};
+use medret_models::model_card::{Method, ModelCard};
 use medret_models::weights::{load_module, save_module};
 use serde::{Deserialize, Serialize};
 
@@ -469,5 +471,81 @@ pub fn check_init(cfg: &FundusMetricConfig, path: &Path) -> Result<InitWeights> 
     Ok(InitWeights {
         path: path.to_path_buf(),
         sha256,
+    })
+}
+
+/// ITQ iterations; the quantization error has flattened well before on every set tried.
+pub const ITQ_ITERS: usize = 50;
+
+/// How `learn_binarisation` left the model's codes.
+pub enum Binarisation {
+    /// ITQ fitted on `descriptors` training descriptors, with its quantization error at
+    /// the random start and at the end.
+    Itq {
+        card: ModelCard,
+        descriptors: usize,
+        error_before: f64,
+        error_after: f64,
+    },
+    /// ITQ needs at least `bits` images and dimensions: the card keeps the seeded random
+    /// projection.
+    Random {
+        card: ModelCard,
+        descriptors: usize,
+        dim: usize,
+    },
+}
+
+/// Fits ITQ on the training descriptors of the model just written to `dir` (a fundus
+/// model with `binary_bits`) and rewrites its card with the learned binarisation; PCA has
+/// no `bits` directions with fewer images or dimensions than bits, and then the card is
+/// left with the random projection (SimHash may have more bits than dimensions).
+pub fn learn_binarisation(
+    card: ModelCard,
+    train: &[Record],
+    bits: usize,
+    seed: u64,
+    dir: &Path,
+    device: &Device,
+) -> Result<Binarisation> {
+    let encoder = medret_models::encoder::Encoder::open(dir, device)
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let descriptors: Vec<Vec<f32>> = encoder
+        .encode_records_full(train, 32, &|_| {})
+        .map_err(|e| TrainError::Data(e.to_string()))?
+        .into_iter()
+        .map(|e| e.raw)
+        .collect();
+    let n = descriptors.len();
+    let Some(itq) = medret_eval::baseline::Itq::fit(&descriptors, bits, seed, ITQ_ITERS) else {
+        return Ok(Binarisation::Random {
+            card,
+            descriptors: n,
+            dim: descriptors.first().map_or(0, Vec::len),
+        });
+    };
+    let (error_before, error_after) = (itq.errors[0], *itq.errors.last().unwrap_or(&itq.errors[0]));
+    let mut card = card;
+    let Method::FundusMetric(c) = &mut card.method else {
+        return Err(TrainError::Config(format!(
+            "{}: a learned binarisation is for descriptor models",
+            dir.display()
+        )));
+    };
+    c.binary_learned = Some(LearnedBinarisation {
+        method: format!("itq on {n} training descriptors, {ITQ_ITERS} iterations, seed {seed}"),
+        mean: itq.mean,
+        matrix: itq.matrix,
+    });
+    card.check()
+        .map_err(|e| TrainError::Config(format!("{}: {e}", dir.display())))?;
+    let card = card
+        .write(dir)
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    Ok(Binarisation::Itq {
+        card,
+        descriptors: n,
+        error_before,
+        error_after,
     })
 }
