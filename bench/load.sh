@@ -5,6 +5,10 @@
 #
 #   bench/load.sh                      # 10k and 1M cases, 30 s each, 4 clients
 #   SIZES=10000 SECONDS_EACH=10 bench/load.sh
+#   SIZES=1000000 CLIENTS=1 INGEST_MS=0 PROFILE=release bench/load.sh   # one client's latency
+#
+# PROFILE picks the build (default dev: the workspace's dev profile optimises the
+# dependencies; release is what a deployment runs); MEDRET_BIN runs a given binary.
 #
 # The 1M archive is the 10k one grown with noisy copies of its codes (`medret bench
 # grow-store`): the same image per copy, so searches and explanations cost what they
@@ -18,8 +22,13 @@ SECONDS_EACH="${SECONDS_EACH:-30}"
 CLIENTS="${CLIENTS:-4}"
 INGEST_MS="${INGEST_MS:-250}"
 
-cargo build -p medret-cli --locked -q
-M="$CARGO_TARGET_DIR/debug/medret"
+PROFILE="${PROFILE:-dev}"
+if [ -n "${MEDRET_BIN:-}" ]; then
+    M="$MEDRET_BIN"
+else
+    cargo build -p medret-cli --locked -q --profile "$PROFILE"
+    M="$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/medret"
+fi
 mkdir -p "$WORK"
 # The demo's chest configuration: densenet-tiny at 96 px, 48-bit codes.
 [ -f "$WORK/cxr/Data_Entry_2017.csv" ] || "$M" synth cxr --n 2000 --size 128 --seed 3 --out "$WORK/cxr" >/dev/null

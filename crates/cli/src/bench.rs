@@ -18,6 +18,10 @@ pub enum BenchCommand {
     /// How much of a model's saliency (Grad-CAM, or where mirror attention falls) lands on
     /// lesion pixels (masks or boxes), against a random map.
     Saliency(CropArgs),
+    /// Encoding an archive from its files (as `medret encode` and `index build --model`
+    /// do: decoding and preprocessing overlapped with the network) against the network
+    /// alone on the same images, prepared beforehand: images a second and their ratio.
+    Encode(EncodeArgs),
     /// A bounded load test of a running `medret serve` (loopback only): concurrent image
     /// searches with ingests in parallel for a fixed time; throughput, p50/p99 latency by
     /// stage, errors, and a check that no committed ingest is lost.
@@ -42,6 +46,47 @@ pub struct CropArgs {
     split: crate::index::SplitArg,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+pub struct EncodeArgs {
+    /// A trained model folder.
+    #[arg(long = "model")]
+    model_dir: std::path::PathBuf,
+    #[command(flatten)]
+    data: crate::engine_args::DataArg,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// The first N images of the dataset (default: all).
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn encode(a: &EncodeArgs) -> Result<()> {
+    let device = medret_models::device::parse_device("cpu").map_err(anyhow::Error::msg)?;
+    let encoder = medret_models::encoder::Encoder::open(&a.model_dir, &device)?;
+    let ds = a.data.open()?;
+    let n = a.limit.unwrap_or(ds.records.len()).min(ds.records.len());
+    let r = medret_bench::encode::measure(&encoder, &ds.records[..n], a.batch)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{} images, batch {}, {} threads: network alone {:.1} img/s, from files {:.1} img/s ({:.1} per thread), {:.0}% of the network's; decoding and preparing them once on one thread takes {:.1} s",
+            r.images,
+            r.batch,
+            r.threads,
+            r.network_images_per_s,
+            r.pipeline_images_per_s,
+            r.pipeline_images_per_s / r.threads as f64,
+            100.0 * r.ratio,
+            r.prepare_seconds_one_thread
+        );
+    }
+    Ok(())
 }
 
 fn saliency(a: &CropArgs) -> Result<()> {
@@ -93,6 +138,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::SearchFloat(a) => medret_bench::search::search_float(a),
         BenchCommand::Crop(a) => crop(a),
         BenchCommand::Saliency(a) => saliency(a),
+        BenchCommand::Encode(a) => encode(a),
         BenchCommand::Load(a) => medret_bench::load::load(a),
         BenchCommand::GrowStore(a) => medret_bench::load::grow(a),
         BenchCommand::Replica(a) => medret_bench::load::replica(a),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use medret_eval::report::Sampling;
-use medret_search::evaluate::{EvalOptions, evaluate, write_report};
+use medret_search::evaluate::{EvalOptions, FlipTta, evaluate, write_report};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -62,9 +62,11 @@ pub struct EvalArgs {
     #[arg(long, value_enum)]
     relevance_first: Option<RelevanceArg>,
     /// Test-time augmentation: average each image's code (before binarising) or
-    /// descriptor with its left-right mirror's, queries and database alike.
-    #[arg(long)]
-    flip_tta: bool,
+    /// descriptor with its left-right mirror's, queries and database alike (`both`, the
+    /// value when none is given), or the queries only (`queries`), which measures whether
+    /// the query's side alone would do.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "both", value_name = "WHICH")]
+    flip_tta: Option<FlipArg>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -77,6 +79,12 @@ pub struct EvalArgs {
     /// Print report.json to stdout.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum FlipArg {
+    Queries,
+    Both,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -125,7 +133,11 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             dba: a.dba,
             alpha: a.qe_alpha,
         },
-        flip_tta: a.flip_tta,
+        flip_tta: match a.flip_tta {
+            None => FlipTta::Off,
+            Some(FlipArg::Queries) => FlipTta::Queries,
+            Some(FlipArg::Both) => FlipTta::Both,
+        },
         relevance_first: a.relevance_first.map(|r| match r {
             RelevanceArg::Classifier => medret_search::evaluate::RelevanceFrom::Classifier,
             RelevanceArg::Neighbours => medret_search::evaluate::RelevanceFrom::Neighbours,

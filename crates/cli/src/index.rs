@@ -90,6 +90,12 @@ pub struct IngestArgs {
     /// --binary-bits) in a Hamming index instead of the float descriptors.
     #[arg(long, requires = "model_dir")]
     binary: bool,
+    /// With --model, on `build`: flip test-time augmentation. Every image going in, and
+    /// every image query later, is encoded with its left-right mirror and the two
+    /// averaged (twice the encoding time). `add` follows what the archive was built with.
+    /// Off by default: it helped the fundus model and not the chest ones (docs/usage.md).
+    #[arg(long, requires = "model_dir")]
+    flip_tta: bool,
     /// With --model: compute device (cpu, gpu:N or part of an adapter's name in a GPU build; see `medret devices`).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -189,8 +195,37 @@ pub struct SearchArgs {
     /// Show patient ids (masked by default).
     #[arg(long)]
     show_ids: bool,
+    /// With --image or --study: average query expansion with the query's N nearest
+    /// cases, their vectors weighted by cosine^--qe-alpha (0: off). Needs the hash
+    /// layer's outputs or float descriptors in the archive.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    qe: usize,
+    /// The exponent of --qe's cosine weights.
+    #[arg(long, default_value_t = 3.0, value_name = "A")]
+    qe_alpha: f32,
     #[arg(long)]
     json: bool,
+}
+
+impl SearchArgs {
+    /// What an image query takes.
+    fn query_options(&self) -> Result<medret_search::query::QueryOptions> {
+        if self.qe > 0 && self.image.is_none() && self.study.is_none() {
+            bail!("--qe applies to image queries (--image or --study)");
+        }
+        if !self.qe_alpha.is_finite() || self.qe_alpha < 0.0 {
+            bail!("--qe-alpha must be a finite number of at least 0");
+        }
+        Ok(medret_search::query::QueryOptions {
+            k: self.k,
+            radius: self.radius,
+            show_ids: self.show_ids,
+            explain: self.explain.is_some(),
+            qe: self.qe,
+            qe_alpha: self.qe_alpha,
+            ..Default::default()
+        })
+    }
 }
 
 pub fn run_index(cmd: &IndexCommand) -> Result<()> {
@@ -214,6 +249,7 @@ pub fn run_index(cmd: &IndexCommand) -> Result<()> {
                 &records,
                 build,
                 a.binary,
+                a.flip_tta,
                 16,
                 &|n| bar.set_position(n as u64),
             )?;
@@ -354,6 +390,7 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
     if !is_url(&a.store) && !a.store.exists() {
         bail!("{}: no such store", shown(&a.store));
     }
+    let opts = a.query_options()?;
     let mut store = open_store(&a.store)?;
     let model = store.model(&a.model)?;
     let bytes = model.kind.vector_bytes();
@@ -367,15 +404,7 @@ pub fn run_search(a: &SearchArgs) -> Result<()> {
             &device,
         )?;
         let mut archive = Archive::open_with(store, &a.model, a.float_index)?;
-        let res = search_image(
-            &mut archive,
-            &encoder,
-            image,
-            a.k,
-            a.radius,
-            a.show_ids,
-            a.explain.is_some(),
-        )?;
+        let res = search_image(&mut archive, &encoder, image, &opts)?;
         let mut written = Vec::new();
         if let Some(dir) = &a.explain {
             written = medret_search::explain::write_explanations(
@@ -483,17 +512,12 @@ fn search_pacs(
         a.model_dir.as_deref(),
         &device,
     )?;
-    let kind = store.model(&a.model)?.kind;
+    let info = store.model(&a.model)?;
     let query = medret_pacs::query::resolve(&client, study, a.series.as_deref(), a.sop.as_deref())?;
     let file = client.retrieve(&query)?;
     let fetched = medret_pacs::sync::decode_retrieved(&query, &file)?;
-    let opts = medret_search::query::QueryOptions {
-        k: a.k,
-        radius: a.radius,
-        show_ids: a.show_ids,
-        ..Default::default()
-    };
-    let encoded = medret_search::query::encode_query(&encoder, kind, fetched.image, &opts, false)?;
+    let opts = a.query_options()?;
+    let encoded = medret_search::query::encode_query(&encoder, &info, fetched.image, &opts, false)?;
     let mut archive = Archive::open_with(store, &a.model, a.float_index)?;
     let res = medret_search::query::search_encoded(&mut archive, encoded, &opts)?;
     let mut kos = None;

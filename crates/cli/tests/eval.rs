@@ -496,7 +496,7 @@ fn report_for_a_tiny_model_and_bad_input() {
         v["protocol"]
     );
     assert!(protocol("relevance_first").contains("classifier"));
-    assert_eq!(v["protocol"]["flip_tta"], true);
+    assert_eq!(v["protocol"]["flip_tta"], "both");
     assert!(protocol("queries").starts_with("validation part"));
     let e = fails(&[
         "eval",

@@ -545,6 +545,208 @@ fn fundus_descriptors_in_similar_cases_out() {
         assert!((0.0..=2.0).contains(&d), "cosine distance {d}");
     }
     assert!(explain.join("query.png").is_file());
+
+    // αQE and flip TTA at search time, against references computed here from `encode`'s
+    // descriptors and from a mirrored image file.
+    let query_in = |model: &str, k: &str, args: &[&str]| -> (Vec<f32>, serde_json::Value) {
+        let mut all = vec![
+            "search",
+            "--store",
+            s(&store),
+            "--model",
+            model,
+            "-k",
+            k,
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        let v: serde_json::Value = serde_json::from_str(&ok(&all)).unwrap();
+        let hex = v["query"]["code"].as_str().unwrap().to_string();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let floats = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        (floats, v)
+    };
+    let query_vector = |args: &[&str]| query_in("dr", "3", args);
+    let (train_npy, train_ids) = (tmp.path().join("t.npy"), tmp.path().join("t.csv"));
+    ok(&[
+        "encode",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "train",
+        "--out",
+        s(&train_npy),
+        "--ids-out",
+        s(&train_ids),
+    ]);
+    let (_, train_desc) = medret_data::npy::read_f32_matrix(&train_npy).unwrap();
+    let train_rows: Vec<&[f32]> = train_desc.chunks(24).collect();
+    let train_paths: Vec<String> = std::fs::read_to_string(&train_ids)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    let dot = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| *x as f64 * *y as f64)
+            .sum::<f64>()
+    };
+    let norm = |a: &[f32]| dot(a, a).sqrt();
+    let cos = |a: &[f32], b: &[f32]| dot(a, b) / (norm(a) * norm(b));
+    let (plain, _) = query_vector(&["--image", &first]);
+    assert!(
+        plain
+            .iter()
+            .zip(&descriptors[..24])
+            .all(|(a, b)| (a - b).abs() < 1e-5),
+        "search and encode disagree"
+    );
+    let mut order: Vec<usize> = (0..train_rows.len()).collect();
+    order.sort_by(|&a, &b| cos(&plain, train_rows[b]).total_cmp(&cos(&plain, train_rows[a])));
+    // Radenović et al.: q + sum of w_i d_i / |d_i|, w_i = max(0, cos)^3, rescaled to |q|.
+    let mut sum: Vec<f64> = plain.iter().map(|&x| x as f64 / norm(&plain)).collect();
+    for &i in &order[..2] {
+        let w = cos(&plain, train_rows[i]).max(0.0).powi(3);
+        for (acc, &x) in sum.iter_mut().zip(train_rows[i]) {
+            *acc += w * x as f64 / norm(train_rows[i]);
+        }
+    }
+    let scale = norm(&plain) / sum.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let (expanded, answer) = query_vector(&["--image", &first, "--qe", "2"]);
+    for (got, want) in expanded.iter().zip(&sum) {
+        assert!(
+            (*got as f64 - want * scale).abs() < 1e-5,
+            "{expanded:?} vs {sum:?}"
+        );
+    }
+    assert!(
+        expanded
+            .iter()
+            .zip(&plain)
+            .any(|(a, b)| (a - b).abs() > 1e-4),
+        "not expanded"
+    );
+    // The archive was searched with the expanded vector.
+    let top = &answer["results"][0];
+    let row = train_paths
+        .iter()
+        .position(|p| p == top["path"].as_str().unwrap())
+        .unwrap();
+    let d = top["distance"].as_f64().unwrap();
+    assert!(
+        (d - (1.0 - cos(&expanded, train_rows[row]))).abs() < 1e-4,
+        "{d}"
+    );
+    // Flip TTA, an archive-wide choice: the query is the mean of the image's descriptor
+    // and its mirror's, and so is every stored case (the nearest is at the distance
+    // between those two means).
+    let mirror_of = |p: &str, name: &str| -> Vec<f32> {
+        let m = tmp.path().join(name);
+        image::open(p).unwrap().fliph().save(&m).unwrap();
+        query_vector(&["--image", s(&m)]).0
+    };
+    let mirrored = mirror_of(&first, "mirror.png");
+    ok(&[
+        "index",
+        "build",
+        "--store",
+        s(&store),
+        "--name",
+        "dr-tta",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "train",
+        "--flip-tta",
+    ]);
+    let (tta, answer) = query_in("dr-tta", "3", &["--image", &first]);
+    for ((t, a), b) in tta.iter().zip(&plain).zip(&mirrored) {
+        assert!((t - 0.5 * (a + b)).abs() < 1e-5, "{tta:?}");
+    }
+    let top = &answer["results"][0];
+    let path = top["path"].as_str().unwrap();
+    let row = train_paths.iter().position(|p| p == path).unwrap();
+    let other = mirror_of(path, "mirror-top.png");
+    let stored: Vec<f32> = train_rows[row]
+        .iter()
+        .zip(&other)
+        .map(|(a, b)| 0.5 * (a + b))
+        .collect();
+    let d = top["distance"].as_f64().unwrap();
+    assert!((d - (1.0 - cos(&tta, &stored))).abs() < 1e-4, "{d}");
+    // `index add` follows the archive: the query image itself, added, is found at 0.
+    ok(&[
+        "index",
+        "add",
+        "--store",
+        s(&store),
+        "--name",
+        "dr-tta",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "test",
+    ]);
+    let (_, answer) = query_in("dr-tta", "1", &["--image", &first]);
+    assert!(
+        answer["results"][0]["distance"].as_f64().unwrap() < 1e-5,
+        "{answer}"
+    );
+    let err = fails(&[
+        "index",
+        "add",
+        "--store",
+        s(&store),
+        "--name",
+        "dr",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "test",
+        "--flip-tta",
+    ]);
+    assert!(err.contains("without --flip-tta"), "{err}");
+    let err = fails(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "dr",
+        "--image",
+        &first,
+        "--qe",
+        "51",
+    ]);
+    assert!(err.contains("at most 50"), "{err}");
+    let err = fails(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "dr",
+        "--case",
+        "x",
+        "--qe",
+        "2",
+    ]);
+    assert!(err.contains("image queries"), "{err}");
+
     // A descriptor model explains twice: where the attention falls, and the Grad-CAM of
     // the similarity (the query's to its results, each result's to the query).
     let written: Vec<&str> = v["explanations"]
@@ -699,6 +901,22 @@ fn fundus_descriptors_in_similar_cases_out() {
         v["query"]["code"],
         hex(&codes[0]),
         "search and encode --binary disagree"
+    );
+    // Codes alone hold nothing to expand: a clear error.
+    let err = fails(&[
+        "search",
+        "--store",
+        s(&store),
+        "--model",
+        "dr-codes",
+        "--image",
+        &first,
+        "--qe",
+        "2",
+    ]);
+    assert!(
+        err.contains("continuous vectors") && err.contains("dr-codes"),
+        "{err}"
     );
     // Radius search is for codes only.
     let err = fails(&[

@@ -187,6 +187,7 @@ fn api_answers_as_the_cli_does_and_guards_writes() {
         models["models"][0]["size"]["ties_by_relaxed_outputs"], true,
         "an archive built with the model stores its relaxed outputs"
     );
+    assert_eq!(models["models"][0]["flip_tta"], false);
 
     // Search by image: the same hits and the same query code as `medret search --image`.
     let q = &test_images(&data)[0];
@@ -303,6 +304,46 @@ fn api_answers_as_the_cli_does_and_guards_writes() {
         &[("query.png", &q_bytes)],
     );
     assert_eq!(code, 400, "{bad_region}");
+
+    // αQE: the server's answer is the CLI's with the same option (checked against a
+    // hand-computed expansion in the retrieval tests).
+    let (code, expanded, _) = post_form(
+        &srv.url("/api/v1/search"),
+        None,
+        &[
+            ("model", "cxr16"),
+            ("k", "5"),
+            ("qe", "3"),
+            ("explain", "false"),
+        ],
+        &[("query.png", &q_bytes)],
+    );
+    assert_eq!(code, 200, "{}", brief(&expanded));
+    let cli_expanded: Value = serde_json::from_str(&ok(&[
+        "search",
+        "--store",
+        st,
+        "--model",
+        "cxr16",
+        "--image",
+        s(q),
+        "-k",
+        "5",
+        "--qe",
+        "3",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(expanded["query"]["code"], cli_expanded["query"]["code"]);
+    assert_eq!(ids(&expanded), ids(&cli_expanded));
+    let (code, bad, _) = post_form(
+        &srv.url("/api/v1/search"),
+        None,
+        &[("model", "cxr16"), ("qe", "51")],
+        &[("query.png", &q_bytes)],
+    );
+    assert_eq!(code, 400, "{bad}");
+    assert!(bad.to_string().contains("qe"), "{bad}");
 
     // By cases ("more like these"): the query cases are left out.
     let first = results[0]["case_id"].as_str().unwrap();

@@ -18,6 +18,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::avg_pool::avg_pool2d;
 use crate::kernels::bn_relu::bn_relu;
 use crate::kernels::conv::conv2d;
 use crate::kernels::dense_block::dense_block;
@@ -237,8 +238,7 @@ pub struct Transition {
 
 impl Transition {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.pool
-            .forward(conv1x1(&self.conv, bn_relu(&self.norm, x)))
+        avg_pool2d(&self.pool, conv1x1(&self.conv, bn_relu(&self.norm, x)))
     }
 }
 

@@ -154,10 +154,23 @@ impl Encoder {
 
     /// Encodes decoded images (any size, grey or RGB: the card's preprocessing converts).
     pub fn encode_images(&self, images: Vec<ImageF32>, explain: bool) -> Vec<Encoded> {
-        if images.is_empty() {
+        let prepared = images.into_iter().map(|img| self.prepare(img)).collect();
+        self.encode_prepared(prepared, explain)
+    }
+
+    /// A decoded image through the card's preprocessing (resize, channels, normalisation):
+    /// what [`Encoder::encode_prepared`] takes. Independent of the network, so it can run
+    /// on other threads while the network works.
+    pub fn prepare(&self, img: ImageF32) -> ImageF32 {
+        self.pipeline.apply(img, 0, 0)
+    }
+
+    /// Encodes images already through [`Encoder::prepare`], as one batch.
+    pub fn encode_prepared(&self, prepared: Vec<ImageF32>, explain: bool) -> Vec<Encoded> {
+        if prepared.is_empty() {
             return Vec::new();
         }
-        let x = self.input(images);
+        let x = self.stack(prepared);
         let n = x.dims()[0];
         match &self.net {
             Net::CxrHash(cfg, net) => {
@@ -226,12 +239,70 @@ impl Encoder {
         }
     }
 
+    /// Flip test-time augmentation: each image encoded with its left-right mirror, the
+    /// relaxed code or descriptor and the class probabilities averaged, and the stored
+    /// vector (code, descriptor, binarised descriptor) remade from that mean. The saliency
+    /// and crop box are the unmirrored image's: they are drawn on it.
+    pub fn encode_images_with_mirror(&self, images: Vec<ImageF32>, explain: bool) -> Vec<Encoded> {
+        let mirrored: Vec<ImageF32> = images
+            .iter()
+            .map(|img| self.prepare(medret_data::transform::hflip(img)))
+            .collect();
+        let flipped = self.encode_prepared(mirrored, false);
+        self.average_mirrored(self.encode_images(images, explain), flipped)
+    }
+
+    /// [`Encoder::encode_images`], or with `flip` [`Encoder::encode_images_with_mirror`]:
+    /// as an archive built with flip test-time augmentation encodes everything.
+    pub fn encode_images_as(
+        &self,
+        images: Vec<ImageF32>,
+        explain: bool,
+        flip: bool,
+    ) -> Vec<Encoded> {
+        if flip {
+            self.encode_images_with_mirror(images, explain)
+        } else {
+            self.encode_images(images, explain)
+        }
+    }
+
+    fn average_mirrored(&self, plain: Vec<Encoded>, flipped: Vec<Encoded>) -> Vec<Encoded> {
+        plain
+            .into_iter()
+            .zip(flipped)
+            .map(|(mut e, f)| {
+                for (a, b) in e.raw.iter_mut().zip(&f.raw) {
+                    *a = 0.5 * (*a + b);
+                }
+                for (a, b) in e.probabilities.iter_mut().zip(&f.probabilities) {
+                    *a = 0.5 * (*a + b);
+                }
+                self.remake_vectors(&mut e);
+                e
+            })
+            .collect()
+    }
+
+    /// `e.vector` and `e.code` recomputed from `e.raw`, as the model's own output makes
+    /// them: after any change to the relaxed code or descriptor (averaging, expansion).
+    pub fn remake_vectors(&self, e: &mut Encoded) {
+        match &self.net {
+            Net::CxrHash(..) => e.vector = pack_code_bytes(&e.raw),
+            Net::Fundus(_, projection) => {
+                e.vector = e.raw.iter().flat_map(|v| v.to_le_bytes()).collect();
+                e.code = projection.as_ref().map(|p| p.code(&e.raw));
+            }
+        }
+    }
+
     /// Decoded images through the card's preprocessing, as one batch.
     fn input(&self, images: Vec<ImageF32>) -> Tensor<4> {
-        let prepared: Vec<ImageF32> = images
-            .into_iter()
-            .map(|img| self.pipeline.apply(img, 0, 0))
-            .collect();
+        self.stack(images.into_iter().map(|img| self.prepare(img)).collect())
+    }
+
+    /// Prepared images as one batch tensor.
+    fn stack(&self, prepared: Vec<ImageF32>) -> Tensor<4> {
         let (c, h, w) = (prepared[0].channels, prepared[0].height, prepared[0].width);
         let n = prepared.len();
         let mut data = Vec::with_capacity(n * c * h * w);
@@ -306,16 +377,65 @@ impl Encoder {
         batch: usize,
         progress: &dyn Fn(usize),
     ) -> Result<Vec<Encoded>, EncodeError> {
+        self.encode_records_with(records, batch, false, progress)
+    }
+
+    /// [`Encoder::encode_records_full`], with `flip` each image averaged with its mirror
+    /// ([`Encoder::encode_images_with_mirror`]).
+    ///
+    /// A pipeline of two stages: one thread decodes and prepares the next batch (its
+    /// images in parallel) while the network encodes the current one, at most one batch
+    /// ahead, so memory stays at about three batches of prepared images whatever the
+    /// number of records. The first error stops both, in record order.
+    pub fn encode_records_with(
+        &self,
+        records: &[Record],
+        batch: usize,
+        flip: bool,
+        progress: &dyn Fn(usize),
+    ) -> Result<Vec<Encoded>, EncodeError> {
         use rayon::prelude::*;
-        let mut out = Vec::with_capacity(records.len());
-        for chunk in records.chunks(batch.max(1)) {
-            let images = chunk
+        type Prepared = (Vec<ImageF32>, Vec<ImageF32>);
+        let pipeline = &self.pipeline;
+        let prepare = |chunk: &[Record]| -> Result<Prepared, EncodeError> {
+            let pairs = chunk
                 .par_iter()
-                .map(|r| medret_data::decode::load_image(&r.source))
-                .collect::<Result<Vec<_>, _>>()?;
-            out.extend(self.encode_images(images, false));
-            progress(out.len());
-        }
+                .map(|r| {
+                    let img = medret_data::decode::load_image(&r.source)?;
+                    let mirror =
+                        flip.then(|| pipeline.apply(medret_data::transform::hflip(&img), 0, 0));
+                    Ok((pipeline.apply(img, 0, 0), mirror))
+                })
+                .collect::<Result<Vec<_>, medret_data::DataError>>()?;
+            let (plain, mirrored): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+            Ok((plain, mirrored.into_iter().flatten().collect()))
+        };
+        let mut out = Vec::with_capacity(records.len());
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            s.spawn(move || {
+                for chunk in records.chunks(batch.max(1)) {
+                    let prepared = prepare(chunk);
+                    let failed = prepared.is_err();
+                    // A closed channel: the network side stopped on an error.
+                    if tx.send(prepared).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            for prepared in rx {
+                let (plain, mirrored) = prepared?;
+                let encoded = self.encode_prepared(plain, false);
+                if flip {
+                    let flipped = self.encode_prepared(mirrored, false);
+                    out.extend(self.average_mirrored(encoded, flipped));
+                } else {
+                    out.extend(encoded);
+                }
+                progress(out.len());
+            }
+            Ok::<_, EncodeError>(())
+        })?;
         Ok(out)
     }
 }

@@ -196,6 +196,9 @@ pub fn sync<S: CaseStore>(
     let secret = archive.store().setting("opaque_key")?.ok_or_else(|| {
         PacsError::Config("the store has no secret (opaque_key) for pseudonyms".into())
     })?;
+    // Encoded as the archive encodes its cases (with their mirrors, for an archive built
+    // with flip test-time augmentation).
+    let flip = medret_search::binding::ModelBinding::flip_tta_of(&archive.model().config_hash);
     let found = find(client, opts)?;
     let mut summary = SyncSummary {
         found: found.len(),
@@ -227,7 +230,7 @@ pub fn sync<S: CaseStore>(
             }
         };
         let case = new_case(&fetched, &secret);
-        let encoded = encoder.encode_images(vec![fetched.image.clone()], false);
+        let encoded = encoder.encode_images_as(vec![fetched.image.clone()], false, flip);
         let Some(e) = encoded.first() else {
             summary
                 .failed

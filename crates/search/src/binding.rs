@@ -16,6 +16,10 @@ pub struct ModelBinding {
     pub model_dir: PathBuf,
     /// The card as it was; its `weights_sha256` and `checksum` identify the model.
     pub card: ModelCard,
+    /// Built with flip test-time augmentation (`index build --flip-tta`): every image
+    /// going in, and every image query, is encoded with its mirror and the two averaged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flip_tta: bool,
 }
 
 impl ModelBinding {
@@ -23,7 +27,14 @@ impl ModelBinding {
         ModelBinding {
             model_dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
             card: card.clone(),
+            flip_tta: false,
         }
+    }
+
+    /// Whether the store model with `config_hash` was built with flip test-time
+    /// augmentation (false for archives of vector files or built before it existed).
+    pub fn flip_tta_of(config_hash: &str) -> bool {
+        Self::from_config_hash(config_hash).is_some_and(|b| b.flip_tta)
     }
 
     /// The text stored in the model's `config_hash`.

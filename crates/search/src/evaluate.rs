@@ -42,8 +42,21 @@ pub struct EvalOptions {
     /// within equal probabilities. Off by default.
     pub relevance_first: Option<RelevanceFrom>,
     /// Test-time augmentation: each image's relaxed code or descriptor averaged with its
-    /// left-right mirror's, queries and database alike. Off by default.
-    pub flip_tta: bool,
+    /// left-right mirror's. Off by default.
+    pub flip_tta: FlipTta,
+}
+
+/// Which images [`EvalOptions::flip_tta`] averages with their mirrors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlipTta {
+    #[default]
+    Off,
+    /// The queries only, against a database encoded plainly: measures whether the
+    /// query's side alone would do (it did not; hence `index build --flip-tta`).
+    Queries,
+    /// Queries and database alike.
+    Both,
 }
 
 /// Where relevance-first ranking takes the query's class probabilities from.
@@ -250,42 +263,15 @@ fn class_probabilities(
         .collect()
 }
 
-/// Every record encoded; with `flip_tta`, the mean of the image's and its mirror's
+/// Every record encoded; with `flip`, the mean of the image's and its mirror's
 /// outputs, the stored vector (code or descriptor) remade from that mean.
 fn encode(
     encoder: &Encoder,
     records: &[Record],
     opts: &EvalOptions,
+    flip: bool,
 ) -> Result<Vec<medret_models::encoder::Encoded>> {
-    if !opts.flip_tta {
-        return Ok(encoder.encode_records_full(records, opts.batch, &|_| {})?);
-    }
-    use rayon::prelude::*;
-    let mut out = Vec::with_capacity(records.len());
-    for chunk in records.chunks(opts.batch.max(1)) {
-        let images = chunk
-            .par_iter()
-            .map(|r| medret_data::decode::load_image(&r.source))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(medret_models::encoder::EncodeError::from)?;
-        let mirrored: Vec<_> = images.iter().map(medret_data::transform::hflip).collect();
-        let plain = encoder.encode_images(images, false);
-        let flipped = encoder.encode_images(mirrored, false);
-        for (mut e, f) in plain.into_iter().zip(flipped) {
-            for (a, b) in e.raw.iter_mut().zip(&f.raw) {
-                *a = 0.5 * (*a + b);
-            }
-            for (a, b) in e.probabilities.iter_mut().zip(&f.probabilities) {
-                *a = 0.5 * (*a + b);
-            }
-            e.vector = match encoder.card.output {
-                Output::Codes { .. } => medret_models::cxr_hash::hash_head::pack_code_bytes(&e.raw),
-                Output::Descriptors { .. } => e.raw.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            };
-            out.push(e);
-        }
-    }
-    Ok(out)
+    Ok(encoder.encode_records_with(records, opts.batch, flip, &|_| {})?)
 }
 
 impl Vectors {
@@ -531,10 +517,10 @@ pub fn evaluate(
     };
     progress("encoding the database");
     let t = Instant::now();
-    let dv = encode(encoder, &database, opts)?;
+    let dv = encode(encoder, &database, opts, opts.flip_tta == FlipTta::Both)?;
     let encode_s = t.elapsed().as_secs_f64();
     progress("encoding the queries");
-    let qv = encode(encoder, &queries, opts)?;
+    let qv = encode(encoder, &queries, opts, opts.flip_tta != FlipTta::Off)?;
     let as_vectors = |v: Vec<medret_models::encoder::Encoded>| match bits {
         Some(_) => Vectors::Codes(
             v.iter().map(|e| pack_bytes(&e.vector)).collect(),

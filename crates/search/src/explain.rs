@@ -41,14 +41,35 @@ pub fn draw_box(img: &mut RgbImage, b: &CropBox, colour: [u8; 3]) {
 const MIN_OVERLAY_SIDE: usize = 384;
 
 /// The image as the model saw it, enlarged to at least [`MIN_OVERLAY_SIDE`], with the
-/// saliency blended in and the crop box drawn.
+/// saliency blended in and the crop box drawn: for files and reports, which are viewed
+/// at their own size.
 pub fn overlay_image(
     shown: &ImageF32,
     saliency: Option<&[f32]>,
     crop: Option<&CropBox>,
 ) -> Result<RgbImage> {
+    let f = MIN_OVERLAY_SIDE.div_ceil(shown.width.max(1)).max(1);
+    overlay_scaled(shown, saliency, crop, f)
+}
+
+/// [`overlay_image`] at the model's input size: for the web page, which scales images
+/// in the browser. Enlarging first added no detail (the saliency map and the image are
+/// at most the input's) and cost most of an explained query's time (docs/benchmarks.md).
+pub fn overlay_image_native(
+    shown: &ImageF32,
+    saliency: Option<&[f32]>,
+    crop: Option<&CropBox>,
+) -> Result<RgbImage> {
+    overlay_scaled(shown, saliency, crop, 1)
+}
+
+fn overlay_scaled(
+    shown: &ImageF32,
+    saliency: Option<&[f32]>,
+    crop: Option<&CropBox>,
+    f: usize,
+) -> Result<RgbImage> {
     let (h, w) = (shown.height, shown.width);
-    let f = MIN_OVERLAY_SIDE.div_ceil(w.max(1)).max(1);
     let big = medret_data::transform::resize(shown, h * f, w * f);
     let map = match saliency {
         Some(s) => medret_models::grad_cam::upsample_bilinear(s, h, w, h * f, w * f),

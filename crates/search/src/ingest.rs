@@ -66,6 +66,8 @@ pub fn archive_kind(encoder: &Encoder, binary: bool) -> Result<ModelKind> {
 /// Encodes `records` with `encoder` (all of them, before the store is touched), then
 /// ingests them under `name` in one transaction. `build` creates the model (refused if it
 /// exists); otherwise the model must exist and have been built by this very model folder.
+/// With `flip_tta` a built archive encodes every image with its mirror, and an added
+/// batch follows the archive's choice.
 #[allow(clippy::too_many_arguments)]
 pub fn ingest_with_model(
     store: &mut dyn CaseStore,
@@ -75,6 +77,7 @@ pub fn ingest_with_model(
     records: &[Record],
     build: bool,
     binary: bool,
+    flip_tta: bool,
     batch: usize,
     progress: &dyn Fn(usize),
 ) -> Result<Vec<u64>> {
@@ -83,7 +86,10 @@ pub fn ingest_with_model(
             "no images to index (is the split empty?)".into(),
         ));
     }
-    let binding = ModelBinding::new(&encoder.dir, &encoder.card);
+    let binding = ModelBinding {
+        flip_tta,
+        ..ModelBinding::new(&encoder.dir, &encoder.card)
+    };
     let mut kind = archive_kind(encoder, binary)?;
     let existing = store.model(name);
     // An archive built before relaxed outputs were stored keeps its layout.
@@ -99,6 +105,11 @@ pub fn ingest_with_model(
     {
         kind = *old;
     }
+    // An added batch is encoded as the archive's first one was.
+    let flip = match &existing {
+        Ok(e) => ModelBinding::flip_tta_of(&e.config_hash),
+        Err(_) => flip_tta,
+    };
     match existing {
         Ok(existing) if build => {
             return Err(SearchError::Model {
@@ -122,6 +133,14 @@ pub fn ingest_with_model(
             });
         }
         Ok(existing) => match ModelBinding::from_config_hash(&existing.config_hash) {
+            Some(b) if flip_tta && !b.flip_tta => {
+                return Err(SearchError::Model {
+                    model: name.into(),
+                    store: store_name.into(),
+                    message: "was built without --flip-tta; its cases are added as it encodes them"
+                        .into(),
+                });
+            }
             Some(b) => b.check(&encoder.card, &encoder.dir, name, store_name)?,
             None => {
                 return Err(SearchError::Model {
@@ -141,7 +160,7 @@ pub fn ingest_with_model(
         Err(_) => {}
     }
     let vectors: Vec<Vec<u8>> = encoder
-        .encode_records_full(records, batch, progress)?
+        .encode_records_with(records, batch, flip, progress)?
         .iter()
         .map(|e| crate::query::stored_vector(kind, e))
         .collect();

@@ -9,6 +9,8 @@ use medret_models::encoder::{Encoded, Encoder};
 use medret_store::{Archive, Case, CaseStore, Found};
 use serde::Serialize;
 
+use medret_eval::expansion::Expansion;
+
 use crate::binding::ModelBinding;
 use crate::error::{Result, SearchError};
 
@@ -134,21 +136,15 @@ pub fn search_image<S: CaseStore>(
     archive: &mut Archive<S>,
     encoder: &Encoder,
     image: &Path,
-    k: usize,
-    radius: Option<u32>,
-    show_ids: bool,
-    explain: bool,
+    opts: &QueryOptions,
 ) -> Result<ImageResults> {
     let decoded = medret_data::decode::decode_any(image)?;
-    let opts = QueryOptions {
-        k,
-        radius,
-        show_ids,
-        explain,
-        ..QueryOptions::default()
-    };
-    search_decoded(archive, encoder, decoded, &opts)
+    search_decoded(archive, encoder, decoded, opts)
 }
+
+/// Neighbours αQE may add to a query: each costs a stored-vector read, and Radenović et
+/// al. found 1 to 10 best.
+pub const MAX_QE: usize = 50;
 
 /// What every query takes besides the query itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +162,10 @@ pub struct QueryOptions {
     pub offset: usize,
     /// Hits of a radius search in one answer at most ([`MAX_HITS`] by default).
     pub max_hits: usize,
+    /// Image queries: average query expansion (αQE) with this many nearest cases (0: off).
+    pub qe: usize,
+    /// The exponent of αQE's cosine weights.
+    pub qe_alpha: f32,
 }
 
 impl Default for QueryOptions {
@@ -179,6 +179,8 @@ impl Default for QueryOptions {
             region: None,
             offset: 0,
             max_hits: MAX_HITS,
+            qe: 0,
+            qe_alpha: Expansion::default().alpha,
         }
     }
 }
@@ -302,14 +304,16 @@ pub struct EncodedQuery {
     pub encode_seconds: f64,
 }
 
-/// Runs the network on a decoded image (cut to `opts.region` first, if given) for an
-/// archive that stores `kind`. Needs no archive, so a server runs it outside any lock.
+/// Runs the network on a decoded image (cut to `opts.region` first, if given) for the
+/// archive model `info`, as it encodes its cases (with its mirror, for an archive built
+/// with flip test-time augmentation). Needs no archive, so a server runs it outside any
+/// lock.
 ///
 /// With `keep_decoded` false the full-size image is handed to the network rather than
 /// copied for the caller: one full-size copy fewer (a server's memory per upload).
 pub fn encode_query(
     encoder: &Encoder,
-    kind: medret_store::ModelKind,
+    info: &medret_store::ModelInfo,
     decoded: ImageF32,
     opts: &QueryOptions,
     keep_decoded: bool,
@@ -325,9 +329,12 @@ pub fn encode_query(
     } else {
         (decoded, None)
     };
-    let query = encoder.encode_images(vec![input], opts.explain).remove(0);
+    let flip = ModelBinding::flip_tta_of(&info.config_hash);
+    let query = encoder
+        .encode_images_as(vec![input], opts.explain, flip)
+        .remove(0);
     Ok(EncodedQuery {
-        vector: stored_vector(kind, &query),
+        vector: stored_vector(info.kind, &query),
         query,
         shown,
         decoded,
@@ -342,18 +349,86 @@ pub fn search_encoded<S: CaseStore>(
     opts: &QueryOptions,
 ) -> Result<ImageResults> {
     let t = std::time::Instant::now();
-    let page = search_vector_page(archive, &q.vector, opts, &[])?;
+    if opts.qe > MAX_QE {
+        return Err(SearchError::Invalid(format!(
+            "query expansion takes at most {MAX_QE} neighbours, not {}",
+            opts.qe
+        )));
+    }
+    let vector = if opts.qe > 0 {
+        expand_query(archive, &q, opts)?
+    } else {
+        q.vector
+    };
+    let page = search_vector_page(archive, &vector, opts, &[])?;
     Ok(ImageResults {
         hits: page.hits,
         exact: page.exact,
         truncated: page.truncated,
         next_offset: page.next_offset,
-        vector: q.vector,
+        vector,
         query: q.query,
         shown: q.shown,
         decoded: q.decoded,
         encode_seconds: q.encode_seconds,
         search_seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// αQE at search time, as `eval --qe` does it (Radenović et al. 2019): the query's
+/// continuous vector (relaxed code or descriptor) summed with its `opts.qe` nearest
+/// cases' stored ones, each weighted by `max(0, cos)^opts.qe_alpha`, the nearest ranked
+/// as the query itself is (filters do not apply to them); a code is then the sign of the
+/// expanded relaxed code. Needs the continuous vectors in the archive: a hash archive
+/// with relaxed outputs, or float descriptors.
+fn expand_query<S: CaseStore>(
+    archive: &mut Archive<S>,
+    q: &EncodedQuery,
+    opts: &QueryOptions,
+) -> Result<Vec<u8>> {
+    use medret_store::ModelKind;
+    let kind = archive.model().kind;
+    let continuous = |v: &[u8]| -> Option<Vec<f32>> {
+        let floats = match kind {
+            ModelKind::Codes { relaxed: true, .. } => v.get(kind.code_bytes()?..)?,
+            ModelKind::Descriptors { .. } => v,
+            ModelKind::Codes { .. } => return None,
+        };
+        Some(
+            floats
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        )
+    };
+    let own = continuous(&q.vector).ok_or_else(|| {
+        SearchError::Invalid(format!(
+            "query expansion needs the continuous vectors, and model `{}` stores codes alone \
+             (rebuild the archive with the model folder to store the hash layer's outputs)",
+            archive.model().name
+        ))
+    })?;
+    archive.sync()?;
+    let mut neighbours = Vec::new();
+    for f in archive.search(&q.vector, opts.qe)? {
+        // A case deleted since the search has no vector: it is left out.
+        if let Some(v) = archive.vector(f.id)?.as_deref().and_then(continuous) {
+            neighbours.push(v);
+        }
+    }
+    let expanded = medret_eval::expansion::alpha_expand(
+        &own,
+        neighbours.iter().map(Vec::as_slice),
+        opts.qe,
+        opts.qe_alpha,
+    );
+    Ok(match kind {
+        ModelKind::Codes { .. } => {
+            let mut v = medret_models::cxr_hash::hash_head::pack_code_bytes(&expanded);
+            v.extend(expanded.iter().flat_map(|x| x.to_le_bytes()));
+            v
+        }
+        ModelKind::Descriptors { .. } => expanded.iter().flat_map(|x| x.to_le_bytes()).collect(),
     })
 }
 
@@ -364,7 +439,8 @@ pub fn search_decoded<S: CaseStore>(
     decoded: ImageF32,
     opts: &QueryOptions,
 ) -> Result<ImageResults> {
-    let q = encode_query(encoder, archive.model().kind, decoded, opts, true)?;
+    let info = archive.model().clone();
+    let q = encode_query(encoder, &info, decoded, opts, true)?;
     search_encoded(archive, q, opts)
 }
 

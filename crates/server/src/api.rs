@@ -182,6 +182,7 @@ pub(crate) async fn models(State(state): S) -> Result<Json<Value>, ApiError> {
                 "class_names": card.map(|c| c.class_names.clone()).unwrap_or_default(),
                 "input_size": card.map(|c| c.preprocessing.size),
                 "radius_search": matches!(s.info.kind, ModelKind::Codes { .. }),
+                "flip_tta": medret_search::binding::ModelBinding::flip_tta_of(&s.info.config_hash),
                 "exact": !s.approximate,
                 "available": true,
             })
@@ -281,6 +282,7 @@ impl Form {
             filters: self.filters()?,
             region: self.get("region").map(Region::parse).transpose()?,
             offset: check_offset(self.parse("offset")?)?,
+            qe: check_qe(self.parse("qe")?)?,
             ..QueryOptions::default()
         })
     }
@@ -342,6 +344,14 @@ fn check_offset(offset: Option<usize>) -> Result<usize, ApiError> {
             "offset is at most {MAX_OFFSET}"
         ))),
         o => Ok(o),
+    }
+}
+
+fn check_qe(qe: Option<usize>) -> Result<usize, ApiError> {
+    use medret_search::query::MAX_QE;
+    match qe.unwrap_or(0) {
+        n if n > MAX_QE => Err(ApiError::bad_request(format!("qe is at most {MAX_QE}"))),
+        n => Ok(n),
     }
 }
 
@@ -535,8 +545,7 @@ pub(crate) async fn search(
         // The network runs before the model's lock is taken, so a slow query never makes
         // the others wait; the full-size image goes to it rather than being kept (this
         // API never shows it).
-        let encoded =
-            medret_search::query::encode_query(&encoder, slot.info.kind, img, &opts, false)?;
+        let encoded = medret_search::query::encode_query(&encoder, &slot.info, img, &opts, false)?;
         drop(reservation);
         deadline.check()?;
         let res = {
@@ -562,8 +571,8 @@ pub(crate) async fn search(
             "region": opts.region,
         });
         if opts.explain {
-            let plain = medret_search::explain::overlay_image(&res.shown, None, None)?;
-            let over = medret_search::explain::overlay_image(
+            let plain = medret_search::explain::overlay_image_native(&res.shown, None, None)?;
+            let over = medret_search::explain::overlay_image_native(
                 &res.shown,
                 q.saliency.as_ref().map(|s| s.data.as_slice()),
                 q.crop.as_ref(),
@@ -813,7 +822,7 @@ pub(crate) async fn case_overlay(
         let t = std::time::Instant::now();
         let shown = encoder.display_image(img.clone());
         let e = encoder.encode_images(vec![img], true).remove(0);
-        let over = medret_search::explain::overlay_image(
+        let over = medret_search::explain::overlay_image_native(
             &shown,
             e.saliency.as_ref().map(|s| s.data.as_slice()),
             e.crop.as_ref(),
@@ -902,8 +911,9 @@ pub(crate) async fn ingest(
             kinds.push(kind);
             deadline.check()?;
         }
+        let flip = medret_search::binding::ModelBinding::flip_tta_of(&slot.info.config_hash);
         let images: Vec<NewImage> = encoder
-            .encode_images(decoded, false)
+            .encode_images_as(decoded, false, flip)
             .iter()
             .zip(kinds)
             .zip(&form.files)

@@ -102,6 +102,9 @@ pub struct ModelEntry {
     pub class_names: Option<Vec<String>>,
     pub input_size: Option<u64>,
     pub radius_search: Option<bool>,
+    /// Built with flip test-time augmentation: images going in and image queries are
+    /// encoded with their mirrors, the two averaged.
+    pub flip_tta: Option<bool>,
     /// False when float searches go through an HNSW graph (approximate).
     pub exact: Option<bool>,
 }
@@ -157,6 +160,11 @@ pub struct SearchForm {
     /// `false` skips the query's overlay.
     #[schema(nullable = false)]
     pub explain: Option<String>,
+    /// Average query expansion with this many nearest cases, 0 to 50 (default 0: off).
+    /// Needs an archive of descriptors or of codes with the hash layer's outputs (400
+    /// otherwise).
+    #[schema(nullable = false, maximum = 50)]
+    pub qe: Option<u32>,
 }
 
 /// Filters of a search: a case must match every one given.

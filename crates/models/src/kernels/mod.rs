@@ -3,6 +3,7 @@
 //! PyTorch (`bench/densenet_ops.sh`). Each falls back to burn's own ops off the CPU
 //! backend.
 
+pub mod avg_pool;
 pub mod bn_relu;
 pub mod conv;
 pub mod dense_block;
