@@ -375,6 +375,32 @@ fn decode_frame_in(path: &Path, obj: &DefaultDicomObject, ts: &str, frame: u32) 
             let d = super::jpeg::decode(path, &bytes, (a.rows, a.cols, a.spp))?;
             (d.samples, d.rgb, d.ycc_markers)
         }
+        Value::PixelSequence(seq) if ts == uids::RLE_LOSSLESS => {
+            if ![8, 16, 32].contains(&a.bits_allocated) {
+                return Err(dicom_err(
+                    path,
+                    format!(
+                        "Bits Allocated {} in RLE Lossless; expected 8, 16 or 32",
+                        a.bits_allocated
+                    ),
+                ));
+            }
+            let bytes = super::jpeg::frame_bytes(
+                path,
+                seq.fragments(),
+                seq.offset_table(),
+                a.frames as usize,
+                frame as usize,
+            )?;
+            let samples = super::rle::decode(
+                path,
+                &bytes,
+                a.rows * a.cols,
+                a.spp,
+                usize::from(a.bits_allocated / 8),
+            )?;
+            (samples, false, false)
+        }
         Value::PixelSequence(_) if native => {
             return Err(dicom_err(
                 path,
@@ -566,7 +592,7 @@ fn native_samples(
     }
 }
 
-/// One frame through the `dicom` crates' adapters (RLE, JPEG-LS, JPEG 2000), which write
+/// One frame through the `dicom` crates' adapters (JPEG-LS, JPEG 2000), which write
 /// little-endian samples, interleaved, with the colour model untouched except JPEG 2000's
 /// multi-component transform (YBR_RCT, YBR_ICT), which OpenJPEG inverts.
 fn codec_samples(
@@ -587,11 +613,7 @@ fn codec_samples(
             ),
         ));
     }
-    if ts == uids::RLE_LOSSLESS {
-        super::check_rle_headers(path, obj)?;
-    } else if let Some(Value::PixelSequence(seq)) =
-        element(obj, tags::PIXEL_DATA).map(|e| e.value())
-    {
+    if let Some(Value::PixelSequence(seq)) = element(obj, tags::PIXEL_DATA).map(|e| e.value()) {
         // The codecs size their buffers by the stream's own header: a stream declaring
         // more than the DICOM header (checked against the limits) is refused first.
         let bytes = super::jpeg::frame_bytes(
