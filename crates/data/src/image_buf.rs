@@ -55,11 +55,19 @@ impl ImageF32 {
     /// From 8-bit interleaved pixels (HWC).
     pub fn from_u8_hwc(channels: usize, height: usize, width: usize, px: &[u8]) -> Self {
         let mut img = ImageF32::new(channels, height, width);
-        for y in 0..height {
-            for x in 0..width {
-                for c in 0..channels {
-                    img.set(c, y, x, px[(y * width + x) * channels + c] as f32 / 255.0);
-                }
+        // Plane by plane, in order: this runs on every archive image (a tenth of encoding
+        // a 1024 px PNG when it went pixel by pixel through `set`).
+        if channels == 1 {
+            // Kept apart from the strided loop below, which the compiler does not vectorise.
+            for (d, &v) in img.data.iter_mut().zip(px) {
+                *d = v as f32 / 255.0;
+            }
+            return img;
+        }
+        for c in 0..channels {
+            let samples = px[c..].iter().step_by(channels);
+            for (d, &v) in img.plane_mut(c).iter_mut().zip(samples) {
+                *d = v as f32 / 255.0;
             }
         }
         img
@@ -70,7 +78,8 @@ impl ImageF32 {
     pub fn from_dynamic(img: &DynamicImage) -> Self {
         let (w, h) = (img.width() as usize, img.height() as usize);
         match img {
-            DynamicImage::ImageLuma8(_) | DynamicImage::ImageLumaA8(_) => {
+            DynamicImage::ImageLuma8(g) => Self::from_u8_hwc(1, h, w, g.as_raw()),
+            DynamicImage::ImageLumaA8(_) => {
                 let g = img.to_luma8();
                 Self::from_u8_hwc(1, h, w, g.as_raw())
             }

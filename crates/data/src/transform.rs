@@ -138,28 +138,80 @@ pub fn crop(img: &ImageF32, x: usize, y: usize, w: usize, h: usize) -> ImageF32 
     out
 }
 
-/// Resizes with a triangle (bilinear, area-aware when shrinking) filter.
+/// Resizes with a triangle (bilinear, area-aware when shrinking) filter: the `image`
+/// crate's `resize` with `FilterType::Triangle`, the same taps, weights and order of
+/// additions, so its outputs are equal bit for bit (`tests/transforms.rs` checks it), and
+/// models trained before keep their inputs.
+///
+/// Why not the crate's function: it converts every sample to four channels and computes
+/// each output pixel's taps one `get_pixel` at a time; on a 1024 px radiograph shrunk to
+/// 96 px it was 58% of encoding an archive (perf). Here the vertical pass adds whole rows
+/// (vectorised), each plane is read in place, and the taps are computed once per axis.
 pub fn resize(img: &ImageF32, height: usize, width: usize) -> ImageF32 {
     if img.height == height && img.width == width {
         return img.clone();
     }
     let mut out = ImageF32::new(img.channels, height, width);
+    if img.height == 0 || img.width == 0 {
+        return out;
+    }
+    let rows = triangle_taps(img.height, height);
+    let cols = triangle_taps(img.width, width);
+    let mut tmp = vec![0f32; img.width * height];
     for c in 0..img.channels {
-        let src = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(
-            img.width as u32,
-            img.height as u32,
-            img.plane(c).to_vec(),
-        )
-        .expect("plane size");
-        let dst = image::imageops::resize(
-            &src,
-            width as u32,
-            height as u32,
-            image::imageops::FilterType::Triangle,
-        );
-        out.plane_mut(c).copy_from_slice(dst.as_raw());
+        let src = img.plane(c);
+        for (row, (first, ws)) in tmp.chunks_exact_mut(img.width).zip(&rows) {
+            row.fill(0.0);
+            for (k, &w) in ws.iter().enumerate() {
+                let line = &src[(first + k) * img.width..(first + k + 1) * img.width];
+                for (t, &v) in row.iter_mut().zip(line) {
+                    *t += v * w;
+                }
+            }
+        }
+        for (dst, line) in out
+            .plane_mut(c)
+            .chunks_exact_mut(width)
+            .zip(tmp.chunks_exact(img.width))
+        {
+            for (d, (first, ws)) in dst.iter_mut().zip(&cols) {
+                let mut t = 0.0f32;
+                for (&w, &v) in ws.iter().zip(&line[*first..]) {
+                    t += v * w;
+                }
+                // The crate clamps to f32's nominal range when it writes the result.
+                *d = t.clamp(0.0, 1.0);
+            }
+        }
     }
     out
+}
+
+/// For each output position along an axis of `from` samples shrunk or grown to `to`: the
+/// first input sample and the normalised triangle weights, computed as `image` 0.25 does.
+fn triangle_taps(from: usize, to: usize) -> Vec<(usize, Vec<f32>)> {
+    let ratio = from as f32 / to as f32;
+    let sratio = ratio.max(1.0);
+    let support = sratio;
+    (0..to)
+        .map(|o| {
+            let centre = (o as f32 + 0.5) * ratio;
+            let left = ((centre - support).floor() as i64).clamp(0, from as i64 - 1);
+            let right = ((centre + support).ceil() as i64).clamp(left + 1, from as i64);
+            let centre = centre - 0.5;
+            let mut ws: Vec<f32> = (left..right)
+                .map(|i| {
+                    let x = ((i as f32 - centre) / sratio).abs();
+                    if x < 1.0 { 1.0 - x } else { 0.0 }
+                })
+                .collect();
+            let sum: f32 = ws.iter().fold(0.0, |a, &w| a + w);
+            for w in &mut ws {
+                *w /= sum;
+            }
+            (left as usize, ws)
+        })
+        .collect()
 }
 
 pub fn hflip(img: &ImageF32) -> ImageF32 {
@@ -309,9 +361,15 @@ impl Pipeline {
     pub fn apply(&self, mut img: ImageF32, epoch: u64, index: u64) -> ImageF32 {
         let cfg = &self.config;
         let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(self.seed, epoch, index));
+        // A grey image for an RGB network is resized once and repeated after, not resized
+        // three times (each plane is resized alike, so the result is the same bit for bit);
+        // the fundus crop looks at colour, so it sees the repeated planes as before.
+        let grey_to_rgb = cfg.channels == Channels::Rgb && img.channels == 1 && !cfg.fundus_crop;
         img = match cfg.channels {
             Channels::Keep => img,
+            Channels::Grey if img.channels == 1 => img,
             Channels::Grey => img.to_grey(),
+            Channels::Rgb if grey_to_rgb => img,
             Channels::Rgb => img.to_rgb(),
         };
         if cfg.fundus_crop {
@@ -323,6 +381,9 @@ impl Pipeline {
             img = crop(&img, x, y, w, h);
         }
         img = resize(&img, cfg.size, cfg.size);
+        if grey_to_rgb {
+            img = img.to_rgb();
+        }
         if a.hflip > 0.0 && rng.random::<f32>() < a.hflip {
             img = hflip(&img);
         }

@@ -209,3 +209,82 @@ fn overlay_blends_the_jet_colour_map() {
     assert_eq!(o.get_pixel(1, 0).0, [166, 102, 102]);
     assert!(overlay(&img, &[0.0], 0.5).is_err());
 }
+
+/// `resize` is the `image` crate's Triangle resize, bit for bit: shrinking by large and
+/// fractional factors, growing, one axis only, odd sizes, several channels, and values
+/// outside [0, 1] (which both clamp on the way out).
+#[test]
+fn resize_equals_the_image_crates_triangle_filter_bit_for_bit() {
+    use image::imageops::{FilterType, resize as reference};
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 * 1.4 - 0.2
+    };
+    for (c, h, w, nh, nw) in [
+        (1, 1024, 1024, 96, 96),
+        (1, 300, 257, 224, 224),
+        (3, 61, 47, 96, 96),
+        (1, 17, 40, 17, 9),
+        (2, 5, 7, 13, 3),
+        (1, 1, 9, 4, 4),
+    ] {
+        let data: Vec<f32> = (0..c * h * w).map(|_| next()).collect();
+        let img = ImageF32::from_data(c, h, w, data);
+        let ours = resize(&img, nh, nw);
+        for ch in 0..c {
+            let src = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(
+                w as u32,
+                h as u32,
+                img.plane(ch).to_vec(),
+            )
+            .unwrap();
+            let theirs = reference(&src, nw as u32, nh as u32, FilterType::Triangle);
+            let differ = ours
+                .plane(ch)
+                .iter()
+                .zip(theirs.as_raw())
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "{c}x{h}x{w} -> {nh}x{nw}, channel {ch}: {differ} differ"
+            );
+        }
+    }
+}
+
+/// A grey image for an RGB network is resized once and repeated: the same result, bit for
+/// bit, as repeating it first and resizing three planes, with and without a random crop.
+#[test]
+fn grey_to_rgb_is_resized_once_with_the_same_result() {
+    let img = ramp(1, 37, 53);
+    for crop in [None, Some((0.3, 1.0))] {
+        let cfg = TransformConfig {
+            size: 16,
+            channels: Channels::Rgb,
+            fundus_crop: false,
+            augment: Augment {
+                random_resized_crop: crop,
+                ..Augment::default()
+            },
+            normalize: None,
+        };
+        let got = Pipeline::new(cfg.clone(), 5).apply(img.clone(), 2, 9);
+        let keep = TransformConfig {
+            channels: Channels::Keep,
+            ..cfg
+        };
+        let want = Pipeline::new(keep, 5).apply(img.to_rgb(), 2, 9);
+        assert_eq!((got.channels, got.height, got.width), (3, 16, 16));
+        assert!(
+            got.data
+                .iter()
+                .zip(&want.data)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "crop {crop:?}"
+        );
+    }
+}
