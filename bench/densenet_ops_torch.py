@@ -67,6 +67,7 @@ row("conv3x3 128->32, ours", lambda: conv3(x_mid).sum(), [x_mid])
 row("batchnorm(train)+relu 256", lambda: F.relu(bn(x_in)).sum(), [x_in])
 row("batchnorm(train)+relu 256, fused", lambda: F.relu(bn(x_in)).sum(), [x_in])
 row("avgpool 2x2 256", lambda: pool(x_in).sum(), [x_in])
+row("avgpool 2x2 256, ours", lambda: pool(x_in).sum(), [x_in])
 base = torch.randn(n, 64, hw, hw).requires_grad_()
 news = [torch.randn(n, growth, hw, hw).requires_grad_() for _ in range(6)]
 

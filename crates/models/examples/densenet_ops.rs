@@ -101,6 +101,9 @@ fn main() {
         medret_models::kernels::bn_relu::bn_relu(&bn, x_in.clone()).sum()
     });
     row("avgpool 2x2 256", &|| pool.forward(x_in.clone()).sum());
+    row("avgpool 2x2 256, ours", &|| {
+        medret_models::kernels::avg_pool::avg_pool2d(&pool, x_in.clone()).sum()
+    });
     // Block 1's concatenations: 64 channels grown by 32 six times.
     let base = rand([n, 64, hw, hw], &dev).autodiff().require_grad();
     let news: Vec<Tensor<4>> = (0..6)
