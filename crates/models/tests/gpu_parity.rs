@@ -44,9 +44,16 @@ fn fixture_input(device: &Device) -> Tensor<4> {
     Tensor::<4>::from_data(TensorData::new(x, [s[0], s[1], s[2], s[3]]), device)
 }
 
+/// Held by the tests that seed the CPU device (and by any other draw from it): its seed is one generator for the whole
+/// process, and tests running side by side would draw each other's weights and inputs.
+static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn tiny_on(device: &Device) -> medret_models::DenseNet {
     let cfg = DenseNetConfig::tiny();
-    let mut model = cfg.init(device);
+    let mut model = {
+        let _draws = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+        cfg.init(device)
+    };
     load_torchvision(
         &mut model,
         &cfg,
@@ -165,6 +172,7 @@ fn fusion_hash_codes_and_crops_match_the_cpu() {
     let mut c = FusionHashConfig::new(Arch::DenseNetTiny, 3, 4, 48);
     c.branches = Branches::Fusion;
     c.saliency = SaliencyKind::GradCam;
+    let _one_at_a_time = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     let cpu = Device::flex();
     cpu.seed(7);
     let net = c.init(&cpu);
@@ -238,6 +246,7 @@ fn fundus_descriptors_match_the_cpu() {
     let mut c = FundusMetricConfig::new(Arch::DenseNetTiny, Attention::Mirror);
     c.backbone.block_config = vec![1, 1];
     c.dim = Some(32);
+    let _one_at_a_time = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     let cpu = Device::flex();
     cpu.seed(5);
     let net = c.init(&cpu);
