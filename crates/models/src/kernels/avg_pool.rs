@@ -18,7 +18,6 @@ use burn::backend::{Autodiff, Flex};
 use burn::nn::PaddingConfig2d;
 use burn::nn::pool::AvgPool2d;
 use burn::prelude::*;
-use burn::tensor::GradientCheckpointingStrategy;
 use rayon::prelude::*;
 
 use super::{as_f32, contiguous, wrap, written};
@@ -50,17 +49,12 @@ impl AvgPool {
 pub fn avg_pool2d(pool: &AvgPool2d, x: Tensor<4>) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     let autodiff = x.device().is_autodiff();
-    let applies = super::enabled()
+    let applies = super::on_cpu_f32(&x)
         && matches!(pool.padding, PaddingConfig2d::Valid)
         && !pool.ceil_mode
         && h >= pool.kernel_size[0]
         && w >= pool.kernel_size[1]
-        && pool.stride.iter().all(|&s| s > 0)
-        && x.device() == Device::flex()
-        && x.dtype() == burn::tensor::DType::F32
-        && (!autodiff
-            || x.gradient_checkpointing_strategy()
-                == Some(GradientCheckpointingStrategy::Disabled));
+        && pool.stride.iter().all(|&s| s > 0);
     if !applies {
         return pool.forward(x);
     }

@@ -19,7 +19,6 @@ use burn::backend::{Autodiff, Flex};
 use burn::nn::PaddingConfig2d;
 use burn::nn::pool::MaxPool2d;
 use burn::prelude::*;
-use burn::tensor::GradientCheckpointingStrategy;
 use rayon::prelude::*;
 
 use super::{as_f32, contiguous, wrap, written};
@@ -57,14 +56,7 @@ pub fn max_pool2d(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
         _ => None,
     };
     let autodiff = x.device().is_autodiff();
-    let applies = super::enabled()
-        && pool.dilation == [1, 1]
-        && !pool.ceil_mode
-        && x.device() == Device::flex()
-        && x.dtype() == burn::tensor::DType::F32
-        && (!autodiff
-            || x.gradient_checkpointing_strategy()
-                == Some(GradientCheckpointingStrategy::Disabled));
+    let applies = super::on_cpu_f32(&x) && pool.dilation == [1, 1] && !pool.ceil_mode;
     let Some(p) = p.filter(|p| {
         applies
             && p[0] < pool.kernel_size[0]

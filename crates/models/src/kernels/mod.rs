@@ -14,6 +14,18 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::{Bytes, DType};
 
+/// Whether a kernel may take `x` at all: kernels on, an f32 tensor on burn-flex, and
+/// either no graph or one without gradient checkpointing (a checkpointed graph recomputes
+/// through burn's own ops, which know nothing of ours).
+fn on_cpu_f32(x: &burn::prelude::Tensor<4>) -> bool {
+    use burn::tensor::GradientCheckpointingStrategy;
+    enabled()
+        && x.device() == burn::prelude::Device::flex()
+        && x.dtype() == DType::F32
+        && (!x.device().is_autodiff()
+            || x.gradient_checkpointing_strategy() == Some(GradientCheckpointingStrategy::Disabled))
+}
+
 /// The buffer laid out row-major: incoming gradients may be strided views or broadcasts.
 fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.is_contiguous() {
