@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use dicom_core::value::{PrimitiveValue, Value};
+use dicom_core::value::{PixelFragmentSequence, PrimitiveValue, Value};
 use dicom_core::{DataDictionary, Tag};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
@@ -365,13 +365,7 @@ fn decode_frame_in(path: &Path, obj: &DefaultDicomObject, ts: &str, frame: u32) 
     let (raw, codec_rgb, jpeg_ycc): (Vec<u32>, bool, bool) = match pixel.value() {
         Value::Primitive(p) if native => (native_samples(path, &a, p, ts, frame)?, false, false),
         Value::PixelSequence(seq) if is_jpeg(ts) => {
-            let bytes = super::jpeg::frame_bytes(
-                path,
-                seq.fragments(),
-                seq.offset_table(),
-                a.frames as usize,
-                frame as usize,
-            )?;
+            let bytes = encapsulated_frame(path, &a, seq, frame)?;
             let d = super::jpeg::decode(path, &bytes, (a.rows, a.cols, a.spp))?;
             (d.samples, d.rgb, d.ycc_markers)
         }
@@ -385,13 +379,7 @@ fn decode_frame_in(path: &Path, obj: &DefaultDicomObject, ts: &str, frame: u32) 
                     ),
                 ));
             }
-            let bytes = super::jpeg::frame_bytes(
-                path,
-                seq.fragments(),
-                seq.offset_table(),
-                a.frames as usize,
-                frame as usize,
-            )?;
+            let bytes = encapsulated_frame(path, &a, seq, frame)?;
             let samples = super::rle::decode(
                 path,
                 &bytes,
@@ -510,6 +498,22 @@ fn decode_frame_in(path: &Path, obj: &DefaultDicomObject, ts: &str, frame: u32) 
     }
 }
 
+/// The compressed bytes of one frame of encapsulated pixel data (any codec).
+fn encapsulated_frame(
+    path: &Path,
+    a: &Attrs,
+    seq: &PixelFragmentSequence<dicom_object::mem::InMemFragment>,
+    frame: u32,
+) -> Result<Vec<u8>> {
+    super::jpeg::frame_bytes(
+        path,
+        seq.fragments(),
+        seq.offset_table(),
+        a.frames as usize,
+        frame as usize,
+    )
+}
+
 /// One frame of native pixel data as container values.
 fn native_samples(
     path: &Path,
@@ -616,13 +620,7 @@ fn codec_samples(
     if let Some(Value::PixelSequence(seq)) = element(obj, tags::PIXEL_DATA).map(|e| e.value()) {
         // The codecs size their buffers by the stream's own header: a stream declaring
         // more than the DICOM header (checked against the limits) is refused first.
-        let bytes = super::jpeg::frame_bytes(
-            path,
-            seq.fragments(),
-            seq.offset_table(),
-            a.frames as usize,
-            frame as usize,
-        )?;
+        let bytes = encapsulated_frame(path, a, seq, frame)?;
         if let Some((h, w)) = codestream_size(ts, &bytes)
             && (h, w) != (a.rows, a.cols)
         {
