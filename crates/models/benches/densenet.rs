@@ -3,7 +3,12 @@
 //! `bench/densenet_torch.py`; `bench/densenet.sh` runs both and prints the ratios.
 //!
 //! `cargo bench -p medret-models --bench densenet -- [--arch densenet121|tiny]
-//!  [--size 224] [--train-batch 16] [--infer-batch 64] [--steps 3] [--threads 2]`
+//!  [--size 224] [--train-batch 16] [--infer-batch 64] [--steps 3] [--threads 2]
+//!  [--device gpu:0] [--checkpointing]`
+//!
+//! `--infer-batch 0` skips inference and `--steps 0` times nothing after the first step, so a process's peak memory is the training step's
+//! (`bench/peak_memory.sh`); `--checkpointing` runs the step with burn's balanced gradient
+//! checkpointing, as training on a GPU does (docs/gpu.md).
 
 use std::time::Instant;
 
@@ -28,7 +33,12 @@ fn arg(name: &str, default: &str) -> String {
 
 /// The median of `v` (seconds): the machines these run on are shared, and one slow step
 /// moves a mean more than it moves a median.
+/// NaN for no values (`--steps 0`: the untimed step alone, for its peak memory; a step on
+/// lavapipe takes minutes).
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
     if v.len() % 2 == 1 {
@@ -76,19 +86,28 @@ fn main() {
     });
 
     // Inference: eval mode, one warm-up batch, then `steps` timed batches.
-    let model = cfg.init(&device).valid();
-    let x = Tensor::<4>::random(
-        [infer_batch, 3, size, size],
-        Distribution::Uniform(0.0, 1.0),
-        &device,
-    );
-    let _ = model.forward(x.clone()).into_data();
-    let infer_s = median_secs(steps, || {
+    let infer_s = if infer_batch == 0 {
+        f64::NAN
+    } else {
+        let model = cfg.init(&device).valid();
+        let x = Tensor::<4>::random(
+            [infer_batch, 3, size, size],
+            Distribution::Uniform(0.0, 1.0),
+            &device,
+        );
         let _ = model.forward(x.clone()).into_data();
-    });
+        median_secs(steps, || {
+            let _ = model.forward(x.clone()).into_data();
+        })
+    };
 
     // Training step: train-mode BatchNorm, cross-entropy, backward, AdamW.
-    let ad = device.autodiff();
+    let checkpointing = std::env::args().any(|a| a == "--checkpointing");
+    let ad = if checkpointing {
+        device.autodiff().gradient_checkpointing()
+    } else {
+        device.autodiff()
+    };
     let mut model = cfg.init(&ad);
     let mut optim = AdamWConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
@@ -121,10 +140,23 @@ fn main() {
         times.push(t.elapsed().as_secs_f64());
     }
     let train_s = median(times);
+    // JSON has no NaN: a figure not measured is null.
+    let num = |v: f64, digits: usize| {
+        if v.is_finite() {
+            format!("{v:.digits$}")
+        } else {
+            "null".to_string()
+        }
+    };
+    let infer = if infer_batch == 0 {
+        f64::NAN
+    } else {
+        infer_batch as f64 / infer_s
+    };
     println!(
         "{{\"framework\": \"burn 0.22.1 on {device_name}\", \"arch\": \"{arch}\", \"size\": {size}, \"threads\": {threads}, \
-         \"train_batch\": {train_batch}, \"train_step_ms\": {:.1}, \"infer_batch\": {infer_batch}, \"infer_img_per_s\": {:.2}}}",
-        train_s * 1e3,
-        infer_batch as f64 / infer_s
+         \"checkpointing\": {checkpointing}, \"train_batch\": {train_batch}, \"train_step_ms\": {}, \"infer_batch\": {infer_batch}, \"infer_img_per_s\": {}}}",
+        num(train_s * 1e3, 1),
+        num(infer, 2)
     );
 }

@@ -149,6 +149,15 @@ fn device_of(_: &Adapter) -> Result<Device, String> {
     ))
 }
 
+/// burn's default GPU device: the adapter wgpu ranks first. It is a handle of its own (own
+/// queue, own memory pool) even where that adapter is also `gpu:N`, which lets the
+/// data-parallel path run on two devices of a machine with one adapter (the parity tests
+/// on lavapipe).
+#[cfg(any(feature = "gpu", feature = "gpu-wgsl"))]
+pub fn default_gpu() -> Device {
+    on_vulkan(burn::tensor::DeviceKind::DefaultDevice).expect("a Vulkan device kind")
+}
+
 /// Parses `cpu`; `gpu:N` (the N-th adapter of any type, in `medret devices` order; `gpu`
 /// alone is `gpu:0`); `cuda:N` and `vulkan:N` as deprecated aliases of `gpu:N`; or a
 /// substring of an adapter's name (`--device llvmpipe`, `--device H200`).

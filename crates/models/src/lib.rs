@@ -17,6 +17,7 @@ pub mod encoder;
 pub mod features;
 pub mod fundus_metric;
 pub mod grad_cam;
+pub mod host;
 pub mod kernels;
 pub mod model_card;
 pub mod ops;

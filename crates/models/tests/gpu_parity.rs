@@ -104,9 +104,15 @@ fn a_densenet_training_step_matches_the_cpu() {
         }
     }
     let run = |d: &Device| {
-        let dev = d.clone().autodiff();
+        // The GPU step with burn's balanced gradient checkpointing, as training runs it
+        // there (`medret_train::engine::training_device`).
+        let dev = if *d == Device::flex() {
+            d.clone().autodiff()
+        } else {
+            d.clone().autodiff().gradient_checkpointing()
+        };
         let model = tiny_on(&dev);
-        let x = fixture_input(d).autodiff().require_grad();
+        let x = fixture_input(&dev).require_grad();
         let g_bytes = std::fs::read(fixture("densenet_tiny_grads.safetensors")).unwrap();
         let gf = SafeTensors::deserialize(&g_bytes).unwrap();
         let (w, ws) = f32s(&gf, "loss_weights");

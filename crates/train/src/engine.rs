@@ -22,8 +22,9 @@ use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::{OptimizerConfig, RunConfig, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::log::{EpochRecord, MetricsLog, StepRecord};
-use crate::params::{assign_stable_ids, clip_grad_norm, grad_norm, merge_replica_grads};
+use crate::params::{assign_stable_ids, clip_to_norm, grad_norm, grad_sum_sq, merge_replica_grads};
 use crate::schedule::learning_rate;
+use medret_models::host::Reads;
 
 pub use crate::config::Metrics;
 
@@ -153,6 +154,37 @@ fn build_optimizer(cfg: &OptimizerConfig) -> ModuleOptimizer {
     }
 }
 
+/// The autodiff device a run trains on. A GPU gets burn's balanced gradient checkpointing:
+/// medret's memory-efficient dense block is a CPU kernel, and burn's concatenating block
+/// otherwise keeps every layer's concatenated input with its normalised and activated
+/// copies, memory quadratic in the block's depth; checkpointed, those are recomputed in
+/// the backward and only the convolutions' outputs are kept (docs/gpu.md has the peak
+/// memory both ways). The CPU keeps its kernels, which a checkpointed graph would bypass.
+pub fn training_device(device: &Device) -> Device {
+    if *device == Device::flex() {
+        device.clone().autodiff()
+    } else {
+        device.clone().autodiff().gradient_checkpointing()
+    }
+}
+
+/// [`training_device`] for each of a run's devices, with one strategy for all of them: a
+/// fork keeps each tensor's strategy and burn refuses an operation that mixes two, so a
+/// run over the CPU and a GPU checkpoints on both.
+pub fn training_devices(devices: &[Device]) -> Vec<Device> {
+    let any_gpu = devices.iter().any(|d| *d != Device::flex());
+    devices
+        .iter()
+        .map(|d| {
+            if any_gpu {
+                d.clone().autodiff().gradient_checkpointing()
+            } else {
+                training_device(d)
+            }
+        })
+        .collect()
+}
+
 /// Trains `task` with `cfg`, writing everything under `opts.out`.
 pub fn train<T: Task>(
     task: &T,
@@ -164,7 +196,7 @@ pub fn train<T: Task>(
     if opts.devices.is_empty() {
         return Err(TrainError::Config("no device given".into()));
     }
-    let devices: Vec<Device> = opts.devices.iter().map(|d| d.clone().autodiff()).collect();
+    let devices = training_devices(&opts.devices);
     let main = devices[0].clone();
     let plain = opts.devices[0].clone();
     std::fs::create_dir_all(&opts.out).map_err(crate::error::io_err(&opts.out))?;
@@ -261,12 +293,36 @@ pub fn train<T: Task>(
                 let n = task.batch_len(&batch);
                 let lr = learning_rate(cfg, steps_per_epoch, state.step);
                 let t0 = Instant::now();
-                let (loss, mut grads) = if devices.len() == 1 {
+                let want_norm = cfg.grad_clip_norm.is_some() || state.step % cfg.log_every == 0;
+                // One read back to the host a step: the loss with the gradient norm
+                // (`medret_models::host`). The backward is queued before it, so a GPU is
+                // not left idle while the host waits for the forward's loss.
+                let (loss, norm, mut grads) = if devices.len() == 1 {
                     let loss = task.loss(&model, &batch, &main);
-                    let value = scalar(&loss);
-                    (value, GradientsParams::from_grads(loss.backward(), &model))
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    let sum_sq = want_norm
+                        .then(|| grad_sum_sq(&model, &grads, &plain))
+                        .flatten();
+                    let mut reads = Reads::new().with(loss);
+                    if let Some(t) = sum_sq.clone() {
+                        reads = reads.with(t);
+                    }
+                    let v = reads.f32();
+                    let value = v[0].first().map_or(f64::NAN, |&x| x as f64);
+                    let norm = match (want_norm, v.get(1)) {
+                        (true, Some(sq)) => sq[0].sqrt(),
+                        (true, None) => 0.0,
+                        (false, _) => f32::NAN,
+                    };
+                    (value, norm, grads)
                 } else {
-                    data_parallel_grads(task, &model, batch, &devices)
+                    let (value, grads) = data_parallel_grads(task, &model, batch, &devices);
+                    let norm = if want_norm {
+                        grad_norm(&model, &grads, &plain)
+                    } else {
+                        f32::NAN
+                    };
+                    (value, norm, grads)
                 };
                 if !loss.is_finite() {
                     let e = TrainError::Data(format!(
@@ -275,11 +331,9 @@ pub fn train<T: Task>(
                     ));
                     return (model, Err(e));
                 }
-                let norm = match cfg.grad_clip_norm {
-                    Some(max) => clip_grad_norm(&model, &mut grads, max, &plain),
-                    None if state.step % cfg.log_every == 0 => grad_norm(&model, &grads, &plain),
-                    None => f32::NAN,
-                };
+                if let Some(max) = cfg.grad_clip_norm {
+                    clip_to_norm(&model, &mut grads, norm, max);
+                }
                 model = task.after_step(optim.step(lr, model, grads));
                 loss_sum += loss * n as f64;
                 seen += n;
@@ -394,18 +448,11 @@ pub fn train<T: Task>(
     })
 }
 
-fn scalar(t: &Tensor<1>) -> f64 {
-    t.clone()
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map(|v| v[0] as f64)
-        .unwrap_or(f64::NAN)
-}
-
-/// One data-parallel gradient computation: shard `i` on `devices[i]`, each shard's mean
-/// loss weighted by its share of the batch so the summed gradient is the full batch's.
-fn data_parallel_grads<T: Task>(
+/// One data-parallel gradient computation: shard `i` on `devices[i]` (autodiff devices;
+/// the model is on `devices[0]`), each shard's mean loss weighted by its share of the batch
+/// so the summed gradient is the full batch's. Returns the loss and the merged gradients.
+/// Public for the GPU parity tests, which run it on two device handles.
+pub fn data_parallel_grads<T: Task>(
     task: &T,
     model: &T::Model,
     batch: T::Batch,
@@ -427,8 +474,8 @@ fn data_parallel_grads<T: Task>(
                     };
                     let w = task.batch_len(shard) as f64 / total;
                     let loss = task.loss(&replica, shard, device).mul_scalar(w);
-                    let value = scalar(&loss);
                     let grads = GradientsParams::from_grads(loss.backward(), &replica);
+                    let value = medret_models::host::scalar(loss);
                     (value, grads, device.clone())
                 })
             })
@@ -446,6 +493,7 @@ fn data_parallel_grads<T: Task>(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read tensors directly; only training code is counted
 mod tests {
     use super::*;
     use burn::nn::{Linear, LinearConfig};

@@ -5,8 +5,14 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, MultiGradientsParams};
 use burn::prelude::*;
 
-/// Global L2 norm of all gradients of `model`'s parameters, computed on `device`.
-pub fn grad_norm<M: Module>(model: &M, grads: &GradientsParams, device: &Device) -> f32 {
+/// The sum of the squares of all gradients of `model`'s parameters, computed on `device`
+/// and left there (`None` when no parameter has a gradient), so a training step can read
+/// it back together with its loss.
+pub fn grad_sum_sq<M: Module>(
+    model: &M,
+    grads: &GradientsParams,
+    device: &Device,
+) -> Option<Tensor<1>> {
     struct SumSq<'a> {
         grads: &'a GradientsParams,
         device: &'a Device,
@@ -30,15 +36,14 @@ pub fn grad_norm<M: Module>(model: &M, grads: &GradientsParams, device: &Device)
         total: None,
     };
     model.visit(&mut v);
-    match v.total {
-        Some(t) => t
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map(|v| v[0].sqrt())
-            .unwrap_or(f32::NAN),
-        None => 0.0,
-    }
+    v.total
+}
+
+/// Global L2 norm of all gradients of `model`'s parameters, computed on `device`: one
+/// read back to the host.
+pub fn grad_norm<M: Module>(model: &M, grads: &GradientsParams, device: &Device) -> f32 {
+    grad_sum_sq(model, grads, device)
+        .map_or(0.0, |t| (medret_models::host::scalar(t) as f32).sqrt())
 }
 
 /// Scales every gradient so that their global L2 norm is at most `max_norm`, as PyTorch's
@@ -51,6 +56,12 @@ pub fn clip_grad_norm<M: Module>(
     device: &Device,
 ) -> f32 {
     let norm = grad_norm(model, grads, device);
+    clip_to_norm(model, grads, norm, max_norm);
+    norm
+}
+
+/// [`clip_grad_norm`] with the norm already known (read back with the step's loss).
+pub fn clip_to_norm<M: Module>(model: &M, grads: &mut GradientsParams, norm: f32, max_norm: f32) {
     // Same epsilon as PyTorch, so a zero gradient is left alone.
     let scale = max_norm / (norm + 1e-6);
     if norm.is_finite() && scale < 1.0 {
@@ -67,7 +78,6 @@ pub fn clip_grad_norm<M: Module>(
         }
         model.visit(&mut Scale { grads, scale });
     }
-    norm
 }
 
 /// Sums per-replica gradients into one set with burn's own data-parallel accumulation
@@ -140,6 +150,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read tensors directly; only training code is counted
 mod tests {
     use super::*;
     use burn::nn::{Linear, LinearConfig};

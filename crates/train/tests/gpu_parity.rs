@@ -5,16 +5,20 @@
 //!
 //! Built only with `--features gpu` or `gpu-wgsl`; without an adapter the tests skip,
 //! unless `MEDRET_REQUIRE_GPU` is set (`.ci/run`).
+// Tests read tensors directly; the rule (clippy.toml) is for training code.
+#![allow(clippy::disallowed_methods)]
 #![cfg(any(feature = "gpu", feature = "gpu-wgsl"))]
 
 mod common;
 
 use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use medret_models::Arch;
 use medret_models::fundus_metric::Attention;
 use medret_train::Task;
 use medret_train::c2l::{C2lSettings, C2lTask};
+use medret_train::engine::{data_parallel_grads, training_device};
 use medret_train::hash::{HashSettings, HashTask};
 use medret_train::metric::{MetricLoss, MetricSettings, MetricTask};
 
@@ -85,24 +89,95 @@ fn noise(n: usize, seed: u64) -> Vec<f32> {
 /// worst gradient moved between 4e-4 and 5.5e-3 from one run to the next (seen in CI).
 static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn step_matches<T: Task>(task: &T, gpu: &Device, what: &str, pixels: &dyn Fn(&mut T::Batch)) {
+/// Every parameter's merged data-parallel gradient, in the module's order.
+fn param_gradients<M: Module>(model: &M, grads: &GradientsParams) -> Vec<Option<Vec<f32>>> {
+    struct V<'a>(&'a GradientsParams, Vec<Option<Vec<f32>>>);
+    impl ModuleVisitor for V<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.1.push(self.0.get::<D>(p.id).map(vals));
+        }
+    }
+    let mut v = V(grads, Vec::new());
+    model.visit(&mut v);
+    v.1
+}
+
+/// How the step runs on each side.
+#[derive(Clone, Copy, PartialEq)]
+enum Run {
+    /// One device: the CPU against `gpu`.
+    One,
+    /// The engine's data-parallel step over two replicas: two CPU devices against two
+    /// handles of the GPU (`gpu` and burn's default device: on a machine with one adapter,
+    /// two queues and memory pools on the same adapter).
+    TwoReplicas,
+}
+
+fn step_matches<T: Task>(task: &T, gpu: &Device, what: &str, pixels: &dyn Fn(&mut T::Batch))
+where
+    T::Batch: Clone,
+{
+    step_matches_with(task, gpu, what, pixels, Run::One)
+}
+
+fn step_matches_with<T: Task>(
+    task: &T,
+    gpu: &Device,
+    what: &str,
+    pixels: &dyn Fn(&mut T::Batch),
+    run: Run,
+) where
+    T::Batch: Clone,
+{
     let _one_at_a_time = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     let cpu = Device::flex().autodiff();
     cpu.seed(11);
     let model = task.init_model(&cpu);
     let mut batch = task.batches(0, 8).next().unwrap().unwrap();
     pixels(&mut batch);
-    let on_gpu = model.clone().fork(&gpu.clone().autodiff());
-    let loss_cpu = task.loss(&model, &batch, &cpu);
-    let grads_cpu = loss_cpu.backward();
-    let loss_gpu = task.loss(&on_gpu, &batch, &gpu.clone().autodiff());
-    let grads_gpu = loss_gpu.backward();
-    let (lc, lg) = (vals(loss_cpu.inner()), vals(loss_gpu.inner()));
+    // The same weights on the GPU through a file, as a resumed run loads them: a fork would
+    // keep the CPU tensors' gradient-checkpointing strategy (none), and burn refuses to mix
+    // it with the GPU device's.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weights.safetensors");
+    task.save_weights(&model, &path).unwrap();
+    let on_gpu = task
+        .load_weights(task.init_model(&training_device(gpu)), &path)
+        .unwrap();
+    let (lc, lg, gc, gg) = match run {
+        Run::One => {
+            let loss_cpu = task.loss(&model, &batch, &cpu);
+            let grads_cpu = loss_cpu.backward();
+            let loss_gpu = task.loss(&on_gpu, &batch, &training_device(gpu));
+            let grads_gpu = loss_gpu.backward();
+            (
+                vals(loss_cpu.inner()),
+                vals(loss_gpu.inner()),
+                gradients(&model, &grads_cpu),
+                gradients(&on_gpu, &grads_gpu),
+            )
+        }
+        Run::TwoReplicas => {
+            let cpus = [cpu.clone(), Device::flex().autodiff()];
+            let gpus = [
+                training_device(gpu),
+                training_device(&medret_models::device::default_gpu()),
+            ];
+            assert_ne!(
+                gpus[0], gpus[1],
+                "{what}: two handles, not one device twice"
+            );
+            let (loss_cpu, grads_cpu) = data_parallel_grads(task, &model, batch.clone(), &cpus);
+            let (loss_gpu, grads_gpu) = data_parallel_grads(task, &on_gpu, batch, &gpus);
+            (
+                vec![loss_cpu as f32],
+                vec![loss_gpu as f32],
+                param_gradients(&model, &grads_cpu),
+                param_gradients(&on_gpu, &grads_gpu),
+            )
+        }
+    };
     let e_loss = rel(&lg, &lc, 1e-6);
-    let (gc, gg) = (
-        gradients(&model, &grads_cpu),
-        gradients(&on_gpu, &grads_gpu),
-    );
     assert_eq!(gc.len(), gg.len());
     // A gradient that is zero in exact arithmetic (a bias before a BatchNorm) is rounding
     // noise on both devices, about 1e-7: each tensor is compared relative to its own
@@ -198,4 +273,22 @@ fn a_c2l_step_matches_the_cpu() {
         b.x1 = noise(b.x1.len(), 3);
         b.x2 = noise(b.x2.len(), 4);
     });
+}
+
+#[test]
+fn a_data_parallel_fusion_hash_step_on_two_device_handles_matches_two_cpu_replicas() {
+    let Some(gpu) = gpu() else { return };
+    let (ds, _) = common::blob_dataset(24, 3);
+    let mut s = HashSettings::for_dataset(&ds, Arch::DenseNetTiny, 32, 16).unwrap();
+    s.net.backbone.block_config = vec![1, 1];
+    s.net.fc_dim = 16;
+    s.transform.augment = Default::default();
+    let task = HashTask::new(&ds, s, 1).unwrap();
+    step_matches_with(
+        &task,
+        &gpu,
+        "fusion hash, two replicas",
+        &|b| b.pixels = noise(b.pixels.len(), 5),
+        Run::TwoReplicas,
+    );
 }

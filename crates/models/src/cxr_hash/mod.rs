@@ -213,6 +213,7 @@ impl FusionHashNet {
             maps = maps.detach();
         }
         let g = self.global.pool_maps(maps.clone());
+        let maps_dims = maps.dims();
         let classifier = self.global.classifier.as_ref().expect("global classifier");
         let global_logits = classifier.forward(g.clone());
         let mut out = FusionOutput {
@@ -229,19 +230,33 @@ impl FusionHashNet {
         let need_saliency = cfg.needs_local() || pass == Pass::Explain;
         let mut l = None;
         if need_saliency {
-            let sal = self.saliency(cfg, maps, global_logits, hh, ww);
+            // Everything the host needs, in one read (`host`): the maps, and for Grad-CAM
+            // the scores and the classifier's weights, and the pixels to crop.
+            let grad_cam = cfg.saliency == SaliencyKind::GradCam;
+            let mut reads = crate::host::Reads::new().with(maps);
+            if grad_cam {
+                reads = reads.with(global_logits).with(classifier.weight.val());
+            }
+            if self.local.is_some() {
+                reads = reads.with(x.clone());
+            }
+            let mut host = reads.f32().into_iter();
+            let f = host.next().expect("maps read");
+            let grad_cam_inputs = if grad_cam {
+                let scores = host.next().expect("scores read");
+                let weight = host.next().expect("weights read");
+                Some((scores, weight))
+            } else {
+                None
+            };
+            let sal = self.saliency(cfg, &f, maps_dims, grad_cam_inputs, hh, ww);
             for s in &sal {
                 let (b, fell_back) = crop_box(&s.data, hh, ww, &cfg.crop);
                 out.boxes.push(b);
                 out.fallbacks += usize::from(fell_back);
             }
             if let Some(local) = &self.local {
-                let pixels = x
-                    .clone()
-                    .detach()
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .expect("f32 images");
+                let pixels = host.next().expect("pixels read");
                 let per = c * hh * ww;
                 let mut crops = Vec::with_capacity(n * per);
                 for (i, b) in out.boxes.iter().enumerate() {
@@ -274,44 +289,25 @@ impl FusionHashNet {
         out
     }
 
-    /// Saliency maps `[0, 1]` at `hh x ww` for each image, from the global maps.
+    /// Saliency maps `[0, 1]` at `hh x ww` for each image, from the global maps `f` (read
+    /// back, `dims`), and for Grad-CAM the global scores and classifier weights.
     fn saliency(
         &self,
         cfg: &FusionHashConfig,
-        maps: Tensor<4>,
-        logits: Tensor<2>,
+        f: &[f32],
+        dims: [usize; 4],
+        grad_cam: Option<(Vec<f32>, Vec<f32>)>,
         hh: usize,
         ww: usize,
     ) -> Vec<Saliency> {
-        let dims = maps.dims();
         let [n, ch, h, w] = dims;
-        let f = maps
-            .detach()
-            .into_data()
-            .try_into_vec::<f32>()
-            .expect("f32 maps");
-        let raw = match cfg.saliency {
-            SaliencyKind::GradCam => {
-                let scores = logits
-                    .detach()
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .expect("f32 scores");
+        let raw = match (cfg.saliency, grad_cam) {
+            (SaliencyKind::GradCam, Some((scores, weight))) => {
                 let targets = predicted_targets(&scores, cfg.classes);
-                let weight = self
-                    .global
-                    .classifier
-                    .as_ref()
-                    .expect("global classifier")
-                    .weight
-                    .val()
-                    .detach()
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .expect("f32 weights");
-                grad_cam_pooled_linear(&f, dims, &weight, cfg.classes, &targets)
+                grad_cam_pooled_linear(f, dims, &weight, cfg.classes, &targets)
             }
-            SaliencyKind::Activation => {
+            (SaliencyKind::GradCam, None) => unreachable!("Grad-CAM needs scores and weights"),
+            (SaliencyKind::Activation, _) => {
                 let mut out = vec![0.0f32; n * h * w];
                 for i in 0..n {
                     for k in 0..ch {

@@ -111,7 +111,7 @@ pub struct C2lTask {
     seed: u64,
     fingerprint: String,
     /// Keys computed by `loss`, enqueued by `after_step` (by shard offset).
-    pending: Mutex<Vec<(usize, Vec<f32>)>>,
+    pending: Mutex<Vec<(usize, Tensor<2>)>>,
 }
 
 /// The largest queue and batch that suit `n` images: the queue holds fewer keys than there
@@ -304,7 +304,8 @@ impl Task for C2lTask {
 
     fn loss(&self, model: &C2lNet, batch: &C2lBatch, device: &Device) -> Tensor<1> {
         let (loss, keys) = self.contrast(model, batch, device);
-        let keys = keys.into_data().try_into_vec::<f32>().expect("f32 keys");
+        // The keys stay on the device: the queue is updated there after the step.
+        let keys = keys.detach();
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -319,12 +320,10 @@ impl Task for C2lTask {
         let mut model = model;
         model.key = medret_models::c2l::ema_update(model.key, &model.query, self.settings.momentum)
             .no_grad();
-        let d = self.settings.net.proj_dim;
         let device = model.queue.val().device();
         for (_, keys) in pending {
-            let rows = keys.len() / d;
-            let t = Tensor::<2>::from_data(TensorData::new(keys, [rows, d]), &device);
-            model = model.enqueue(t);
+            // A replica's keys move to the main device (a no-op on one device).
+            model = model.enqueue(keys.to_device(&device));
         }
         model
     }
@@ -430,6 +429,7 @@ pub fn knn_report(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read tensors directly; only training code is counted
 mod tests {
     use super::*;
 

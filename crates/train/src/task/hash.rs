@@ -31,6 +31,7 @@ use medret_eval::codes::pack_signs;
 use medret_eval::evaluate::{HammingSet, evaluate_hamming, evaluate_hamming_refined};
 use medret_eval::relevance::{Relevance, Truth};
 use medret_models::cxr_hash::{FusionHashConfig, FusionHashNet, Pass};
+use medret_models::host::Reads;
 use medret_models::weights::{load_module, save_module};
 use medret_models::{Arch, DenseNet, load_torchvision};
 use serde::{Deserialize, Serialize};
@@ -437,9 +438,14 @@ impl HashTask {
                 }
             };
             let out = model.forward(&self.settings.net, x, pass);
-            let g = to_vec(out.global_logits)?;
-            let hv = out.h.map(to_vec).transpose()?;
-            let lv = out.logits.map(to_vec).transpose()?;
+            // One read for the batch's outputs.
+            let mut reads = Reads::new().with(out.global_logits);
+            if let (Some(h), Some(l)) = (out.h, out.logits) {
+                reads = reads.with(h).with(l);
+            }
+            let mut v = reads.f32().into_iter();
+            let g = v.next().expect("global scores read");
+            let (hv, lv) = (v.next(), v.next());
             for (j, &i) in batch.indices.iter().enumerate() {
                 global[i * c..(i + 1) * c].copy_from_slice(&g[j * c..(j + 1) * c]);
                 if let (Some(hv), Some(lv)) = (&hv, &lv) {
@@ -483,12 +489,6 @@ impl HashTask {
         let (hot, _) = self.targets(&refs);
         macro_auc(logits, &hot, self.settings.classes.len()).1
     }
-}
-
-fn to_vec(t: Tensor<2>) -> Result<Vec<f32>> {
-    t.into_data()
-        .try_into_vec::<f32>()
-        .map_err(|e| TrainError::Data(format!("cannot read outputs back: {e:?}")))
 }
 
 impl Task for HashTask {

@@ -222,12 +222,7 @@ impl MetricTask {
         for batch in BatchLoader::new(records, &self.eval_pipeline, 16, 0, false) {
             let batch = batch?;
             let x = images_tensor(&batch.images, device);
-            let v = model
-                .forward(x, false)
-                .descriptor
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| TrainError::Data(format!("cannot read descriptors back: {e:?}")))?;
+            let v = medret_models::host::read(model.forward(x, false).descriptor);
             for (j, &i) in batch.indices.iter().enumerate() {
                 out[i] = v[j * d..(j + 1) * d].to_vec();
             }
