@@ -17,7 +17,7 @@
 #
 # Budget on a real GPU: the builds are not device time if they are made before the
 # machine is lent (`cargo build --release --features gpu -p medret-cli` and the two test
-# and bench builds below); the device part is about 5 minutes at STEPS=20.
+# and bench builds below); the device part is about 7 minutes at STEPS=20.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${MEDRET_TARGET_DIR:-$HOME/.cache/medret-target}}"
@@ -104,6 +104,18 @@ if $py -c "import torch, torchvision; assert torch.cuda.is_available()" 2>/dev/n
     fi
 else
     part densenet_pytorch_cuda skipped '"PyTorch with CUDA could not be imported or installed here (no network, or no CUDA device)"'
+fi
+
+# 5b. Peak device memory of one training step at batch 16 and 32, burn's concatenating
+# dense block with and without the gradient checkpointing training uses on a GPU
+# (bench/gpu_memory.sh: nvidia-smi's memory.used where it exists, else the peak RSS).
+if SIZE=$size ARCH=$arch DEVICE=$device FEATURE=$feature PROFILE=$profile \
+    bash bench/gpu_memory.sh "16 32" > "$work/memory.txt" 2>&1; then
+    part memory ok "$(python3 -c 'import json, sys
+rows = [l.split() for l in open(sys.argv[1]) if l[:1].isdigit()]
+print(json.dumps([{"batch": int(r[0]), "block": r[1], "peak_gb": float(r[2]), "seconds": r[3], "measure": " ".join(r[4:]).strip("()")} for r in rows]))' "$work/memory.txt")"
+else
+    part memory failed "$(tail_json "$work/memory.txt")"
 fi
 
 # 6. Each method trained for a fixed number of steps on the device (batch 16, one epoch

@@ -3,9 +3,11 @@
 # dense block with and without burn's balanced gradient checkpointing (what medret trains
 # with on a GPU: `medret_train::engine::training_device`), at two batch sizes. On lavapipe
 # device memory is host memory, so the process's peak resident set (GNU time's %M) is the
-# device's peak; on a real GPU read nvidia-smi's instead.
+# device's peak. Where nvidia-smi exists, its largest memory.used during the run (sampled
+# every 100 ms, less the figure before the run) is printed as the device's peak instead.
 # Usage: bench/gpu_memory.sh [BATCHES]      (default "16 32")
 #   DEVICE=gpu:0 SIZE=224 ARCH=densenet121 FEATURE=gpu-wgsl PROFILE=gpu-check
+#   BLOCKS="concatenating checkpointing"     (either or both)
 # One step each, untimed (`--steps 0`): on lavapipe a 224 px DenseNet-121 step at batch
 # 16 takes minutes. CUBECL_AUTOTUNE_LEVEL=minimal keeps kernel tuning short.
 set -euo pipefail
@@ -26,15 +28,30 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "densenet" and m.get("executable"):
         print(m["executable"])' | tail -1)
 [ -x "$bin" ] || { echo "could not build the densenet bench"; exit 1; }
-printf '%-8s %-22s %10s %10s\n' batch block "peak GB" "wall s"
+smi=$(command -v nvidia-smi || true)
+used_mib() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
+printf '%-8s %-22s %10s %10s %s\n' batch block "peak GB" "wall s" "(what)"
 for b in $batches; do
-    for ck in "" --checkpointing; do
+    for block in ${BLOCKS:-concatenating checkpointing}; do
+        ck=; [ "$block" = checkpointing ] && ck=--checkpointing
         out=$(mktemp)
+        if [ -n "$smi" ]; then
+            base=$(used_mib)
+            ( while :; do used_mib; sleep 0.1; done ) > "$out.smi" 2>/dev/null &
+            poll=$!
+        fi
         /usr/bin/time -f "%M %e" -o "$out" "$bin" --arch "$arch" --size "$size" --steps 0 \
             --train-batch "$b" --infer-batch 0 --threads "$(nproc)" --device "$device" $ck >/dev/null 2>"$out.err" \
             || { echo "batch $b $ck failed:"; tail -5 "$out.err"; }
         read -r kb secs < <(tail -1 "$out")
-        printf '%-8s %-22s %10.2f %10s\n' "$b" "${ck:-concatenating}" "$(echo "$kb / 1000000" | bc -l)" "$secs"
-        rm -f "$out" "$out.err"
+        if [ -n "$smi" ]; then
+            kill "$poll" 2>/dev/null; wait "$poll" 2>/dev/null || true
+            peak=$(sort -n "$out.smi" | tail -1)
+            gb=$(echo "($peak - $base) / 1024" | bc -l); what="nvidia-smi memory.used"
+        else
+            gb=$(echo "$kb / 1000000" | bc -l); what="peak resident set"
+        fi
+        printf '%-8s %-22s %10.2f %10s %s\n' "$b" "$block" "$gb" "$secs" "($what)"
+        rm -f "$out" "$out.err" "$out.smi"
     done
 done
