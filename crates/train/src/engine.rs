@@ -304,7 +304,7 @@ pub fn train<T: Task>(
                         .then(|| grad_sum_sq(&model, &grads, &plain))
                         .flatten();
                     let mut reads = Reads::new().with(loss);
-                    if let Some(t) = sum_sq.clone() {
+                    if let Some(t) = sum_sq {
                         reads = reads.with(t);
                     }
                     let v = reads.f32();

@@ -301,13 +301,13 @@ impl FusionHashNet {
         ww: usize,
     ) -> Vec<Saliency> {
         let [n, ch, h, w] = dims;
-        let raw = match (cfg.saliency, grad_cam) {
-            (SaliencyKind::GradCam, Some((scores, weight))) => {
+        // The scores and weights are read exactly when `cfg.saliency` is Grad-CAM.
+        let raw = match grad_cam {
+            Some((scores, weight)) => {
                 let targets = predicted_targets(&scores, cfg.classes);
                 grad_cam_pooled_linear(f, dims, &weight, cfg.classes, &targets)
             }
-            (SaliencyKind::GradCam, None) => unreachable!("Grad-CAM needs scores and weights"),
-            (SaliencyKind::Activation, _) => {
+            None => {
                 let mut out = vec![0.0f32; n * h * w];
                 for i in 0..n {
                     for k in 0..ch {
