@@ -6,7 +6,8 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use medret_models::kernels::conv::{CONV_CALLS, Geom, backward, conv2d, forward};
+use medret_models::kernels::conv::{CONV_CALLS, Geom, backward, conv2d, forward, im2col_forward};
+use medret_models::kernels::winograd;
 
 mod common;
 use common::{close_to_scale, vals};
@@ -158,6 +159,115 @@ fn forward_and_gradients_match_the_definition() {
     }
 }
 
+/// Winograd F(2x2, 3x3) (`kernels/winograd.rs`) against the f64 definition and against
+/// im2col: a single pixel, one-pixel rows and columns, odd sizes (the last tile row and
+/// column cut by the border), 7x7 (DenseNet-121's last block), several bands of tile rows
+/// (57x57 with 130 channels), and the dense layers' 128 channels, where the sum is longest.
+/// Its error must stay within twice the direct product's (and 2e-5 of the scale).
+#[test]
+fn winograd_matches_the_definition_and_im2col() {
+    let g3 = Geom::same3x3;
+    for g in [
+        g3(1, 1, 1, 1, 1),
+        g3(2, 3, 1, 5, 2),
+        g3(1, 2, 6, 1, 3),
+        g3(3, 4, 7, 7, 5),
+        g3(2, 5, 4, 6, 3),
+        g3(1, 128, 14, 14, 32),
+        g3(3, 32, 9, 11, 128),
+        g3(1, 130, 57, 57, 3),
+    ] {
+        let x = lcg_data(g.n * g.c * g.h * g.w, 3 + g.h as u64);
+        let wt = lcg_data(g.o * g.c * 9, 4 + g.w as u64);
+        let want = reference(&x, &wt, g);
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let err = |y: &[f32]| {
+            assert_eq!(y.len(), want.len(), "{g:?}");
+            y.iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(
+                    0.0f64,
+                    |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
+                )
+                / scale
+        };
+        let (wino, direct) = (
+            err(&winograd::forward(&x, &wt, g)),
+            err(&im2col_forward(&x, &wt, g)),
+        );
+        assert!(
+            wino < 2e-5 && wino <= 2.0 * direct + 1e-7,
+            "Winograd's error {wino:e} against im2col's {direct:e} ({g:?})"
+        );
+    }
+}
+
+/// Winograd's weight gradient (`winograd::weight_grad`) against `dW[o, c, i, j] = Σ
+/// g[n, o, y, x] x[n, c, y + i - 1, x + j - 1]` in f64, and against im2col's, at the same
+/// border cases as the forward, with several images summed.
+#[test]
+fn winograd_weight_gradient_matches_the_definition() {
+    let g3 = Geom::same3x3;
+    for g in [
+        g3(1, 1, 1, 1, 1),
+        g3(2, 3, 1, 5, 2),
+        g3(3, 2, 6, 1, 3),
+        g3(3, 4, 7, 7, 5),
+        g3(4, 5, 4, 6, 3),
+        g3(2, 128, 14, 14, 32),
+        g3(3, 32, 9, 11, 128),
+        g3(1, 130, 57, 57, 3),
+    ] {
+        let x = lcg_data(g.n * g.c * g.h * g.w, 5 + g.h as u64);
+        let gr = lcg_data(g.n * g.o * g.h * g.w, 6 + g.w as u64);
+        let (h, w) = (g.h as isize, g.w as isize);
+        let mut want = vec![0.0f64; g.o * g.c * 9];
+        for n in 0..g.n {
+            for o in 0..g.o {
+                for c in 0..g.c {
+                    for i in 0..3isize {
+                        for j in 0..3isize {
+                            let mut s = 0.0f64;
+                            for y in 0..h {
+                                for xx in 0..w {
+                                    let (iy, ix) = (y + i - 1, xx + j - 1);
+                                    if iy < 0 || ix < 0 || iy >= h || ix >= w {
+                                        continue;
+                                    }
+                                    let at = |ch: usize, cs: usize, yy: isize, xq: isize| {
+                                        ((n * cs + ch) * g.h + yy as usize) * g.w + xq as usize
+                                    };
+                                    s +=
+                                        gr[at(o, g.o, y, xx)] as f64 * x[at(c, g.c, iy, ix)] as f64;
+                                }
+                            }
+                            want[(o * g.c + c) * 9 + (i * 3 + j) as usize] += s;
+                        }
+                    }
+                }
+            }
+        }
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let err = |d: &[f32]| {
+            assert_eq!(d.len(), want.len(), "{g:?}");
+            d.iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(
+                    0.0f64,
+                    |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
+                )
+                / scale
+        };
+        let wino = err(&winograd::weight_grad(&x, &gr, g));
+        assert!(
+            wino < 2e-5,
+            "Winograd's weight gradient: error {wino:e} ({g:?})"
+        );
+    }
+}
+
 /// `conv` through the kernel and through burn's `Conv2d` on `base` (permuted to NCHW by
 /// `permute`, so it may arrive strided): the output, both gradients of a random weighted
 /// sum, and inference on a graph-free copy, all within 1e-5 of the scale.
@@ -289,7 +399,8 @@ fn flipped_inputs_equal_burns_conv2d() {
 
 /// Shapes large enough that the kernel works in several tiles of output rows (a tile's
 /// im2col block is kept near a megabyte): the 3x3 with 64 input channels on 32x20 maps
-/// (two tiles), the stem's 7x7 stride 2 on a 160-pixel image (four), against burn.
+/// (its input gradient, 8 to 64 channels, in two im2col tiles), a 3x3 that goes through
+/// Winograd both ways, the stem's 7x7 stride 2 on a 160-pixel image (four), against burn.
 #[test]
 fn tiled_shapes_equal_burns_conv2d() {
     let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
@@ -299,6 +410,16 @@ fn tiled_shapes_equal_burns_conv2d() {
         |shape| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &Device::flex());
     let id = [0, 1, 2, 3];
     compare_with_burn("3x3", &dense_conv(64, 8, &dev), random([2, 64, 32, 20]), id);
+    // Large enough for Winograd on the forward and on the input gradient's transposed
+    // convolution (`winograd::applies`).
+    let g = Geom::same3x3(2, 48, 28, 30, 32);
+    assert!(winograd::applies(&g) && winograd::applies(&Geom::same3x3(2, 32, 28, 30, 48)));
+    compare_with_burn(
+        "3x3 Winograd",
+        &dense_conv(48, 32, &dev),
+        random([2, 48, 28, 30]),
+        id,
+    );
     compare_with_burn(
         "7x7/2",
         &stem_conv(3, 4, &dev),

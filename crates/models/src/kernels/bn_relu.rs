@@ -434,35 +434,6 @@ fn min_tasks(work: usize) -> usize {
     (16_384 / work.max(1)).max(1)
 }
 
-/// Compiles a per-plane loop twice: for the baseline target, and with AVX2 and FMA
-/// enabled, picked at run time (the baseline x86-64 target has only SSE2, which leaves
-/// these loops at a quarter of the machine's vector width; burn-flex and PyTorch dispatch
-/// the same way).
-macro_rules! dispatch {
-    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
-        $(#[$m])*
-        #[inline]
-        fn $name($($arg: $ty),*) -> $ret {
-            #[inline(always)]
-            fn imp($($arg: $ty),*) -> $ret $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) -> $ret {
-                    imp($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has the features the function was compiled for.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            imp($($arg),*)
-        }
-    };
-}
-
 /// A plane's mean and sum of squared deviations from it (the plane is still in cache
 /// for the second read).
 fn plane_stats(p: &[f32]) -> (f64, f32) {

@@ -178,7 +178,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// given by their row and column strides (a transposed operand is a stride swap, not a
 /// copy).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) fn matmul(
     c: &mut [f32],
     c_rs: usize,
     a: &[f32],
@@ -379,8 +379,17 @@ fn per_image(n: usize) -> bool {
     n >= rayon::current_num_threads()
 }
 
-/// Forward on raw NCHW data: `y[n, o, oh, ow]`.
+/// Forward on raw NCHW data: `y[n, o, oh, ow]`; a 3x3 with stride 1 and padding 1
+/// through Winograd (`winograd.rs`) unless that is switched off.
 pub fn forward(x: &[f32], wt: &[f32], g: Geom) -> Vec<f32> {
+    if super::winograd::applies(&g) {
+        return super::winograd::forward(x, wt, g);
+    }
+    im2col_forward(x, wt, g)
+}
+
+/// [`forward`] as im2col + a matrix product, for every geometry.
+pub fn im2col_forward(x: &[f32], wt: &[f32], g: Geom) -> Vec<f32> {
     let (chw, ow, ohw, k) = (g.c * g.h * g.w, g.out_w(), g.out_h() * g.out_w(), g.k());
     assert!(
         x.len() >= g.n * chw && wt.len() >= g.o * k,
@@ -452,6 +461,15 @@ pub fn backward(
         x.len() >= g.n * chw && wt.len() >= o * k && gr.len() >= g.n * o * ohw,
         "conv buffers for {g:?}"
     );
+    if super::winograd::applies(&g) {
+        // Both gradients through Winograd: the weights' by its own products, the input's
+        // as the forward of the transposed convolution (a 3x3 with padding 1 again).
+        let dx = need_dx.then(|| {
+            let (wf, gt) = transposed_conv(wt, &g).expect("a 3x3 with padding 1 transposes");
+            forward(gr, &wf, gt)
+        });
+        return (dx, super::winograd::weight_grad(x, gr, g));
+    }
     // A stride-1 convolution's input gradient is itself a convolution: of `g`, with the
     // kernel flipped and its channel axes swapped, padded by `k - 1 - p`. Run through
     // `forward`, its product is `[c, o*kh*kw] x [o*kh*kw, tn]`: for a dense layer's 3x3

@@ -3,11 +3,41 @@
 //! PyTorch (`bench/densenet_ops.sh`). Each falls back to burn's own ops off the CPU
 //! backend.
 
+/// Compiles a loop twice: for the baseline target, and with AVX2 and FMA
+/// enabled, picked at run time (the baseline x86-64 target has only SSE2, which leaves
+/// these loops at a quarter of the machine's vector width; burn-flex and PyTorch dispatch
+/// the same way).
+macro_rules! dispatch {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        $(#[$m])*
+        #[inline]
+        fn $name($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) -> $ret $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) -> $ret {
+                    imp($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features the function was compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+
 pub mod avg_pool;
 pub mod bn_relu;
 pub mod conv;
 pub mod dense_block;
 pub mod max_pool;
+pub mod winograd;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
