@@ -1,8 +1,9 @@
 //! The dense layers' 3x3 convolution (128 to 32 channels, stride 1, padding 1) on raw
 //! data at DenseNet-121's four block sizes at 224 px: Winograd F(2x2, 3x3) against
-//! im2col, forward and the input gradient's transposed convolution (32 to 128), with
-//! the GFLOP/s of the direct count. `cargo run --profile bench -p medret-models --example
-//! conv3x3 -- [--threads 2] [--batch 16] [--reps 5] [--size 56]`; one JSON line a shape.
+//! im2col, for the forward and weight gradient of the 128-to-32 convolution and of the
+//! 32-to-128 one (the input gradient's transposed convolution), with the GFLOP/s of the
+//! direct count. `cargo run --profile bench -p medret-models --example conv3x3 --
+//! [--threads 2] [--batch 16] [--reps 5] [--size 56]`; one JSON line an operation.
 
 use std::time::Instant;
 

@@ -15,6 +15,9 @@
 //! the products are parallel. The per-image weight gradients are summed in image order, so results are
 //! deterministic.
 //!
+//! The dense layers' 3x3s go through Winograd F(2x2, 3x3) instead, forward and both
+//! gradients, where `winograd::applies` says it was measured faster (`winograd.rs`).
+//!
 //! Plugged in as `bn_relu.rs` is (burn's extension API); any other convolution, device
 //! or `MEDRET_KERNELS=off` takes `Conv2d::forward`.
 

@@ -8,7 +8,7 @@
 //! kernel already runs near this machine's ceiling, so fewer multiplications is the one
 //! lever left on them (`docs/benchmarks.md`). The transposed convolution that gives the
 //! 3x3's input gradient (`conv::backward`) is itself a stride-1 3x3 with padding 1, so it
-//! comes here too; the weight gradient stays im2col.
+//! comes here too; the weight gradient has its own products ([`weight_grad`]).
 //!
 //! Layout, per image and per band of tile rows (sized so the band's transformed input
 //! stays in the L2 cache): `V[ξ] = Bᵀ d B` as 16 matrices `[C, tiles]`, the weights
@@ -50,9 +50,10 @@ pub fn set_enabled(on: bool) {
 
 /// A 3x3 convolution with stride 1 and padding 1 where Winograd was measured faster than
 /// im2col, and Winograd on. `examples/conv3x3.rs` at DenseNet-121's sizes (batch 16, 2
-/// threads, Winograd's time over im2col's): 128 to 32 channels 0.71 at 56 and 28 px,
-/// 0.76 to 0.81 at 14, 1.05 to 1.10 at 7; 32 to 128 (the input gradient) 0.83 at 56,
-/// 0.90 at 28, 1.07 to 1.19 at 14, 1.7 at 7. Small planes lose to the tiles padded to
+/// threads, Winograd's time over im2col's): 128 to 32 channels forward 0.69 at 56 px,
+/// 0.72 at 28, 0.83 at 14, 1.13 at 7, its weight gradient 0.67, 0.69, 0.92 and 1.29; 32
+/// to 128 (the input gradient) 0.87, 0.88, 1.10 and 1.75 (`docs/benchmarks.md`). Small
+/// planes lose to the tiles padded to
 /// eight a row and to the transforms' fixed cost; a convolution that widens (`c < o`)
 /// pays its output transform on more channels than its products save. The products save
 /// in proportion to `c * o`, the transforms cost in proportion to `c + o`: the small
@@ -114,7 +115,7 @@ thread_local! {
 /// Bᵀ d B for the tile rows `t0..t1` of one channel `plane` (`h x w`) into `v`: the
 /// tile at (ty, tx) reads input rows `2ty - 1 ..= 2ty + 2` and columns `2tx - 1 ..=
 /// 2tx + 2`, zero outside the image; `v[ξ * stride + (ty - t0) * tw + tx]`. `scratch`
-/// holds [`scratch_len`]`(t1 - t0, tw)` floats.
+/// holds [`scratch_len`]`(tw)` floats.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn input_transform(
@@ -162,17 +163,17 @@ fn input_transform(
             let mut out = cols
                 .chunks_exact_mut(2 * n)
                 .map(|c| &mut c[half * n..][..n]);
-            let (t0, t1, t2, t3) = (
+            let (b0, b1, b2, b3) = (
                 out.next().expect("4 rows"),
                 out.next().expect("4 rows"),
                 out.next().expect("4 rows"),
                 out.next().expect("4 rows"),
             );
             for k in 0..n {
-                t0[k] = d0[k] - d2[k];
-                t1[k] = d1[k] + d2[k];
-                t2[k] = d2[k] - d1[k];
-                t3[k] = d1[k] - d3[k];
+                b0[k] = d0[k] - d2[k];
+                b1[k] = d1[k] + d2[k];
+                b2[k] = d2[k] - d1[k];
+                b3[k] = d1[k] - d3[k];
             }
         }
         // · B along each row: with (a, b, c, d) = (E[x], O[x], E[x+1], O[x+1]), the
@@ -198,7 +199,7 @@ fn input_transform(
 
 /// Aᵀ M A for one output channel over the tile rows `t0..t1`, into its `plane`
 /// (`h x w`), with `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`: `m[ξ * stride + (ty - t0) * tw
-/// + tx]`. `scratch` holds [`scratch_len`]`(t1 - t0, tw)` floats.
+/// + tx]`. `scratch` holds [`scratch_len`]`(tw)` floats.
 #[inline(always)]
 fn output_transform(
     m: &[f32],
@@ -244,8 +245,9 @@ fn output_transform(
     }
 }
 
-/// Scratch floats the transforms of a band of `rows` tile rows, `tw` tiles each, need.
-fn scratch_len(_rows: usize, tw: usize) -> usize {
+/// Scratch floats the transforms of tile rows `tw` tiles wide need (the input transform's
+/// split rows and their `Bᵀ d`, the most of the three).
+fn scratch_len(tw: usize) -> usize {
     16 * (tw + 8)
 }
 
@@ -323,19 +325,20 @@ pub fn forward(x: &[f32], wt: &[f32], g: Geom) -> Vec<f32> {
         return y;
     }
     let u = transform_weights(wt, o, c);
-    // Each tile row is stored `tw` wide, the tiles past the image's `w.div_ceil(2)`
-    // zero: the transforms' short loops then run on whole vectors (remainder loops were
-    // most of their time at 28 tiles a row), for up to 14% more columns in the products.
+    // Each tile row is stored padded to a multiple of 8 tiles, the tiles past the
+    // image's `w.div_ceil(2)` zero, so that the transforms' loops run on whole vectors
+    // with no scalar remainder, for up to 14% more columns in the products (7 x 7 planes,
+    // 4 tiles a row padded to 8, lost most; `applies` leaves them to im2col).
     let th = h.div_ceil(2);
     let tw = w.div_ceil(2).next_multiple_of(8);
     let band = band_rows(&g, tw, th);
     let cap = band * tw;
     // The 16 matrices of a band sit one cache line more than their size apart: at
-    // multiples of 4 KiB (DenseNet-121's 128 channels of 112 tiles) the 16 streams the
+    // multiples of 4 KiB (DenseNet-121's 128 channels of 128 tiles) the 16 streams the
     // transforms write and read all fell into one L1 set, and the input transform ran at
     // a third of its speed.
     let (vs, ms) = (|tb: usize| c * tb + 16, |tb: usize| o * tb + 16);
-    let len = 16 * vs(cap) + 16 * ms(cap) + scratch_len(band, tw);
+    let len = 16 * vs(cap) + 16 * ms(cap) + scratch_len(tw);
     let one = |(xi, yi): (&[f32], &mut [f32]), parallel: bool| {
         with_buf(len, |buf| {
             for t0 in (0..th).step_by(band) {
@@ -500,7 +503,7 @@ pub fn weight_grad(x: &[f32], gr: &[f32], g: Geom) -> Vec<f32> {
     let band = band_rows(&g, tw, th);
     let cap = band * tw;
     let (vs, ms) = (|tb: usize| c * tb + 16, |tb: usize| o * tb + 16);
-    let len = 16 * vs(cap) + 16 * ms(cap) + scratch_len(band, tw);
+    let len = 16 * vs(cap) + 16 * ms(cap) + scratch_len(tw);
     let mut parts = vec![0.0f32; g.n * 16 * oc];
     let one = |((xi, gi), du): ((&[f32], &[f32]), &mut [f32]), parallel: bool| {
         with_buf(len, |buf| {
