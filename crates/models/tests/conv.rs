@@ -204,8 +204,9 @@ fn winograd_matches_the_definition_and_im2col() {
 }
 
 /// Winograd's weight gradient (`winograd::weight_grad`) against `dW[o, c, i, j] = Σ
-/// g[n, o, y, x] x[n, c, y + i - 1, x + j - 1]` in f64, and against im2col's, at the same
-/// border cases as the forward, with several images summed.
+/// g[n, o, y, x] x[n, c, y + i - 1, x + j - 1]` in f64, at the same border cases as the
+/// forward, with several images summed (burn's `Conv2d` checks it again in
+/// `tiled_shapes_equal_burns_conv2d`).
 #[test]
 fn winograd_weight_gradient_matches_the_definition() {
     let g3 = Geom::same3x3;
