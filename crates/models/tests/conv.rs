@@ -159,6 +159,22 @@ fn forward_and_gradients_match_the_definition() {
     }
 }
 
+/// The largest difference of `y` from the f64 reference `want`, relative to `want`'s
+/// largest magnitude (at least 1); infinity where `y` holds a NaN (folding with `max`
+/// alone would skip it).
+fn err_f64(y: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(y.len(), want.len());
+    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    y.iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(
+            0.0f64,
+            |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
+        )
+        / scale
+}
+
 /// Winograd F(2x2, 3x3) (`kernels/winograd.rs`) against the f64 definition and against
 /// im2col: a single pixel, one-pixel rows and columns, odd sizes (the last tile row and
 /// column cut by the border), 7x7 (DenseNet-121's last block), several bands of tile rows
@@ -180,21 +196,9 @@ fn winograd_matches_the_definition_and_im2col() {
         let x = lcg_data(g.n * g.c * g.h * g.w, 3 + g.h as u64);
         let wt = lcg_data(g.o * g.c * 9, 4 + g.w as u64);
         let want = reference(&x, &wt, g);
-        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        let err = |y: &[f32]| {
-            assert_eq!(y.len(), want.len(), "{g:?}");
-            y.iter()
-                .zip(&want)
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .fold(
-                    0.0f64,
-                    |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
-                )
-                / scale
-        };
         let (wino, direct) = (
-            err(&winograd::forward(&x, &wt, g)),
-            err(&im2col_forward(&x, &wt, g)),
+            err_f64(&winograd::forward(&x, &wt, g), &want),
+            err_f64(&im2col_forward(&x, &wt, g), &want),
         );
         assert!(
             wino < 2e-5 && wino <= 2.0 * direct + 1e-7,
@@ -249,19 +253,7 @@ fn winograd_weight_gradient_matches_the_definition() {
                 }
             }
         }
-        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        let err = |d: &[f32]| {
-            assert_eq!(d.len(), want.len(), "{g:?}");
-            d.iter()
-                .zip(&want)
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .fold(
-                    0.0f64,
-                    |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
-                )
-                / scale
-        };
-        let wino = err(&winograd::weight_grad(&x, &gr, g));
+        let wino = err_f64(&winograd::weight_grad(&x, &gr, g), &want);
         assert!(
             wino < 2e-5,
             "Winograd's weight gradient: error {wino:e} ({g:?})"

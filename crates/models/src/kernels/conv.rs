@@ -378,7 +378,7 @@ fn with_col<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// Whether to run images in parallel (each product on one thread) rather than each
 /// product in parallel.
-fn per_image(n: usize) -> bool {
+pub(super) fn per_image(n: usize) -> bool {
     n >= rayon::current_num_threads()
 }
 

@@ -134,25 +134,49 @@ fn as_f32(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
 
-/// 0: not read yet, 1: on, 2: off.
-static STATE: AtomicU8 = AtomicU8::new(0);
+/// A process-wide on/off switch read from an environment variable on first use (on
+/// unless it is `off`), for A/B benchmarks in one build and for tests.
+pub(crate) struct Switch {
+    /// 0: not read yet, 1: on, 2: off.
+    state: AtomicU8,
+    var: &'static str,
+}
+
+impl Switch {
+    pub(crate) const fn new(var: &'static str) -> Self {
+        Switch {
+            state: AtomicU8::new(0),
+            var,
+        }
+    }
+
+    pub(crate) fn on(&self) -> bool {
+        match self.state.load(Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                let on = std::env::var(self.var).map_or(true, |v| v != "off");
+                self.set(on);
+                on
+            }
+        }
+    }
+
+    pub(crate) fn set(&self, on: bool) {
+        self.state.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    }
+}
+
+static KERNELS: Switch = Switch::new("MEDRET_KERNELS");
 
 /// Whether the kernels are used: on unless `MEDRET_KERNELS=off` (read on first use) or
 /// [`set_enabled`] said otherwise. The switch is for A/B benchmarks in one build and for
 /// tests that compare a kernel with burn's own path through a whole network.
 pub fn enabled() -> bool {
-    match STATE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let on = std::env::var("MEDRET_KERNELS").map_or(true, |v| v != "off");
-            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-    }
+    KERNELS.on()
 }
 
 /// Turns the kernels on or off for the whole process.
 pub fn set_enabled(on: bool) {
-    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    KERNELS.set(on);
 }

@@ -20,32 +20,22 @@
 //! ±4 and ±8 of its matrices. `MEDRET_WINOGRAD=off` (or [`set_enabled`]) sends these
 //! convolutions to im2col, for A/B benchmarks in one build.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use rayon::prelude::*;
 
-use super::conv::{Geom, matmul};
+use super::Switch;
+use super::conv::{Geom, matmul, per_image};
 
-/// 0: not read yet, 1: on, 2: off.
-static STATE: AtomicU8 = AtomicU8::new(0);
+static WINOGRAD: Switch = Switch::new("MEDRET_WINOGRAD");
 
 /// Whether Winograd is used where it applies: on unless `MEDRET_WINOGRAD=off` (read on
 /// first use) or [`set_enabled`] said otherwise.
 pub fn enabled() -> bool {
-    match STATE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let on = std::env::var("MEDRET_WINOGRAD").map_or(true, |v| v != "off");
-            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-    }
+    WINOGRAD.on()
 }
 
 /// Turns Winograd on or off for the whole process.
 pub fn set_enabled(on: bool) {
-    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    WINOGRAD.set(on);
 }
 
 /// A 3x3 convolution with stride 1 and padding 1 where Winograd was measured faster than
@@ -310,12 +300,8 @@ fn with_buf<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// The convolution `conv::forward` computes, for a geometry [`applies`] accepts.
 pub fn forward(x: &[f32], wt: &[f32], g: Geom) -> Vec<f32> {
-    assert!(
-        (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (3, 3, 1, 1, 1, 1),
-        "Winograd F(2x2, 3x3) for {g:?}"
-    );
-    let (c, o, h, w) = (g.c, g.o, g.h, g.w);
-    let hw = h * w;
+    let p = Bands::new(&g);
+    let (c, o, hw) = (g.c, g.o, g.h * g.w);
     assert!(
         x.len() >= g.n * c * hw && wt.len() >= o * c * 9,
         "conv buffers for {g:?}"
@@ -325,47 +311,26 @@ pub fn forward(x: &[f32], wt: &[f32], g: Geom) -> Vec<f32> {
         return y;
     }
     let u = transform_weights(wt, o, c);
-    // Each tile row is stored padded to a multiple of 8 tiles, the tiles past the
-    // image's `w.div_ceil(2)` zero, so that the transforms' loops run on whole vectors
-    // with no scalar remainder, for up to 14% more columns in the products (7 x 7 planes,
-    // 4 tiles a row padded to 8, lost most; `applies` leaves them to im2col).
-    let th = h.div_ceil(2);
-    let tw = w.div_ceil(2).next_multiple_of(8);
-    let band = band_rows(&g, tw, th);
-    let cap = band * tw;
-    // The 16 matrices of a band sit one cache line more than their size apart: at
-    // multiples of 4 KiB (DenseNet-121's 128 channels of 128 tiles) the 16 streams the
-    // transforms write and read all fell into one L1 set, and the input transform ran at
-    // a third of its speed.
-    let (vs, ms) = (|tb: usize| c * tb + 16, |tb: usize| o * tb + 16);
-    let len = 16 * vs(cap) + 16 * ms(cap) + scratch_len(tw);
     let one = |(xi, yi): (&[f32], &mut [f32]), parallel: bool| {
-        with_buf(len, |buf| {
-            for t0 in (0..th).step_by(band) {
-                let t1 = (t0 + band).min(th);
-                let tb = (t1 - t0) * tw;
-                let (vs, ms) = (vs(tb), ms(tb));
-                let (v, rest) = buf.split_at_mut(16 * vs);
-                let (m, scratch) = rest.split_at_mut(16 * ms);
-                input_band(xi, c, h, w, tw, t0, t1, v, vs, scratch);
-                for k in 0..16 {
-                    matmul(
-                        &mut m[k * ms..][..o * tb],
-                        tb,
-                        &u[k * o * c..][..o * c],
-                        (c, 1),
-                        &v[k * vs..][..c * tb],
-                        (tb, 1),
-                        (o, tb, c),
-                        false,
-                        parallel,
-                    );
-                }
-                output_band(m, o, h, w, tw, t0, t1, yi, ms, scratch);
+        p.each(|mut b| {
+            p.input(xi, &mut b);
+            for k in 0..16 {
+                matmul(
+                    &mut b.m[k * b.ms..][..o * b.tb],
+                    b.tb,
+                    &u[k * o * c..][..o * c],
+                    (c, 1),
+                    &b.v[k * b.vs..][..c * b.tb],
+                    (b.tb, 1),
+                    (o, b.tb, c),
+                    false,
+                    parallel,
+                );
             }
+            output_band(b.m, o, g.h, g.w, p.tw, b.t0, b.t1, yi, b.ms, b.scratch);
         })
     };
-    if g.n >= rayon::current_num_threads() {
+    if per_image(g.n) {
         x[..g.n * c * hw]
             .par_chunks(c * hw)
             .zip(y.par_chunks_mut(o * hw))
@@ -377,6 +342,93 @@ pub fn forward(x: &[f32], wt: &[f32], g: Geom) -> Vec<f32> {
             .for_each(|p| one(p, true));
     }
     y
+}
+
+/// How one image is cut into bands of tile rows, and where a band's transformed input,
+/// products and scratch sit in the worker's buffer: what [`forward`] and [`weight_grad`]
+/// share.
+#[derive(Debug, Clone, Copy)]
+struct Bands {
+    g: Geom,
+    /// Tile rows.
+    th: usize,
+    /// Tiles a row as stored: padded to a multiple of 8, the tiles past the image's
+    /// `w.div_ceil(2)` zero, so that the transforms' loops run on whole vectors with no
+    /// scalar remainder, for up to 14% more columns in the products (7 x 7 planes, 4
+    /// tiles a row padded to 8, lost most; `applies` leaves them to im2col).
+    tw: usize,
+    /// Tile rows a band.
+    band: usize,
+}
+
+/// One band's tile rows `t0..t1` (`tb` tiles), its 16 transformed-input matrices `v`
+/// (`vs` apart), its 16 product matrices `m` (`ms` apart) and the transforms' scratch.
+struct Band<'a> {
+    index: usize,
+    t0: usize,
+    t1: usize,
+    tb: usize,
+    v: &'a mut [f32],
+    vs: usize,
+    m: &'a mut [f32],
+    ms: usize,
+    scratch: &'a mut [f32],
+}
+
+impl Bands {
+    fn new(g: &Geom) -> Self {
+        assert!(
+            (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (3, 3, 1, 1, 1, 1),
+            "Winograd F(2x2, 3x3) for {g:?}"
+        );
+        let th = g.h.div_ceil(2);
+        let tw = g.w.div_ceil(2).next_multiple_of(8);
+        Bands {
+            g: *g,
+            th,
+            tw,
+            band: band_rows(g, tw, th),
+        }
+    }
+
+    /// The distances between a band's 16 matrices of `tb` tiles, input and products:
+    /// one cache line more than their size. At multiples of 4 KiB (DenseNet-121's 128
+    /// channels of 128 tiles) the 16 streams the transforms write and read all fell into
+    /// one L1 set, and the input transform ran at a third of its speed.
+    fn strides(&self, tb: usize) -> (usize, usize) {
+        (self.g.c * tb + 16, self.g.o * tb + 16)
+    }
+
+    /// Runs `f` on each band in order, with this thread's buffer.
+    fn each(&self, mut f: impl FnMut(Band<'_>)) {
+        let (vs, ms) = self.strides(self.band * self.tw);
+        with_buf(16 * vs + 16 * ms + scratch_len(self.tw), |buf| {
+            for (index, t0) in (0..self.th).step_by(self.band).enumerate() {
+                let t1 = (t0 + self.band).min(self.th);
+                let tb = (t1 - t0) * self.tw;
+                let (vs, ms) = self.strides(tb);
+                let (v, rest) = buf.split_at_mut(16 * vs);
+                let (m, scratch) = rest.split_at_mut(16 * ms);
+                f(Band {
+                    index,
+                    t0,
+                    t1,
+                    tb,
+                    v,
+                    vs,
+                    m,
+                    ms,
+                    scratch,
+                });
+            }
+        })
+    }
+
+    /// The band's [`input_transform`] of the image `xi` into `b.v`.
+    fn input(&self, xi: &[f32], b: &mut Band<'_>) {
+        let g = &self.g;
+        input_band(xi, g.c, g.h, g.w, self.tw, b.t0, b.t1, b.v, b.vs, b.scratch);
+    }
 }
 
 /// Four rows of products from one row of `A dY` (`[a, b]` for each tile):
@@ -484,10 +536,7 @@ dispatch! {
 /// `dW = Gᵀ dU G`. Images run as [`forward`]'s do; their parts are summed in image order,
 /// so the result is deterministic.
 pub fn weight_grad(x: &[f32], gr: &[f32], g: Geom) -> Vec<f32> {
-    assert!(
-        (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (3, 3, 1, 1, 1, 1),
-        "Winograd F(2x2, 3x3) for {g:?}"
-    );
+    let p = Bands::new(&g);
     let (c, o, h, w) = (g.c, g.o, g.h, g.w);
     let (hw, oc) = (h * w, o * c);
     assert!(
@@ -498,44 +547,31 @@ pub fn weight_grad(x: &[f32], gr: &[f32], g: Geom) -> Vec<f32> {
     if g.n == 0 || hw == 0 || oc == 0 {
         return dw;
     }
-    let th = h.div_ceil(2);
-    let tw = w.div_ceil(2).next_multiple_of(8);
-    let band = band_rows(&g, tw, th);
-    let cap = band * tw;
-    let (vs, ms) = (|tb: usize| c * tb + 16, |tb: usize| o * tb + 16);
-    let len = 16 * vs(cap) + 16 * ms(cap) + scratch_len(tw);
     let mut parts = vec![0.0f32; g.n * 16 * oc];
     let one = |((xi, gi), du): ((&[f32], &[f32]), &mut [f32]), parallel: bool| {
-        with_buf(len, |buf| {
-            for (b, t0) in (0..th).step_by(band).enumerate() {
-                let t1 = (t0 + band).min(th);
-                let tb = (t1 - t0) * tw;
-                let (vs, ms) = (vs(tb), ms(tb));
-                let (v, rest) = buf.split_at_mut(16 * vs);
-                let (m, scratch) = rest.split_at_mut(16 * ms);
-                input_band(xi, c, h, w, tw, t0, t1, v, vs, scratch);
-                grad_band(gi, o, h, w, tw, t0, t1, m, ms, scratch);
-                for k in 0..16 {
-                    // dU[k] (+)= dM[k] [o, tb] x V[k]ᵀ [tb, c].
-                    matmul(
-                        &mut du[k * oc..][..oc],
-                        c,
-                        &m[k * ms..][..o * tb],
-                        (tb, 1),
-                        &v[k * vs..][..c * tb],
-                        (1, tb),
-                        (o, c, tb),
-                        b > 0,
-                        parallel,
-                    );
-                }
+        p.each(|mut b| {
+            p.input(xi, &mut b);
+            grad_band(gi, o, h, w, p.tw, b.t0, b.t1, b.m, b.ms, b.scratch);
+            for k in 0..16 {
+                // dU[k] (+)= dM[k] [o, tb] x V[k]ᵀ [tb, c].
+                matmul(
+                    &mut du[k * oc..][..oc],
+                    c,
+                    &b.m[k * b.ms..][..o * b.tb],
+                    (b.tb, 1),
+                    &b.v[k * b.vs..][..c * b.tb],
+                    (1, b.tb),
+                    (o, c, b.tb),
+                    b.index > 0,
+                    parallel,
+                );
             }
         })
     };
     let images = x[..g.n * c * hw]
         .chunks(c * hw)
         .zip(gr[..g.n * o * hw].chunks(o * hw));
-    if g.n >= rayon::current_num_threads() {
+    if per_image(g.n) {
         images
             .collect::<Vec<_>>()
             .into_par_iter()
