@@ -47,7 +47,7 @@ pub fn set_enabled(on: bool) {
 /// eight a row and to the transforms' fixed cost; a convolution that widens (`c < o`)
 /// pays its output transform on more channels than its products save. The products save
 /// in proportion to `c * o`, the transforms cost in proportion to `c + o`: the small
-/// configuration's 3x3s (32 to 8 channels, `c o / (c + o)` = 6.4 against DenseNet-121's
+/// configuration's 3x3s (16 to 8 channels, `c o / (c + o)` = 5.3 against DenseNet-121's
 /// 25.6) trained and inferred 3% to 7% slower with it (`bench/densenet.sh`), so they stay
 /// on im2col.
 pub fn applies(g: &Geom) -> bool {
