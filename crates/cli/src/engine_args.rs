@@ -96,7 +96,12 @@ pub struct EngineArgs {
     pub seed: u64,
     /// Compute device(s): cpu, or gpu:N in a GPU build (`medret devices`); several (gpu:0,gpu:1) train
     /// data-parallel.
-    #[arg(long, default_value = "cpu", value_delimiter = ',')]
+    #[arg(
+        long,
+        visible_alias = "devices",
+        default_value = "cpu",
+        value_delimiter = ','
+    )]
     pub device: Vec<String>,
     /// Continue from the newest checkpoint in --out.
     #[arg(long)]

@@ -115,6 +115,12 @@ fn bad_arguments_are_named() {
     let o = medret(&a);
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown device `tpu`"));
 
+    // `--devices` (the spelling) is the same option, list included.
+    let mut a = train_args(d, o_str);
+    a.extend(["--devices", "cpu,tpu"]);
+    let o = medret(&a);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown device `tpu`"));
+
     let mut a = train_args(d, o_str);
     a[13] = "0";
     let o = medret(&a);

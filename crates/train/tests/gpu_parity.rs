@@ -292,3 +292,60 @@ fn a_data_parallel_fusion_hash_step_on_two_device_handles_matches_two_cpu_replic
         Run::TwoReplicas,
     );
 }
+
+/// Why `--device gpu:0,gpu:1` merges replica gradients itself (burn's `MultiGradientsParams`)
+/// rather than running burn-train's `ExecutionStrategy::ddp`: that strategy sums gradients
+/// with burn's collective all-reduce, which burn 0.22.1 refuses on every backend medret
+/// builds (the CPU's Flex, and Vulkan through wgpu: only CUDA, which cannot be built
+/// offline here, implements it). When this test fails, burn has gained the all-reduce on one
+/// of them, and docs/gpu.md's "Several GPUs" should be revisited.
+#[test]
+fn burns_collective_all_reduce_is_refused_on_the_cpu_and_on_vulkan() {
+    use burn::tensor::distributed::{
+        DistributedConfig, DistributedContext, ReduceOperation, all_reduce,
+    };
+    fn message(e: Box<dyn std::any::Any + Send>) -> String {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    }
+    // Each device's all-reduce in its own thread, as burn's DDP workers run: the result,
+    // or the panic's message.
+    fn mean_of_two(devices: [Device; 2]) -> Result<Vec<Vec<f32>>, String> {
+        std::panic::catch_unwind(|| {
+            let config = DistributedConfig {
+                all_reduce_op: ReduceOperation::Mean,
+            };
+            let _context = DistributedContext::init(devices.to_vec(), config);
+            let handles: Vec<_> = (0..2)
+                .map(|i| {
+                    let all = devices.to_vec();
+                    std::thread::spawn(move || {
+                        let x = vec![i as f32 + 1.0; 4];
+                        let t = Tensor::<1>::from_data(TensorData::new(x, [4]), &all[i]);
+                        vals(all_reduce(t, ReduceOperation::Mean, all).resolve())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(message))
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .map_err(message)
+        .and_then(|r| r)
+    }
+
+    let cpu = mean_of_two([Device::flex(), Device::flex()]);
+    assert!(
+        matches!(&cpu, Err(m) if m.contains("not supported")),
+        "burn's all-reduce on the CPU: {cpu:?}"
+    );
+    let Some(gpu) = gpu() else { return };
+    let on_gpu = mean_of_two([gpu, medret_models::device::default_gpu()]);
+    assert!(
+        matches!(&on_gpu, Err(m) if m.contains("all_reduce")),
+        "burn's all-reduce on two Vulkan device handles: {on_gpu:?}"
+    );
+}
