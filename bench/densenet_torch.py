@@ -18,6 +18,8 @@ ap.add_argument("--infer-batch", type=int, default=64)
 ap.add_argument("--steps", type=int, default=3)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--device", default="cpu", help="cpu or cuda (bench/gpu.sh)")
+ap.add_argument("--precision", default="f32", choices=["f32", "bf16"],
+                help="bf16: inference under torch.autocast (oneDNN's bf16, AMX where the CPU has it)")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 if a.arch == "tiny":
@@ -38,7 +40,10 @@ def sync():
 
 model = make().eval().to(dev)
 x = torch.rand(a.infer_batch, 3, a.size, a.size, device=dev)
-with torch.no_grad():
+import contextlib
+cast = (torch.autocast(a.device, dtype=torch.bfloat16) if a.precision == "bf16"
+        else contextlib.nullcontext())
+with torch.no_grad(), cast:
     model(x)
     sync()
     times = []
@@ -72,6 +77,6 @@ for _ in range(a.steps):
     times.append(time.perf_counter() - t)
 train = statistics.median(times)
 print(json.dumps({"framework": f"pytorch {torch.__version__} on {a.device}", "arch": a.arch, "size": a.size,
-                  "threads": a.threads, "train_batch": a.train_batch,
+                  "threads": a.threads, "precision": a.precision, "train_batch": a.train_batch,
                   "train_step_ms": round(train * 1e3, 1), "infer_batch": a.infer_batch,
                   "infer_img_per_s": round(a.infer_batch / infer, 2)}))

@@ -73,6 +73,10 @@ pub struct EvalArgs {
     /// Compute device (cpu, gpu:N or part of an adapter's name in a GPU build; see `medret devices`).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The convolutions' precision, f32 or bf16 (opt-in, CPU only; as `encode`'s): the
+    /// retrieval figures of a bf16-encoded archive.
+    #[arg(long, default_value = "f32")]
+    precision: medret_models::kernels::Precision,
     /// Where report.json and report.html go.
     #[arg(long, default_value = "eval-report")]
     out: PathBuf,
@@ -112,6 +116,7 @@ impl From<EvalSplit> for medret_data::Split {
 
 pub fn run(a: &EvalArgs) -> Result<()> {
     let device = medret_models::device::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    crate::encode::use_precision(a.precision, &device)?;
     let encoder = medret_models::encoder::Encoder::open(&a.model_dir, &device)
         .with_context(|| format!("cannot open the model {}", a.model_dir.display()))?;
     let ds = a.data.open()?;

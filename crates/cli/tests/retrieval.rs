@@ -90,6 +90,38 @@ fn image_in_similar_cases_out() {
     assert_eq!(id_rows.len() - 1, test_codes.len());
     assert!(test_codes.iter().all(|c| c.len() == 2));
 
+    // encode --precision bf16: the same codes but for bits whose value sits within bf16's
+    // rounding of zero (docs/benchmarks.md measures 99.5% or more on real images).
+    let bf16_npy = tmp.path().join("test_bf16.npy");
+    ok(&[
+        "encode",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--split",
+        "test",
+        "--out",
+        s(&bf16_npy),
+        "--ids-out",
+        s(&ids),
+        "--precision",
+        "bf16",
+    ]);
+    let bf16_codes = codes(&bf16_npy);
+    assert_eq!(bf16_codes.len(), test_codes.len());
+    let differ: u32 = bf16_codes
+        .iter()
+        .flatten()
+        .zip(test_codes.iter().flatten())
+        .map(|(a, b)| (a ^ b).count_ones())
+        .sum();
+    let bits = 8 * 2 * test_codes.len();
+    assert!(
+        (differ as f64) <= 0.05 * bits as f64,
+        "bf16 codes differ from f32's in {differ} of {bits} bits"
+    );
+
     // index build --model: the train split, encoded and ingested in one step.
     let store = tmp.path().join("archive.db");
     let out = ok(&[

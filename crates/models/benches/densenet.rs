@@ -3,7 +3,7 @@
 //! `bench/densenet_torch.py`; `bench/densenet.sh` runs both and prints the ratios.
 //!
 //! `cargo bench -p medret-models --bench densenet -- [--arch densenet121|tiny]
-//!  [--size 224] [--train-batch 16] [--infer-batch 64] [--steps 3] [--threads 2]
+//!  [--size 224] [--train-batch 16] [--infer-batch 64] [--steps 3] [--threads 2] [--precision bf16]
 //!  [--device gpu:0] [--checkpointing]`
 //!
 //! `--infer-batch 0` skips inference and `--steps 0` times nothing after the first step, so a process's peak memory is the training step's
@@ -17,6 +17,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use medret_models::DenseNetConfig;
+use medret_models::kernels::Precision;
 
 // The allocator the `medret` binary uses, so the figures are the product's (see
 // crates/models/src/alloc.rs).
@@ -85,6 +86,12 @@ fn main() {
         std::process::exit(2)
     });
 
+    // `--precision bf16`: inference's products in bf16 (kernels/bf16.rs); training stays f32.
+    let precision: Precision = arg("--precision", "f32").parse().unwrap_or_else(|e| {
+        eprintln!("--precision: {e}");
+        std::process::exit(2)
+    });
+
     // Inference: eval mode, one warm-up batch, then `steps` timed batches.
     let infer_s = if infer_batch == 0 {
         f64::NAN
@@ -95,10 +102,13 @@ fn main() {
             Distribution::Uniform(0.0, 1.0),
             &device,
         );
+        medret_models::kernels::set_precision(precision);
         let _ = model.forward(x.clone()).into_data();
-        median_secs(steps, || {
+        let s = median_secs(steps, || {
             let _ = model.forward(x.clone()).into_data();
-        })
+        });
+        medret_models::kernels::set_precision(Precision::F32);
+        s
     };
 
     // Training step: train-mode BatchNorm, cross-entropy, backward, AdamW.
@@ -155,7 +165,7 @@ fn main() {
     };
     println!(
         "{{\"framework\": \"burn 0.22.1 on {device_name}\", \"arch\": \"{arch}\", \"size\": {size}, \"threads\": {threads}, \
-         \"checkpointing\": {checkpointing}, \"train_batch\": {train_batch}, \"train_step_ms\": {}, \"infer_batch\": {infer_batch}, \"infer_img_per_s\": {}}}",
+         \"checkpointing\": {checkpointing}, \"precision\": \"{precision}\", \"train_batch\": {train_batch}, \"train_step_ms\": {}, \"infer_batch\": {infer_batch}, \"infer_img_per_s\": {}}}",
         num(train_s * 1e3, 1),
         num(infer, 2)
     );

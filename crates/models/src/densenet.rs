@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::kernels::avg_pool::avg_pool2d;
 use crate::kernels::bn_relu::bn_relu;
 use crate::kernels::conv::conv2d;
-use crate::kernels::dense_block::dense_block;
+use crate::kernels::dense_block::{dense_block, dense_block_inference};
 use crate::kernels::max_pool::max_pool2d;
 
 /// DenseNet hyper-parameters. [`DenseNetConfig::densenet121`] is torchvision's `densenet121`.
@@ -217,6 +217,9 @@ impl DenseBlock {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         // Training on the CPU: one feature buffer instead of a concatenation per layer.
         if let Some(y) = dense_block(&self.layers, &x) {
+            return y;
+        }
+        if let Some(y) = dense_block_inference(&self.layers, &x) {
             return y;
         }
         let mut features = x;

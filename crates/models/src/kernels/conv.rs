@@ -180,8 +180,44 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// `c[m, n] (+)= a[m, k] b[k, n]`, `c` row-major with rows `c_rs` apart; `a` and `b`
 /// given by their row and column strides (a transposed operand is a stride swap, not a
 /// copy).
+/// The signature of [`matmul`] and of its f32 and bf16 forms.
+pub(super) type MatmulFn = fn(
+    &mut [f32],
+    usize,
+    &[f32],
+    (usize, usize),
+    &[f32],
+    (usize, usize),
+    (usize, usize, usize),
+    bool,
+    bool,
+);
+
+/// In bf16 where [`super::set_precision`] asked for it (`bf16.rs`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
+    c: &mut [f32],
+    c_rs: usize,
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    mnk: (usize, usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    let f: MatmulFn = match super::precision() {
+        super::Precision::F32 => matmul_f32,
+        super::Precision::Bf16 => super::bf16::matmul,
+    };
+    f(
+        c, c_rs, a, a_strides, b, b_strides, mnk, accumulate, parallel,
+    )
+}
+
+/// [`matmul`] in f32, through the `gemm` crate.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_f32(
     c: &mut [f32],
     c_rs: usize,
     a: &[f32],

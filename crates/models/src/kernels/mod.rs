@@ -33,6 +33,7 @@ macro_rules! dispatch {
 }
 
 pub mod avg_pool;
+pub mod bf16;
 pub mod bn_relu;
 pub mod conv;
 pub mod dense_block;
@@ -179,4 +180,52 @@ pub fn enabled() -> bool {
 /// Turns the kernels on or off for the whole process.
 pub fn set_enabled(on: bool) {
     KERNELS.set(on);
+}
+
+/// The precision of the convolutions' matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 throughout: training, and inference unless asked otherwise.
+    #[default]
+    F32,
+    /// Operands rounded to bfloat16, products accumulated in f32 (`bf16.rs`): opt-in for
+    /// inference (encoding an archive). Fast where the CPU has AMX.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown precision `{other}` (f32 or bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// The precision the convolution kernels' products run at, for the whole process.
+pub fn precision() -> Precision {
+    match PRECISION.load(Ordering::Relaxed) {
+        1 => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
+
+/// Sets the products' precision for the whole process. bf16 is meant for inference: a
+/// training step under it would take its gradients' products in bf16 too.
+pub fn set_precision(p: Precision) {
+    PRECISION.store(p as u8, Ordering::Relaxed);
 }

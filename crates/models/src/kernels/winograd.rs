@@ -50,12 +50,18 @@ pub fn set_enabled(on: bool) {
 /// configuration's 3x3s (16 to 8 channels, `c o / (c + o)` = 5.3 against DenseNet-121's
 /// 25.6) trained and inferred 3% to 7% slower with it (`bench/densenet.sh`), so they stay
 /// on im2col.
+///
+/// Never in bf16 ([`super::Precision::Bf16`]): there the products run on AMX at many times
+/// f32's speed, so the transforms cost more than the products they save (DenseNet-121
+/// inference, 224 px, batch 16: 31.4 images/s with Winograd, 34.9 without), and rounding
+/// the transformed tiles to bf16 would add to the error.
 pub fn applies(g: &Geom) -> bool {
     let side = g.h.min(g.w);
     (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (3, 3, 1, 1, 1, 1)
         && (side >= 28 || (side >= 14 && g.c >= g.o))
         && g.c * g.o >= 16 * (g.c + g.o)
         && enabled()
+        && super::precision() == super::Precision::F32
 }
 
 /// `U = G g Gᵀ` for every (output, input) channel pair: `u[ξ * O*C + o*C + c]`, with
