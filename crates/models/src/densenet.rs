@@ -19,6 +19,7 @@ use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::avg_pool::avg_pool2d;
+use crate::kernels::bf16::bn_relu_conv;
 use crate::kernels::bn_relu::bn_relu;
 use crate::kernels::conv::conv2d;
 use crate::kernels::dense_block::{dense_block, dense_block_inference};
@@ -171,8 +172,10 @@ impl DenseLayer {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = conv1x1(&self.conv1, bn_relu(&self.norm1, x));
-        conv2d(&self.conv2, bn_relu(&self.norm2, h))
+        let h = bn_relu_conv(&self.norm1, &self.conv1, &x)
+            .unwrap_or_else(|| conv1x1(&self.conv1, bn_relu(&self.norm1, x)));
+        bn_relu_conv(&self.norm2, &self.conv2, &h)
+            .unwrap_or_else(|| conv2d(&self.conv2, bn_relu(&self.norm2, h)))
     }
 }
 
@@ -241,7 +244,9 @@ pub struct Transition {
 
 impl Transition {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        avg_pool2d(&self.pool, conv1x1(&self.conv, bn_relu(&self.norm, x)))
+        let y = bn_relu_conv(&self.norm, &self.conv, &x)
+            .unwrap_or_else(|| conv1x1(&self.conv, bn_relu(&self.norm, x)));
+        avg_pool2d(&self.pool, y)
     }
 }
 

@@ -119,6 +119,69 @@ pub(super) fn matmul(
     )
 }
 
+/// Convolutions that took [`bn_relu_conv`] (for tests that must know it ran).
+pub static FUSED_CONV_CALLS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// `conv(relu(bn(x)))` at inference in bf16, where [`super::Precision::Bf16`] is set and
+/// the CPU has AMX: the BatchNorm and ReLU applied as the convolution packs its input, so
+/// neither the activation nor an im2col matrix is ever stored. `None` where it does not
+/// apply (the caller then runs the two operations).
+pub fn bn_relu_conv(
+    bn: &burn::nn::BatchNorm,
+    conv: &burn::nn::conv::Conv2d,
+    x: &burn::prelude::Tensor<4>,
+) -> Option<burn::prelude::Tensor<4>> {
+    use burn::backend::Flex;
+    if super::precision() != super::Precision::Bf16
+        || !amx_available()
+        || !super::bn_relu::infers_fused(x)
+    {
+        return None;
+    }
+    let g = super::conv::kernel_geom(conv, x)?;
+    let affine = super::bn_relu::inference_affine(bn);
+    if affine.len() != g.c {
+        return None;
+    }
+    FUSED_CONV_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let xf = super::images(
+        x.clone()
+            .try_into_primitive::<Flex>()
+            .expect("x on the CPU backend"),
+    );
+    let (xd, xs) = super::image_data(&xf);
+    let wf = super::contiguous(
+        conv.weight
+            .val()
+            .try_into_primitive::<Flex>()
+            .expect("weights on the CPU backend"),
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let y = amx::conv(xd, xs, super::as_f32(&wf), g, Some(&affine));
+        let dims = [g.n, g.o, g.out_h(), g.out_w()];
+        Some(burn::prelude::Tensor::<4>::from_primitive::<Flex>(
+            super::wrap(y, &dims),
+        ))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (xd, xs, wf);
+        None
+    }
+}
+
+/// `conv::forward` in bf16 on AMX, without an im2col buffer; `None` without AMX.
+pub(super) fn conv_forward(x: &[f32], wt: &[f32], g: super::conv::Geom) -> Option<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if amx_available() {
+        return Some(amx::conv(x, g.c * g.h * g.w, wt, g, None));
+    }
+    let _ = (x, wt, g);
+    None
+}
+
 /// The same numbers through the f32 product: operands rounded into contiguous copies.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn emulated(
@@ -160,6 +223,7 @@ mod amx {
     use rayon::prelude::*;
 
     use super::super::SendPtr;
+    use super::super::conv::Geom;
 
     /// The tile configuration: palette 1, every tile 16 rows of 64 bytes (16 f32 or 32
     /// bf16). Tiles 0 to 3 accumulate a 32 x 32 block of `c`, 4 and 5 hold two 16-row
@@ -292,32 +356,12 @@ mod amx {
     fn pack_b(b: &[f32], (b_rs, b_cs): (usize, usize), k: usize, n: usize, out: &mut Vec<u16>) {
         let (kp, np) = (padded(k), padded(n));
         out.resize(kp * np, 0);
-        // Lanes of the two rows taken alternately: columns 0 to 7, then 8 to 15.
-        let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-        let hi_idx =
-            _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         for p in 0..kp / 2 {
             let row = &mut out[p * 2 * np..][..2 * np];
             let (r0, r1) = (2 * p, 2 * p + 1);
             if b_cs == 1 {
-                for j0 in (0..np).step_by(16) {
-                    let m0 = if r0 < k { lanes(n, j0) } else { 0 };
-                    let m1 = if r1 < k { lanes(n, j0) } else { 0 };
-                    // SAFETY: the masks keep the loads within `b`'s rows `r0`, `r1`
-                    // (columns below `n`); the store writes 32 of `row`'s `2 np`
-                    // elements from `2 j0`.
-                    unsafe {
-                        let x0 = _mm512_maskz_loadu_ps(m0, b.as_ptr().wrapping_add(r0 * b_rs + j0));
-                        let x1 = _mm512_maskz_loadu_ps(m1, b.as_ptr().wrapping_add(r1 * b_rs + j0));
-                        let lo = _mm512_permutex2var_ps(x0, lo_idx, x1);
-                        let hi = _mm512_permutex2var_ps(x0, hi_idx, x1);
-                        let v = _mm512_cvtne2ps_pbh(hi, lo);
-                        _mm512_storeu_si512(
-                            row.as_mut_ptr().add(2 * j0).cast(),
-                            std::mem::transmute::<__m512bh, __m512i>(v),
-                        );
-                    }
-                }
+                let at = |r: usize| (r < k).then(|| &b[r * b_rs..][..n]);
+                interleave(at(r0), at(r1), row);
             } else {
                 for j in 0..np {
                     for (h, r) in [r0, r1].into_iter().enumerate() {
@@ -329,6 +373,188 @@ mod amx {
                     }
                 }
             }
+        }
+    }
+
+    /// Two rows of `b` (`None`: a row of zeros past `k`) as one row of pairs, `row[2 j +
+    /// h]` from row `h`'s column `j`, zeros from the rows' length to `row`'s end.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn interleave(r0: Option<&[f32]>, r1: Option<&[f32]>, row: &mut [u16]) {
+        // Lanes of the two rows taken alternately: columns 0 to 7, then 8 to 15.
+        let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi_idx =
+            _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        let np = row.len() / 2;
+        let load = |r: Option<&[f32]>, j0: usize| match r {
+            // SAFETY: the mask keeps the load within the row.
+            Some(r) => unsafe {
+                _mm512_maskz_loadu_ps(lanes(r.len(), j0), r.as_ptr().wrapping_add(j0))
+            },
+            None => _mm512_setzero_ps(),
+        };
+        for j0 in (0..np).step_by(16) {
+            let (x0, x1) = (load(r0, j0), load(r1, j0));
+            let lo = _mm512_permutex2var_ps(x0, lo_idx, x1);
+            let hi = _mm512_permutex2var_ps(x0, hi_idx, x1);
+            let v = _mm512_cvtne2ps_pbh(hi, lo);
+            // SAFETY: 32 elements from `2 j0` lie within `row` (`np` a multiple of 16).
+            unsafe {
+                _mm512_storeu_si512(
+                    row.as_mut_ptr().add(2 * j0).cast(),
+                    std::mem::transmute::<__m512bh, __m512i>(v),
+                )
+            };
+        }
+    }
+
+    /// A convolution in bf16 (`conv::forward`'s), its input read straight into the
+    /// packed operand (no im2col buffer), optionally through an inference BatchNorm and
+    /// ReLU, `max(0, a x + b)` per input channel (zero padding stays zero: it pads the
+    /// activation). Images `image_stride` floats apart in `x`. AMX must be available.
+    pub(super) fn conv(
+        x: &[f32],
+        image_stride: usize,
+        wt: &[f32],
+        g: Geom,
+        affine: Option<&[(f32, f32)]>,
+    ) -> Vec<f32> {
+        let (k, m, ohw) = (g.c * g.kh * g.kw, g.o, g.out_h() * g.out_w());
+        assert!(
+            g.n == 0 || x.len() >= (g.n - 1) * image_stride + g.c * g.h * g.w,
+            "conv input for {g:?}"
+        );
+        assert!(wt.len() >= m * k, "conv weights for {g:?}");
+        assert!(
+            affine.is_none_or(|a| a.len() == g.c),
+            "an affine map per channel"
+        );
+        let mut pa = Vec::new();
+        // SAFETY: the caller checked AMX, which implies these features (`detect`).
+        unsafe { pack_a(wt, (k, 1), m, k, &mut pa) };
+        // Columns of the output plane per task, so that a task's packed input (`padded(k)`
+        // rows of bf16) stays within about half a megabyte, in L2.
+        let chunk = ((256 * 1024) / padded(k)).max(32) / 32 * 32;
+        let chunks = ohw.div_ceil(chunk);
+        let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
+            let yp = SendPtr(y.as_mut_ptr().cast::<f32>());
+            (0..g.n * chunks).into_par_iter().for_each(|t| {
+                let (i, j0) = (t / chunks, (t % chunks) * chunk);
+                let nn = chunk.min(ohw - j0);
+                let xi = &x[i * image_stride..][..g.c * g.h * g.w];
+                PACKED.with_borrow_mut(|(_, pb)| {
+                    // SAFETY: AMX (the caller's check); the task's columns of image `i`
+                    // are its own, inside `y`.
+                    unsafe {
+                        pack_conv(xi, g, affine, j0, nn, pb);
+                        tiles(
+                            yp.get().add(i * m * ohw + j0),
+                            ohw,
+                            &pa,
+                            pb,
+                            m,
+                            nn,
+                            k,
+                            false,
+                        );
+                    }
+                });
+            });
+        };
+        // SAFETY: the tasks cover every (image, column) of the output, and `tiles` writes
+        // every row of its columns.
+        unsafe { super::super::written(g.n * m * ohw, fill) }
+    }
+
+    /// Output columns `j0..j0 + nn` of one image's convolution input, packed as
+    /// [`pack_b`] packs: row `r = (channel, ky, kx)` holds the input each output position
+    /// reads at that tap.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn pack_conv(
+        x: &[f32],
+        g: Geom,
+        affine: Option<&[(f32, f32)]>,
+        j0: usize,
+        nn: usize,
+        out: &mut Vec<u16>,
+    ) {
+        let k = g.c * g.kh * g.kw;
+        let (kp, np) = (padded(k), padded(nn));
+        out.resize(kp * np, 0);
+        let mut rows = [vec![0f32; nn], vec![0f32; nn]];
+        for p in 0..kp / 2 {
+            for (h, row) in rows.iter_mut().enumerate() {
+                if 2 * p + h < k {
+                    conv_row(x, g, affine, 2 * p + h, j0, row);
+                }
+            }
+            let at = |h: usize| (2 * p + h < k).then(|| &rows[h][..]);
+            interleave(at(0), at(1), &mut out[p * 2 * np..][..2 * np]);
+        }
+    }
+
+    /// Row `r` of the im2col matrix over output columns `j0..j0 + dst.len()`, mapped.
+    #[inline(always)]
+    fn conv_row(
+        x: &[f32],
+        g: Geom,
+        affine: Option<&[(f32, f32)]>,
+        r: usize,
+        j0: usize,
+        dst: &mut [f32],
+    ) {
+        let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+        let plane = &x[ci * g.h * g.w..][..g.h * g.w];
+        let (a, b) = affine.map_or((1.0, 0.0), |f| f[ci]);
+        let map = |d: &mut [f32], src: &[f32]| {
+            if affine.is_some() {
+                d.iter_mut()
+                    .zip(src)
+                    .for_each(|(d, v)| *d = (a * v + b).max(0.0));
+            } else {
+                d.copy_from_slice(src);
+            }
+        };
+        if (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (1, 1, 1, 1, 0, 0) {
+            map(dst, &plane[j0..][..dst.len()]);
+            return;
+        }
+        let ow = g.out_w();
+        let (lo, hi) = super::super::conv::valid(ow, g.w, kx, g.pw, g.sw);
+        let end = j0 + dst.len();
+        let mut q = j0;
+        while q < end {
+            let (oy, ox0) = (q / ow, q % ow);
+            let len = (ow - ox0).min(end - q);
+            let d = &mut dst[q - j0..][..len];
+            let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+            if iy < 0 || iy >= g.h as isize {
+                d.fill(0.0);
+            } else {
+                let row = &plane[iy as usize * g.w..][..g.w];
+                // Output columns `ox0..ox0 + len`; those in `lo..hi` read inside the row.
+                let (a0, a1) = (lo.clamp(ox0, ox0 + len), hi.clamp(ox0, ox0 + len));
+                let a1 = a1.max(a0);
+                d[..a0 - ox0].fill(0.0);
+                d[a1 - ox0..].fill(0.0);
+                if a1 > a0 {
+                    // Input column of output column `ox`: `ox sw + kx - pw`.
+                    let first = a0 * g.sw + kx - g.pw;
+                    let inside = &mut d[a0 - ox0..a1 - ox0];
+                    if g.sw == 1 {
+                        map(inside, &row[first..][..inside.len()]);
+                    } else {
+                        for (t, d) in inside.iter_mut().enumerate() {
+                            let v = row[first + t * g.sw];
+                            *d = if affine.is_some() {
+                                (a * v + b).max(0.0)
+                            } else {
+                                v
+                            };
+                        }
+                    }
+                }
+            }
+            q += len;
         }
     }
 

@@ -87,7 +87,7 @@ pub(crate) fn bn_relu_in_block(
 /// Whether `bn_relu(bn, x)` takes the fused inference kernel: plain CPU tensors (no
 /// graph), where burn's BatchNorm normalises with the running statistics whatever the
 /// layer's training flag.
-fn infers_fused(x: &Tensor<4>) -> bool {
+pub(crate) fn infers_fused(x: &Tensor<4>) -> bool {
     super::enabled()
         && !x.device().is_autodiff()
         && x.device() == Device::flex()
@@ -103,6 +103,21 @@ pub static INFERENCE_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::
 /// configuration's inference).
 fn bn_relu_inference(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     INFERENCE_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let affine = inference_affine(bn);
+    let xf = images(
+        x.try_into_primitive::<Flex>()
+            .expect("x on the CPU backend"),
+    );
+    let dims = xf.layout().shape().to_vec();
+    let (n, c, plane) = (dims[0], dims[1], dims[2] * dims[3]);
+    let (xd, xs) = image_data(&xf);
+    let y = affine_relu(xd, xs, (n, c, plane), &affine);
+    Tensor::<4>::from_primitive::<Flex>(wrap(y, &dims))
+}
+
+/// An inference BatchNorm as each channel's `(a, b)` of `a x + b`: `a = gamma /
+/// sqrt(var + eps)`, `b = beta - mean a`, from the running statistics.
+pub(crate) fn inference_affine(bn: &BatchNorm) -> Vec<(f32, f32)> {
     let floats = |t: Tensor<1>| -> Vec<f32> {
         t.into_data()
             .convert::<f32>()
@@ -114,21 +129,12 @@ fn bn_relu_inference(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
         floats(bn.running_mean.value()),
         floats(bn.running_var.value()),
     );
-    let xf = images(
-        x.try_into_primitive::<Flex>()
-            .expect("x on the CPU backend"),
-    );
-    let dims = xf.layout().shape().to_vec();
-    let (n, c, plane) = (dims[0], dims[1], dims[2] * dims[3]);
-    let affine: Vec<(f32, f32)> = (0..c)
+    (0..gamma.len())
         .map(|ch| {
             let a = gamma[ch] / (var[ch] + bn.epsilon as f32).sqrt();
             (a, beta[ch] - mean[ch] * a)
         })
-        .collect();
-    let (xd, xs) = image_data(&xf);
-    let y = affine_relu(xd, xs, (n, c, plane), &affine);
-    Tensor::<4>::from_primitive::<Flex>(wrap(y, &dims))
+        .collect()
 }
 
 /// Whether `bn_relu(bn, x)` takes the fused kernel: `bn` training on autodiff CPU tensors.

@@ -89,24 +89,29 @@ impl Geom {
     }
 }
 
-/// `conv.forward(x)`, through the kernel for a convolution without bias, groups or
-/// dilation, with symmetric padding, on the CPU backend.
-pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let padding = match conv.padding {
-        PaddingConfig2d::Valid => Some((0, 0)),
+/// The geometry of `conv` on `x` where the kernel takes it: no bias, groups or dilation,
+/// symmetric padding, f32 on the CPU backend, kernels on.
+pub(super) fn kernel_geom(conv: &Conv2d, x: &Tensor<4>) -> Option<Geom> {
+    let (ph, pw) = match conv.padding {
+        PaddingConfig2d::Valid => (0, 0),
         PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
-            Some((top, left))
+            (top, left)
         }
-        _ => None,
+        _ => return None,
     };
-    let flex = Device::flex();
     let w = conv.weight.val();
-    let Some((ph, pw)) = padding else {
-        return conv.forward(x);
-    };
     let [n, c, h, wi] = x.dims();
     let [o, _, kh, kw] = w.dims();
-    let geom = Geom {
+    let applies = super::enabled()
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && conv.bias.is_none()
+        && h + 2 * ph >= kh
+        && wi + 2 * pw >= kw
+        && x.device() == Device::flex()
+        && x.dtype() == burn::tensor::DType::F32
+        && w.dtype() == burn::tensor::DType::F32;
+    applies.then_some(Geom {
         n,
         c,
         h,
@@ -118,19 +123,17 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         sw: conv.stride[1],
         ph,
         pw,
-    };
-    if !(super::enabled()
-        && conv.dilation == [1, 1]
-        && conv.groups == 1
-        && conv.bias.is_none()
-        && h + 2 * ph >= kh
-        && wi + 2 * pw >= kw
-        && x.device() == flex
-        && x.dtype() == burn::tensor::DType::F32
-        && w.dtype() == burn::tensor::DType::F32)
-    {
+    })
+}
+
+/// `conv.forward(x)`, through the kernel for a convolution without bias, groups or
+/// dilation, with symmetric padding, on the CPU backend.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let Some(geom) = kernel_geom(conv, &x) else {
         return conv.forward(x);
-    }
+    };
+    let w = conv.weight.val();
+    let (n, o) = (geom.n, geom.o);
     let autodiff = x.device().is_autodiff() || w.is_autodiff();
     if autodiff
         && (x
@@ -276,7 +279,7 @@ pub(super) fn matmul_f32(
 
 /// The input columns in `[lo, hi)` of output positions `0..out` that read inside a
 /// `len`-wide input at offset `k - pad` with stride `s`: `0 <= x*s + k - pad < len`.
-fn valid(out: usize, len: usize, k: usize, pad: usize, s: usize) -> (usize, usize) {
+pub(super) fn valid(out: usize, len: usize, k: usize, pad: usize, s: usize) -> (usize, usize) {
     // x*s >= pad - k  and  x*s < len + pad - k.
     let lo = pad.saturating_sub(k).div_ceil(s);
     let hi = if len + pad > k {
@@ -421,6 +424,11 @@ pub(super) fn per_image(n: usize) -> bool {
 /// Forward on raw NCHW data: `y[n, o, oh, ow]`; a 3x3 with stride 1 and padding 1
 /// through Winograd (`winograd.rs`) unless that is switched off.
 pub fn forward(x: &[f32], wt: &[f32], g: Geom) -> Vec<f32> {
+    if super::precision() == super::Precision::Bf16
+        && let Some(y) = super::bf16::conv_forward(x, wt, g)
+    {
+        return y;
+    }
     if super::winograd::applies(&g) {
         return super::winograd::forward(x, wt, g);
     }
