@@ -71,6 +71,9 @@ fn bf16_convolutions_are_the_rounded_operands_convolutions() {
         geom(2, 64, 28, 28, 32, 3, 1, 1),
         geom(2, 3, 32, 32, 16, 7, 2, 3),
         geom(1, 8, 3, 5, 4, 3, 1, 1),
+        // As many images as threads or more: the 3x3 takes the shifted-tile path
+        // (`conv3x3` in bf16.rs), fewer take the column split.
+        geom(rayon::current_num_threads().max(2), 40, 9, 6, 36, 3, 1, 1),
     ];
     let guard = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
     assert!(medret_models::kernels::winograd::applies(&geoms[1]));

@@ -225,6 +225,13 @@ mod amx {
     use super::super::SendPtr;
     use super::super::conv::Geom;
 
+    /// `MEDRET_BF16_SHIFTED=off` packs 3x3 inputs as im2col does (for A/B runs and tests).
+    static SHIFTED: super::super::Switch = super::super::Switch::new("MEDRET_BF16_SHIFTED");
+
+    fn shifted() -> bool {
+        SHIFTED.on()
+    }
+
     /// The tile configuration: palette 1, every tile 16 rows of 64 bytes (16 f32 or 32
     /// bf16). Tiles 0 to 3 accumulate a 32 x 32 block of `c`, 4 and 5 hold two 16-row
     /// strips of `a`, 6 and 7 two 16-column strips of `b`.
@@ -428,6 +435,13 @@ mod amx {
             affine.is_none_or(|a| a.len() == g.c),
             "an affine map per channel"
         );
+        // One image a task there: with fewer images than threads, the column split below.
+        if (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (3, 3, 1, 1, 1, 1)
+            && g.n >= rayon::current_num_threads()
+            && shifted()
+        {
+            return conv3x3(x, image_stride, wt, g, affine);
+        }
         let mut pa = Vec::new();
         // SAFETY: the caller checked AMX, which implies these features (`detect`).
         unsafe { pack_a(wt, (k, 1), m, k, &mut pa) };
@@ -558,6 +572,193 @@ mod amx {
         }
     }
 
+    /// One 32 x 32 block of a product: tiles 0 to 3 zeroed, then for each step `(a, b)`
+    /// two 16-row strips of `a` (the second `16 a_rows` elements after the first) times
+    /// two 16-column strips of `b` (the second 32 elements on), added; the block stored
+    /// into `out`, rows 32 floats apart.
+    ///
+    /// # Safety
+    /// AMX available, the tile configuration loaded, and every tile a step addresses (16
+    /// rows of 64 bytes, `strides` bytes apart) readable.
+    unsafe fn block32(
+        steps: impl Iterator<Item = (*const u16, *const u16)>,
+        (sa, sb): (usize, usize),
+        a_rows: usize,
+        out: &mut [f32; 32 * 32],
+    ) {
+        // SAFETY: the caller's promises; the stores write `out`, rows 128 bytes apart.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack)
+            );
+            for (a0, b0) in steps {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a0.add(16 * a_rows),
+                    b0 = in(reg) b0,
+                    b1 = in(reg) b0.add(32),
+                    sa = in(reg) sa,
+                    sb = in(reg) sb,
+                    options(nostack, readonly)
+                );
+            }
+            let p = out.as_mut_ptr();
+            asm!(
+                "tilestored [{p0} + {s}*1], tmm0",
+                "tilestored [{p1} + {s}*1], tmm1",
+                "tilestored [{p2} + {s}*1], tmm2",
+                "tilestored [{p3} + {s}*1], tmm3",
+                p0 = in(reg) p,
+                p1 = in(reg) p.add(16),
+                p2 = in(reg) p.add(16 * 32),
+                p3 = in(reg) p.add(16 * 32 + 16),
+                s = in(reg) 128usize,
+                options(nostack)
+            );
+        }
+    }
+
+    /// A 3x3 convolution with stride 1 and padding 1, without im2col: the input (mapped)
+    /// is packed once per image as its zero-padded plane, rows `wp = w + 2` wide, and
+    /// output position `j = oy wp + ox` of tap `(ky, kx)` reads packed column
+    /// `j + ky wp + kx`: each tap's operand is the packed image shifted, which a tile load
+    /// takes at any address. Output columns `ox >= w` are computed and dropped. One image
+    /// a task. AMX must be available.
+    fn conv3x3(
+        x: &[f32],
+        image_stride: usize,
+        wt: &[f32],
+        g: Geom,
+        affine: Option<&[(f32, f32)]>,
+    ) -> Vec<f32> {
+        let (c, o, h, w) = (g.c, g.o, g.h, g.w);
+        let wp = w + 2;
+        let cols = h * wp;
+        let (mp, kp, np) = (padded(o), padded(c), padded(cols));
+        // Packed columns any tap reads, whole vectors of 16.
+        let span = (np + 2 * wp + 2).div_ceil(16) * 16;
+        // The weights of each tap `t = 3 ky + kx` as an `o x c` matrix.
+        let mut pa = vec![0u16; 9 * mp * kp];
+        let mut one = Vec::new();
+        for t in 0..9 {
+            // SAFETY: AMX (the caller's check) implies these features.
+            unsafe { pack_a(&wt[t..], (c * 9, 9), o, c, &mut one) };
+            pa[t * mp * kp..][..mp * kp].copy_from_slice(&one);
+        }
+        let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
+            y.par_chunks_mut(o * h * w).enumerate().for_each(|(i, yi)| {
+                let xi = &x[i * image_stride..][..c * h * w];
+                PACKED.with_borrow_mut(|(_, pb)| {
+                    // SAFETY: AMX (the caller's check); a valid configuration.
+                    unsafe {
+                        pack_padded(xi, g, affine, span, pb);
+                        asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack));
+                    }
+                    let mut block = [0f32; 32 * 32];
+                    for j0 in (0..np).step_by(32) {
+                        for i0 in (0..mp).step_by(32) {
+                            let steps = (0..9).flat_map(|t| {
+                                let shift = (t / 3) * wp + t % 3;
+                                (0..kp).step_by(32).map(move |k0| (t, shift, k0))
+                            });
+                            // SAFETY: `pa` holds rows `i0..i0 + 32` of each tap, `pb`
+                            // pair rows `k0 / 2..k0 / 2 + 16` of `span` columns, and
+                            // `j0 + shift + 32 <= np + 2 wp + 2 <= span`.
+                            unsafe {
+                                block32(
+                                    steps.map(|(t, shift, k0)| {
+                                        (
+                                            pa.as_ptr().add(t * mp * kp + i0 * kp + k0),
+                                            pb.as_ptr().add((k0 / 2) * 2 * span + 2 * (j0 + shift)),
+                                        )
+                                    }),
+                                    (kp * 2, span * 4),
+                                    kp,
+                                    &mut block,
+                                )
+                            };
+                            for r in 0..32.min(o.saturating_sub(i0)) {
+                                let yr = &mut yi[(i0 + r) * h * w..][..h * w];
+                                let (mut oy, mut ox) = (j0 / wp, j0 % wp);
+                                for v in &block[r * 32..][..32] {
+                                    if oy >= h {
+                                        break;
+                                    }
+                                    if ox < w {
+                                        yr[oy * w + ox].write(*v);
+                                    }
+                                    ox += 1;
+                                    if ox == wp {
+                                        (ox, oy) = (0, oy + 1);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // SAFETY: leaves the tile state for the kernel to skip.
+                    unsafe { asm!("tilerelease", options(nostack)) };
+                });
+            });
+        };
+        // SAFETY: each image's task writes every `(o, oy, ox)`: the blocks cover columns
+        // `0..np >= h wp` and rows `0..mp >= o`.
+        unsafe { super::super::written(g.n * o * h * w, fill) }
+    }
+
+    /// One image's input, mapped, as [`pack_b`] packs: pair row `p` holds channels `2p`
+    /// and `2p + 1` over the zero-padded plane (`(h + 2) (w + 2)` positions, zeros after
+    /// it to `span`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn pack_padded(
+        x: &[f32],
+        g: Geom,
+        affine: Option<&[(f32, f32)]>,
+        span: usize,
+        out: &mut Vec<u16>,
+    ) {
+        let (c, h, w) = (g.c, g.h, g.w);
+        let wp = w + 2;
+        let kp = padded(c);
+        out.resize(kp * span, 0);
+        let mut rows = [vec![0f32; span], vec![0f32; span]];
+        for p in 0..kp / 2 {
+            for (hh, row) in rows.iter_mut().enumerate() {
+                let ch = 2 * p + hh;
+                if ch >= c {
+                    continue;
+                }
+                row.fill(0.0);
+                let plane = &x[ch * h * w..][..h * w];
+                let (a, b) = affine.map_or((1.0, 0.0), |f| f[ch]);
+                for y in 0..h {
+                    let d = &mut row[(y + 1) * wp + 1..][..w];
+                    let s = &plane[y * w..][..w];
+                    if affine.is_some() {
+                        d.iter_mut()
+                            .zip(s)
+                            .for_each(|(d, v)| *d = (a * v + b).max(0.0));
+                    } else {
+                        d.copy_from_slice(s);
+                    }
+                }
+            }
+            let at = |hh: usize| (2 * p + hh < c).then(|| &rows[hh][..]);
+            interleave(at(0), at(1), &mut out[p * 2 * span..][..2 * span]);
+        }
+    }
+
     /// The mask of the 16 lanes from `at` that lie below `len`.
     fn lanes(len: usize, at: usize) -> u16 {
         match len.saturating_sub(at) {
@@ -585,62 +786,27 @@ mod amx {
         accumulate: bool,
     ) {
         let (mp, np, kp) = (padded(m), padded(n), padded(k));
-        let (a_stride, b_stride) = (kp * 2, np * 4);
         let mut block = [0f32; 32 * 32];
         // SAFETY: the configuration is valid for palette 1 (8 tiles of 16 x 64 bytes).
         unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack)) };
         for j0 in (0..np).step_by(32) {
             for i0 in (0..mp).step_by(32) {
-                // SAFETY: the tile loads read 16 rows of 64 bytes at the given strides
-                // from inside `pa` (rows `i0..i0 + 32`, pairs of columns `k0..k0 + 32`)
-                // and `pb` (pair rows `k0 / 2..k0 / 2 + 16`, columns `j0..j0 + 32`),
-                // which the packing sized to `padded` bounds; the stores write the
-                // 32 x 32 `block`, rows 128 bytes apart.
+                // SAFETY: the steps address rows `i0..i0 + 32` and pairs of columns
+                // `k0..k0 + 32` of `pa`, pair rows `k0 / 2..k0 / 2 + 16` and columns
+                // `j0..j0 + 32` of `pb`, inside the `padded` bounds the packing sized.
                 unsafe {
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tilezero tmm2",
-                        "tilezero tmm3",
-                        options(nostack)
-                    );
-                    for k0 in (0..kp).step_by(32) {
-                        let a0 = pa.as_ptr().add(i0 * kp + k0);
-                        let a1 = a0.add(16 * kp);
-                        let b0 = pb.as_ptr().add((k0 / 2) * 2 * np + 2 * j0);
-                        let b1 = b0.add(32);
-                        asm!(
-                            "tileloadd tmm4, [{a0} + {sa}*1]",
-                            "tileloadd tmm5, [{a1} + {sa}*1]",
-                            "tileloadd tmm6, [{b0} + {sb}*1]",
-                            "tileloadd tmm7, [{b1} + {sb}*1]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            "tdpbf16ps tmm2, tmm5, tmm6",
-                            "tdpbf16ps tmm3, tmm5, tmm7",
-                            a0 = in(reg) a0,
-                            a1 = in(reg) a1,
-                            b0 = in(reg) b0,
-                            b1 = in(reg) b1,
-                            sa = in(reg) a_stride,
-                            sb = in(reg) b_stride,
-                            options(nostack, readonly)
-                        );
-                    }
-                    let p = block.as_mut_ptr();
-                    asm!(
-                        "tilestored [{p0} + {s}*1], tmm0",
-                        "tilestored [{p1} + {s}*1], tmm1",
-                        "tilestored [{p2} + {s}*1], tmm2",
-                        "tilestored [{p3} + {s}*1], tmm3",
-                        p0 = in(reg) p,
-                        p1 = in(reg) p.add(16),
-                        p2 = in(reg) p.add(16 * 32),
-                        p3 = in(reg) p.add(16 * 32 + 16),
-                        s = in(reg) 128usize,
-                        options(nostack)
-                    );
-                }
+                    block32(
+                        (0..kp).step_by(32).map(|k0| {
+                            (
+                                pa.as_ptr().add(i0 * kp + k0),
+                                pb.as_ptr().add((k0 / 2) * 2 * np + 2 * j0),
+                            )
+                        }),
+                        (kp * 2, np * 4),
+                        kp,
+                        &mut block,
+                    )
+                };
                 let rows = 32.min(m.saturating_sub(i0));
                 let cols = 32.min(n.saturating_sub(j0));
                 for r in 0..rows {
