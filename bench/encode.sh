@@ -7,7 +7,8 @@
 #   bench/encode.sh                       # 2,000 PNGs of 1024 px; DenseNet-121 on 256 of them
 #   N=10000 SIZE=512 bench/encode.sh
 #
-# PROFILE picks the build (default release); MEDRET_BIN runs a given binary.
+# PROFILE picks the build (default release); MEDRET_BIN runs a given binary;
+# PRECISION=bf16 encodes in bf16 (`--precision`, docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${MEDRET_TARGET_DIR:-$HOME/.cache/medret-target}"
@@ -29,8 +30,9 @@ mkdir -p "$WORK"
     --bits 48 --epochs 1 --batch-size 16 --seed 0 --out "$WORK/tiny" >"$WORK/tiny.log" 2>&1
 [ -f "$WORK/d121/model.json" ] || "$M" train hash --data "$WORK/small" --arch densenet121 --size 224 \
     --bits 48 --epochs 1 --batch-size 16 --seed 0 --out "$WORK/d121" >"$WORK/d121.log" 2>&1
-"$M" bench encode --model "$WORK/tiny" --data "$WORK/big" --batch 64 --json >"$WORK/tiny.json"
-"$M" bench encode --model "$WORK/d121" --data "$WORK/big" --batch 16 --limit "$D121_IMAGES" --json >"$WORK/d121.json"
+PRECISION="${PRECISION:-f32}"
+"$M" bench encode --model "$WORK/tiny" --data "$WORK/big" --batch 64 --precision "$PRECISION" --json >"$WORK/tiny.json"
+"$M" bench encode --model "$WORK/d121" --data "$WORK/big" --batch 16 --limit "$D121_IMAGES" --precision "$PRECISION" --json >"$WORK/d121.json"
 python3 - "$WORK" "$SIZE" <<'PY'
 import json, sys
 work, size = sys.argv[1], sys.argv[2]

@@ -61,12 +61,16 @@ pub struct EncodeArgs {
     /// The first N images of the dataset (default: all).
     #[arg(long)]
     limit: Option<usize>,
+    /// The convolutions' precision, f32 or bf16 (as `medret encode --precision`).
+    #[arg(long, default_value = "f32")]
+    precision: medret_models::kernels::Precision,
     #[arg(long)]
     json: bool,
 }
 
 fn encode(a: &EncodeArgs) -> Result<()> {
     let device = medret_models::device::parse_device("cpu").map_err(anyhow::Error::msg)?;
+    crate::encode::use_precision(a.precision, &device)?;
     let encoder = medret_models::encoder::Encoder::open(&a.model_dir, &device)?;
     let ds = a.data.open()?;
     let n = a.limit.unwrap_or(ds.records.len()).min(ds.records.len());
