@@ -111,7 +111,14 @@ fn main() {
         s
     };
 
-    // Training step: train-mode BatchNorm, cross-entropy, backward, AdamW.
+    // Training step: train-mode BatchNorm, cross-entropy, backward, AdamW. `--train-precision
+    // bf16`: every convolution product of the step in bf16 (mixed precision: f32 weights,
+    // BatchNorm and optimiser).
+    let train_precision: Precision = arg("--train-precision", "f32").parse().unwrap_or_else(|e| {
+        eprintln!("--train-precision: {e}");
+        std::process::exit(2)
+    });
+    medret_models::kernels::set_precision(train_precision);
     let checkpointing = std::env::args().any(|a| a == "--checkpointing");
     let ad = if checkpointing {
         device.autodiff().gradient_checkpointing()
@@ -165,7 +172,7 @@ fn main() {
     };
     println!(
         "{{\"framework\": \"burn 0.22.1 on {device_name}\", \"arch\": \"{arch}\", \"size\": {size}, \"threads\": {threads}, \
-         \"checkpointing\": {checkpointing}, \"precision\": \"{precision}\", \"train_batch\": {train_batch}, \"train_step_ms\": {}, \"infer_batch\": {infer_batch}, \"infer_img_per_s\": {}}}",
+         \"checkpointing\": {checkpointing}, \"precision\": \"{precision}\", \"train_precision\": \"{train_precision}\", \"train_batch\": {train_batch}, \"train_step_ms\": {}, \"infer_batch\": {infer_batch}, \"infer_img_per_s\": {}}}",
         num(train_s * 1e3, 1),
         num(infer, 2)
     );

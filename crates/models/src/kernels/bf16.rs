@@ -268,18 +268,7 @@ mod amx {
         accumulate: bool,
         parallel: bool,
     ) {
-        assert!(
-            m == 0 || n == 0 || (c_rs >= n && c.len() >= (m - 1) * c_rs + n),
-            "output buffer"
-        );
-        assert!(
-            m == 0 || k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs,
-            "lhs buffer"
-        );
-        assert!(
-            k == 0 || n == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs,
-            "rhs buffer"
-        );
+        super::super::conv::check_operands(c, c_rs, a, (a_rs, a_cs), b, (b_rs, b_cs), (m, n, k));
         if m == 0 || n == 0 {
             return;
         }

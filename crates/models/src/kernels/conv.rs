@@ -180,9 +180,6 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     Tensor::<4>::from_primitive::<Ad>(out)
 }
 
-/// `c[m, n] (+)= a[m, k] b[k, n]`, `c` row-major with rows `c_rs` apart; `a` and `b`
-/// given by their row and column strides (a transposed operand is a stride swap, not a
-/// copy).
 /// The signature of [`matmul`] and of its f32 and bf16 forms.
 pub(super) type MatmulFn = fn(
     &mut [f32],
@@ -196,7 +193,9 @@ pub(super) type MatmulFn = fn(
     bool,
 );
 
-/// In bf16 where [`super::set_precision`] asked for it (`bf16.rs`).
+/// `c[m, n] (+)= a[m, k] b[k, n]`, `c` row-major with rows `c_rs` apart; `a` and `b`
+/// given by their row and column strides (a transposed operand is a stride swap, not a
+/// copy). In bf16 where [`super::set_precision`] asked for it (`bf16.rs`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
     c: &mut [f32],
@@ -218,18 +217,16 @@ pub(super) fn matmul(
     )
 }
 
-/// [`matmul`] in f32, through the `gemm` crate.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn matmul_f32(
-    c: &mut [f32],
+/// Panics unless every index a product `c[m, n] (+)= a[m, k] b[k, n]` with these
+/// strides reads or writes lies inside its slice: the products' unsafe code relies on it.
+pub(super) fn check_operands(
+    c: &[f32],
     c_rs: usize,
     a: &[f32],
     (a_rs, a_cs): (usize, usize),
     b: &[f32],
     (b_rs, b_cs): (usize, usize),
     (m, n, k): (usize, usize, usize),
-    accumulate: bool,
-    parallel: bool,
 ) {
     assert!(
         m == 0 || n == 0 || (c_rs >= n && c.len() >= (m - 1) * c_rs + n),
@@ -243,6 +240,22 @@ pub(super) fn matmul_f32(
         k == 0 || n == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs,
         "rhs buffer"
     );
+}
+
+/// [`matmul`] in f32, through the `gemm` crate.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_f32(
+    c: &mut [f32],
+    c_rs: usize,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    check_operands(c, c_rs, a, (a_rs, a_cs), b, (b_rs, b_cs), (m, n, k));
     if m == 0 || n == 0 {
         return;
     }

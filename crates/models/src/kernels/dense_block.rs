@@ -133,6 +133,14 @@ impl BlockGrad {
     }
 }
 
+/// The block's output channels: its input's and every layer's new maps.
+fn width(layers: &[DenseLayer], c0: usize) -> usize {
+    c0 + layers
+        .iter()
+        .map(|l| l.conv2.weight.dims()[0])
+        .sum::<usize>()
+}
+
 /// The dense block's forward through one feature buffer, or `None` where it does not
 /// apply (the caller then concatenates).
 pub fn dense_block(layers: &[DenseLayer], x: &Tensor<4>) -> Option<Tensor<4>> {
@@ -144,11 +152,7 @@ pub fn dense_block(layers: &[DenseLayer], x: &Tensor<4>) -> Option<Tensor<4>> {
     }
     BLOCK_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let [n, c0, h, w] = x.dims();
-    let total = c0
-        + layers
-            .iter()
-            .map(|l| l.conv2.weight.dims()[0])
-            .sum::<usize>();
+    let total = width(layers, c0);
     let features = Arc::new(Buffer::new(vec![0.0; n * total * h * w], [n, total, h, w]));
     let grad = Arc::new(BlockGrad::default());
     let mut f = seed(x.clone(), &features, &grad);
@@ -176,11 +180,7 @@ pub fn dense_block_inference(layers: &[DenseLayer], x: &Tensor<4>) -> Option<Ten
     }
     INFERENCE_BLOCK_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let [n, c0, h, w] = x.dims();
-    let total = c0
-        + layers
-            .iter()
-            .map(|l| l.conv2.weight.dims()[0])
-            .sum::<usize>();
+    let total = width(layers, c0);
     let features = Buffer::new(vec![0.0; n * total * h * w], [n, total, h, w]);
     let xf = images(
         x.clone()
