@@ -34,6 +34,21 @@ fn hand_computed_plane() {
     // {4, 9, 5, 6, 7, 8, 2, -3, 1}.
     assert_eq!(y, vec![9.0, 9.0, 6.0, 9.0]);
     assert_eq!(idx, vec![1, 1, 9, 6]);
+    // Inference computes the maxima in two separable passes: the same values.
+    assert_eq!(forward(&x, 1, g, false).0, y);
+    // A NaN wins its windows (as in PyTorch), with places and without: x[6] (row 1,
+    // col 2) lies in the windows of outputs 1 and 3 (cols 1..=3), not of 0 and 2.
+    let mut xn = x;
+    xn[6] = f32::NAN;
+    for with_index in [true, false] {
+        let (yn, _) = forward(&xn, 1, g, with_index);
+        assert_eq!(yn[0], 9.0, "with_index {with_index}");
+        assert!(
+            yn[1].is_nan() && yn[3].is_nan(),
+            "with_index {with_index}: {yn:?}"
+        );
+        assert_eq!(yn[2], 6.0, "with_index {with_index}");
+    }
     let dx = backward(&[1.0, 10.0, 100.0, 1000.0], &idx, 1, g);
     let mut want = vec![0.0; 16];
     want[1] = 11.0;
