@@ -277,7 +277,7 @@ mod amx {
         } else {
             1
         };
-        // Whole 32-column blocks per thread, and enough of them to be worth a thread.
+        // Whole 32-column blocks per thread.
         let per = n.div_ceil(threads).div_ceil(32) * 32;
         let cp = SendPtr(c.as_mut_ptr());
         let part = |j0: usize| {
