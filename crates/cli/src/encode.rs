@@ -48,22 +48,17 @@ pub struct EncodeArgs {
     json: bool,
 }
 
-/// Sets the convolutions' precision for this process, refusing bf16 off the CPU (the
-/// bf16 products are CPU kernels), and saying when it will be slow.
+/// Sets the convolutions' precision for this process (`kernels::set_precision_for`), and
+/// warns where bf16 will be emulated.
 pub fn use_precision(p: Precision, device: &burn::prelude::Device) -> Result<()> {
-    if p == Precision::Bf16 {
-        anyhow::ensure!(
-            *device == burn::prelude::Device::flex(),
-            "--precision bf16 runs on the CPU only (it is the CPU kernels' bf16 product)"
+    let emulated =
+        medret_models::kernels::set_precision_for(p, device).map_err(anyhow::Error::msg)?;
+    if emulated {
+        tracing::warn!(
+            "this CPU has no Intel AMX: bf16 products are emulated, slower than f32 \
+             (the codes are the same as on a CPU with AMX, within rounding)"
         );
-        if !medret_models::kernels::bf16::amx_available() {
-            tracing::warn!(
-                "this CPU has no Intel AMX: bf16 products are emulated, slower than f32 \
-                 (the codes are the same as on a CPU with AMX, within rounding)"
-            );
-        }
     }
-    medret_models::kernels::set_precision(p);
     Ok(())
 }
 

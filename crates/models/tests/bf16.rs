@@ -282,3 +282,16 @@ fn a_densenet_in_bf16_is_close_to_f32() {
         );
     }
 }
+
+/// The commands' entry: bf16 on the CPU is set, and said to be emulated exactly where
+/// there is no AMX; f32 is never emulated.
+#[test]
+fn set_precision_for_the_cpu() {
+    let _g = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+    let cpu = Device::flex();
+    let emulated = kernels::set_precision_for(Precision::Bf16, &cpu).unwrap();
+    assert_eq!(kernels::precision(), Precision::Bf16);
+    assert_eq!(emulated, !bf16::amx_available());
+    assert!(!kernels::set_precision_for(Precision::F32, &cpu).unwrap());
+    assert_eq!(kernels::precision(), Precision::F32);
+}

@@ -229,3 +229,16 @@ pub fn precision() -> Precision {
 pub fn set_precision(p: Precision) {
     PRECISION.store(p as u8, Ordering::Relaxed);
 }
+
+/// [`set_precision`] for work on `device`, as the commands that encode take it: bf16 is
+/// refused off the CPU (its products are CPU kernels). Returns whether bf16 will be
+/// emulated (no AMX here: the same codes, slower than f32), for the caller to say so.
+pub fn set_precision_for(p: Precision, device: &burn::prelude::Device) -> Result<bool, String> {
+    if p == Precision::Bf16 && *device != burn::prelude::Device::flex() {
+        return Err(
+            "--precision bf16 runs on the CPU only (it is the CPU kernels' bf16 product)".into(),
+        );
+    }
+    set_precision(p);
+    Ok(p == Precision::Bf16 && !bf16::amx_available())
+}
